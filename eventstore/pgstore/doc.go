@@ -1,0 +1,18 @@
+// Package pgstore is sightline's embedded event store: events in PostgreSQL,
+// in the same database as the read models.
+//
+// It owns the sightline.event_log, sightline.unsequenced, sightline.positions
+// and sightline.sequencer tables, the sightline.events view and the
+// sightline.sequence_events function (created by internal/migrate), and
+// nothing else in the database.
+//
+// An append inserts its events and marks them unsequenced, in one statement;
+// the (stream_id, revision) key is its optimistic concurrency guard. After
+// commit, a sequencer gives
+// committed events gapless positions in batches, one sequencer at a time
+// across all processes. Readers read below the sequenced head: they never
+// skip an event that commits late, never wait on a timeout, and are not held
+// back by a transaction left open anywhere in the database, because
+// uncommitted rows simply have no position yet. Each sequencer run notifies
+// 'sightline_events', which wakes subscribers at once.
+package pgstore

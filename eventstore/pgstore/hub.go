@@ -1,0 +1,120 @@
+package pgstore
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// hub holds one LISTEN connection per Store and tells waiting subscribers
+// that the head has moved ('sightline_events', sent by every sequencer run
+// that positioned events) and the local sequencer that another process
+// committed an outbox append ('sightline_append').
+type hub struct {
+	pool     *pgxpool.Pool
+	logger   *slog.Logger
+	onAppend func()
+	up       atomic.Bool
+
+	mu      sync.Mutex
+	head    uint64
+	changed chan struct{} // closed when head moves
+}
+
+func newHub(pool *pgxpool.Pool, logger *slog.Logger) *hub {
+	return &hub{pool: pool, logger: logger, changed: make(chan struct{})}
+}
+
+func (h *hub) connected() bool { return h.up.Load() }
+
+// publish records that positions up to head exist.
+func (h *hub) publish(head uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if head <= h.head {
+		return
+	}
+	h.head = head
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// waitBeyond returns once the head is beyond after, or ctx ends.
+func (h *hub) waitBeyond(ctx context.Context, after uint64) error {
+	for {
+		h.mu.Lock()
+		head, ch := h.head, h.changed
+		h.mu.Unlock()
+		if head > after {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (h *hub) run(ctx context.Context) {
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		err := h.listen(ctx, retry)
+		h.up.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		d := retry.NextBackOff()
+		h.logger.Warn("event notifications lost; reconnecting", "error", err, "in", d)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+func (h *hub) listen(ctx context.Context, retry backoff.BackOff) error {
+	conn, err := pgx.ConnectConfig(ctx, h.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `LISTEN sightline_events; LISTEN sightline_append`); err != nil {
+		return err
+	}
+	// Whatever was notified while we were not listening shows in the head.
+	var head int64
+	if err := conn.QueryRow(ctx, `SELECT head FROM sightline.sequencer`).Scan(&head); err != nil {
+		return err
+	}
+	h.publish(uint64(head))
+	if h.onAppend != nil {
+		h.onAppend() // and in appends committed meanwhile
+	}
+	h.up.Store(true)
+	retry.Reset()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		switch n.Channel {
+		case "sightline_events":
+			if v, err := strconv.ParseUint(n.Payload, 10, 64); err == nil {
+				h.publish(v)
+			}
+		case "sightline_append":
+			if h.onAppend != nil {
+				h.onAppend()
+			}
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package pgstore
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// sequencer gives committed events their positions. Appenders commit their
+// rows without a position, then kick the sequencer and wait for it; one run
+// positions everything committed so far, so concurrent appenders share runs
+// the way concurrent commits share a WAL flush. Across processes, the
+// advisory lock inside sightline.sequence_events makes sequencers take turns.
+type sequencer struct {
+	pool *pgxpool.Pool
+	cfg  Config
+	hub  *hub
+
+	wake chan struct{}
+
+	mu      sync.Mutex
+	waiters map[int64][]chan uint64 // event row id → appenders waiting for its position
+}
+
+func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub) *sequencer {
+	return &sequencer{pool: pool, cfg: cfg, hub: h, wake: make(chan struct{}, 1), waiters: map[int64][]chan uint64{}}
+}
+
+// kick asks for a run without waiting for it.
+func (q *sequencer) kick() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns the position of the committed event row id.
+func (q *sequencer) wait(ctx context.Context, id int64) (uint64, error) {
+	ch := make(chan uint64, 1)
+	q.mu.Lock()
+	q.waiters[id] = append(q.waiters[id], ch)
+	q.mu.Unlock()
+	q.kick()
+	select {
+	case pos := <-ch:
+		return pos, nil
+	case <-ctx.Done():
+		q.mu.Lock()
+		chans := q.waiters[id]
+		for i, c := range chans {
+			if c == ch {
+				q.waiters[id] = append(chans[:i], chans[i+1:]...)
+				break
+			}
+		}
+		if len(q.waiters[id]) == 0 {
+			delete(q.waiters, id)
+		}
+		q.mu.Unlock()
+		return 0, ctx.Err()
+	}
+}
+
+func (q *sequencer) run(ctx context.Context) {
+	sweep := time.NewTicker(q.cfg.SweepInterval)
+	defer sweep.Stop()
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(10*time.Millisecond), backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(0))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.wake:
+		case <-sweep.C:
+		}
+		for {
+			err := q.runOnce(ctx)
+			if err == nil {
+				retry.Reset()
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			d := retry.NextBackOff()
+			q.cfg.Logger.Warn("sequencer run failed; retrying", "error", err, "in", d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
+		}
+	}
+}
+
+// runOnce positions every event committed before it started, in runs of at
+// most SequenceBatch, then answers the appenders waiting for them.
+func (q *sequencer) runOnce(ctx context.Context) error {
+	q.mu.Lock()
+	waiting := make([]int64, 0, len(q.waiters))
+	for id := range q.waiters {
+		waiting = append(waiting, id)
+	}
+	q.mu.Unlock()
+
+	for {
+		n, head, err := q.sequence(ctx)
+		if err != nil {
+			return err
+		}
+		if head > 0 {
+			q.hub.publish(head)
+		}
+		if n < q.cfg.SequenceBatch {
+			break
+		}
+	}
+	// Every row awaited before this run was committed before it began, so it
+	// has a position now: given by this run, or by another process's.
+	q.mu.Lock()
+	var left []int64
+	for _, id := range waiting {
+		if _, ok := q.waiters[id]; ok {
+			left = append(left, id)
+		}
+	}
+	q.mu.Unlock()
+	if len(left) == 0 {
+		return nil
+	}
+	rows, err := q.pool.Query(ctx, `SELECT event_row, position FROM sightline.positions WHERE event_row = ANY($1)`, left)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, pos int64
+		if err := rows.Scan(&id, &pos); err != nil {
+			return err
+		}
+		q.resolve(id, uint64(pos))
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, id := range left {
+		if _, ok := q.waiters[id]; ok {
+			return errors.New("an awaited event has no position after a sequencer run")
+		}
+	}
+	return nil
+}
+
+// sequence runs sightline.sequence_events once and returns how many events it
+// positioned and the highest position it gave.
+func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
+	rows, err := q.pool.Query(ctx, `SELECT event_row, position FROM sightline.sequence_events($1)`, q.cfg.SequenceBatch)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rows.Close()
+	n, head := 0, uint64(0)
+	for rows.Next() {
+		var id, pos int64
+		if err := rows.Scan(&id, &pos); err != nil {
+			return 0, 0, err
+		}
+		n++
+		head = max(head, uint64(pos))
+		q.resolve(id, uint64(pos))
+	}
+	return n, head, rows.Err()
+}
+
+func (q *sequencer) resolve(id int64, pos uint64) {
+	q.mu.Lock()
+	chans, ok := q.waiters[id]
+	if ok {
+		delete(q.waiters, id)
+	}
+	q.mu.Unlock()
+	for _, ch := range chans {
+		ch <- pos
+	}
+}

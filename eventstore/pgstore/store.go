@@ -1,0 +1,404 @@
+package pgstore
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/eventstore"
+)
+
+// Defaults for Config.
+const (
+	SequenceBatchDefault = 10000
+	ReadBatchDefault     = 1000
+	SweepIntervalDefault = time.Second
+)
+
+// Config configures a Store.
+type Config struct {
+	// SequenceBatch caps how many events one sequencer run gives positions to.
+	// Defaults to SequenceBatchDefault.
+	SequenceBatch int
+	// ReadBatch caps the events in one subscription message. Defaults to
+	// ReadBatchDefault.
+	ReadBatch int
+	// SweepInterval is how often the sequencer looks for committed events
+	// that nobody woke it for: events of a process that died between its
+	// commit and its sequencing. Wake-ups, not this interval, carry normal
+	// traffic. Defaults to SweepIntervalDefault.
+	SweepInterval time.Duration
+	// Logger receives the store's logs. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	c.SequenceBatch = cmp.Or(c.SequenceBatch, SequenceBatchDefault)
+	c.ReadBatch = cmp.Or(c.ReadBatch, ReadBatchDefault)
+	c.SweepInterval = cmp.Or(c.SweepInterval, SweepIntervalDefault)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.SequenceBatch < 1 || c.ReadBatch < 1 || c.SweepInterval <= 0 {
+		return errors.New("pgstore: SequenceBatch, ReadBatch and SweepInterval must be positive")
+	}
+	return nil
+}
+
+// Store is the embedded PostgreSQL event store. The schema must have been
+// migrated (internal/migrate) before New is called.
+type Store struct {
+	pool   *pgxpool.Pool
+	cfg    Config
+	seq    *sequencer
+	hub    *hub
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+var _ eventstore.Store = (*Store)(nil)
+
+// New starts a Store on pool: its sequencer and its notification listener
+// run until Close.
+func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Store{pool: pool, cfg: cfg, cancel: cancel}
+	s.hub = newHub(pool, cfg.Logger)
+	s.seq = newSequencer(pool, cfg, s.hub)
+	s.hub.onAppend = s.seq.kick
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.hub.run(ctx) }()
+	go func() { defer s.wg.Done(); s.seq.run(ctx) }()
+	return s, nil
+}
+
+// Close stops the sequencer and the listener. Safe to call twice.
+func (s *Store) Close() {
+	s.once.Do(func() {
+		s.cancel()
+		s.wg.Wait()
+	})
+}
+
+// Connected reports whether the store's notification listener is connected,
+// which is what live delivery depends on.
+func (s *Store) Connected() bool { return s.hub.connected() }
+
+// ParsePosition parses a token such as "1234".
+func (s *Store) ParsePosition(token string) (eventstore.Position, error) {
+	p, err := eventstore.ParsePosition(token)
+	if err != nil {
+		return p, err
+	}
+	if p.Commit != p.Prepare {
+		return eventstore.Position{}, fmt.Errorf("%w: %q: the embedded store's positions are single numbers", eventstore.ErrInvalidPosition, token)
+	}
+	return p, nil
+}
+
+// Head reports the newest sequenced position and its event's time.
+func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
+	var head int64
+	var at *time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT head, head_at FROM sightline.sequencer`).Scan(&head, &at); err != nil {
+		return eventstore.Head{}, fmt.Errorf("read head: %w", err)
+	}
+	h := eventstore.Head{Position: eventstore.At(uint64(head))}
+	if at != nil {
+		h.Time = *at
+	}
+	return h, nil
+}
+
+// Append writes events to stream in one statement and returns once the
+// events have positions.
+func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	args, err := appendArgs(stream, events)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	lastID, next, err := insertEvents(ctx, s.pool, stream, expected, args, true)
+	if err != nil {
+		res, again, err := s.retriedAppend(ctx, stream, events, err)
+		if !again {
+			return res, err
+		}
+		// An append with the same IDs was under way and rolled back: ours may go ahead.
+		if lastID, next, err = insertEvents(ctx, s.pool, stream, expected, args, true); err != nil {
+			res, _, err := s.retriedAppend(ctx, stream, events, err)
+			return res, err
+		}
+	}
+	pos, err := s.seq.wait(ctx, lastID)
+	if err != nil {
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q committed, waiting for its position: %w", stream, err)
+	}
+	return eventstore.AppendResult{Position: eventstore.At(pos), NextRevision: next}, nil
+}
+
+// AppendTx appends events inside the caller's transaction (the outbox
+// pattern): the events commit or roll back with the caller's own rows. The
+// result's Position is zero because positions are given after commit; the
+// commit itself wakes the sequencer. A failed append rolls back only its own
+// savepoint, so the caller's transaction stays usable.
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	args, err := appendArgs(stream, events)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	_, next, err := insertEvents(ctx, sp, stream, expected, args, false)
+	if err != nil {
+		_ = sp.Rollback(ctx)
+		return eventstore.AppendResult{}, err
+	}
+	if _, err := sp.Exec(ctx, `SELECT pg_notify('sightline_append', '')`); err != nil {
+		_ = sp.Rollback(ctx)
+		return eventstore.AppendResult{}, err
+	}
+	if err := sp.Commit(ctx); err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	return eventstore.AppendResult{NextRevision: next}, nil
+}
+
+type appendRows struct {
+	ids, types, data, metadata []string
+}
+
+func appendArgs(stream string, events []eventstore.EventData) (appendRows, error) {
+	if stream == "" {
+		return appendRows{}, fmt.Errorf("%w: stream name is empty", eventstore.ErrInvalidEvent)
+	}
+	if len(events) == 0 {
+		return appendRows{}, fmt.Errorf("%w: nothing to append", eventstore.ErrInvalidEvent)
+	}
+	r := appendRows{
+		ids:      make([]string, len(events)),
+		types:    make([]string, len(events)),
+		data:     make([]string, len(events)),
+		metadata: make([]string, len(events)),
+	}
+	seen := make(map[uuid.UUID]bool, len(events))
+	for i, e := range events {
+		if err := e.Validate(); err != nil {
+			return appendRows{}, err
+		}
+		id, err := uuid.Parse(e.EventID)
+		if err != nil {
+			return appendRows{}, fmt.Errorf("%w: event ID %q is not a UUID", eventstore.ErrInvalidEvent, e.EventID)
+		}
+		if seen[id] {
+			return appendRows{}, fmt.Errorf("%w: event ID %s appears twice in one append", eventstore.ErrInvalidEvent, id)
+		}
+		seen[id] = true
+		if !json.Valid(e.Data) {
+			return appendRows{}, fmt.Errorf("%w: event %s: data is not valid JSON", eventstore.ErrInvalidEvent, id)
+		}
+		meta := e.Metadata
+		if len(meta) == 0 {
+			meta = []byte("{}")
+		} else if !json.Valid(meta) {
+			return appendRows{}, fmt.Errorf("%w: event %s: metadata is not valid JSON", eventstore.ErrInvalidEvent, id)
+		}
+		r.ids[i], r.types[i], r.data[i], r.metadata[i] = id.String(), e.Type, string(e.Data), string(meta)
+	}
+	return r, nil
+}
+
+// appendSQL inserts an append's events and marks them unsequenced, in one
+// statement, if the stream's last revision satisfies the condition that
+// follows it. The (stream_id, revision) key turns a concurrent append to the
+// same stream into a unique violation, which insertEvents retries.
+const appendSQL = `WITH cur AS (
+		SELECT coalesce(max(revision), -1) AS rev FROM sightline.event_log WHERE stream_id = $1
+	), ins AS (
+		INSERT INTO sightline.event_log (stream_id, revision, event_id, type, data, metadata)
+		SELECT $1, cur.rev + u.ord, u.event_id::uuid, u.type, u.data::jsonb, u.metadata::jsonb
+		FROM cur, unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(event_id, type, data, metadata, ord)
+		WHERE `
+
+const appendTail = `
+		ORDER BY u.ord
+		RETURNING id, revision
+	), marked AS (
+		INSERT INTO sightline.unsequenced (id) SELECT id FROM ins
+	)
+	SELECT (SELECT rev FROM cur), max(id), max(revision) FROM ins`
+
+var appendStatements = map[string]string{
+	"any":       appendSQL + `true` + appendTail,
+	"no-stream": appendSQL + `cur.rev = -1` + appendTail,
+	"exists":    appendSQL + `cur.rev >= 0` + appendTail,
+	"exact":     appendSQL + `cur.rev = $6` + appendTail,
+}
+
+// appendAttempts bounds the retries of an append that keeps losing the race
+// for the next revision of a busy stream.
+const appendAttempts = 50
+
+type querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// insertEvents appends in one statement and returns the last event's row id
+// and the stream's next revision. Inside a transaction (q is a savepoint's
+// Tx) a lost race is not retried: the transaction's snapshot may be older
+// than the winner's commit.
+func insertEvents(ctx context.Context, q querier, stream string, expected eventstore.ExpectedRevision, r appendRows, retry bool) (int64, uint64, error) {
+	args := []any{stream, r.ids, r.types, r.data, r.metadata}
+	kind := "any"
+	switch {
+	case expected.IsNoStream():
+		kind = "no-stream"
+	case expected.IsStreamExists():
+		kind = "exists"
+	default:
+		if rev, ok := expected.Exact(); ok {
+			kind = "exact"
+			args = append(args, int64(rev))
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		var cur int64
+		var lastID, lastRev *int64
+		err := q.QueryRow(ctx, appendStatements[kind], args...).Scan(&cur, &lastID, &lastRev)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_log_stream_revision_key" && retry && attempt < appendAttempts {
+			continue // another append took the revision first: look again
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		if lastID == nil { // the condition did not hold
+			return 0, 0, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: cur}
+		}
+		return *lastID, uint64(*lastRev) + 1, nil
+	}
+}
+
+// retriedAppend handles an append that failed on a wrong expected revision or
+// on an event ID that exists: if the same events were appended before as one
+// append to this stream, it returns that first result. again says that the
+// conflicting IDs are gone (their append rolled back), so the append may be
+// tried once more.
+func (s *Store) retriedAppend(ctx context.Context, stream string, events []eventstore.EventData, cause error) (res eventstore.AppendResult, again bool, err error) {
+	var pgErr *pgconn.PgError
+	dupID := errors.As(cause, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_log_event_id_key"
+	if !dupID && !errors.Is(cause, eventstore.ErrWrongExpectedRevision) {
+		return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: %w", stream, cause)
+	}
+	ids := make([]string, len(events))
+	for i, e := range events {
+		ids[i] = e.EventID
+	}
+	rows, err := s.pool.Query(ctx, `SELECT row_id, stream_id, revision, position, event_id::text
+		FROM sightline.events WHERE event_id = ANY($1::text[]::uuid[])`, ids)
+	if err != nil {
+		return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: look up earlier append: %w", stream, err)
+	}
+	type prior struct {
+		id, revision int64
+		stream       string
+		position     *int64
+	}
+	found := map[string]prior{}
+	for rows.Next() {
+		var p prior
+		var eventID string
+		if err := rows.Scan(&p.id, &p.stream, &p.revision, &p.position, &eventID); err != nil {
+			rows.Close()
+			return eventstore.AppendResult{}, false, err
+		}
+		found[eventID] = p
+	}
+	if err := rows.Err(); err != nil {
+		return eventstore.AppendResult{}, false, err
+	}
+	if len(found) == 0 {
+		return eventstore.AppendResult{}, dupID, cause
+	}
+	var first, last prior
+	for i, id := range ids {
+		p, ok := found[uuid.MustParse(id).String()]
+		if !ok || p.stream != stream || (i > 0 && p.revision != first.revision+int64(i)) {
+			return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: %w", stream, eventstore.ErrIdempotency)
+		}
+		if i == 0 {
+			first = p
+		}
+		last = p
+	}
+	pos := uint64(0)
+	if last.position != nil {
+		pos = uint64(*last.position)
+	} else if pos, err = s.seq.wait(ctx, last.id); err != nil {
+		return eventstore.AppendResult{}, false, err
+	}
+	return eventstore.AppendResult{Position: eventstore.At(pos), NextRevision: uint64(last.revision) + 1}, false, nil
+}
+
+// ReadStream reads a stream from revision from (inclusive). Events not yet
+// sequenced have the zero position.
+func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT p.position, e.revision, e.event_id::text, e.type, e.data, e.metadata, e.created_at
+		FROM sightline.event_log e
+		LEFT JOIN sightline.positions p ON p.event_row = e.id
+		WHERE e.stream_id = $1 AND e.revision >= $2
+		ORDER BY e.revision LIMIT $3`, stream, int64(from), limit)
+	if err != nil {
+		return nil, fmt.Errorf("read stream %q: %w", stream, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (eventstore.RecordedEvent, error) {
+		var pos *int64
+		var rev int64
+		e := eventstore.RecordedEvent{StreamID: stream}
+		err := row.Scan(&pos, &rev, &e.EventID, &e.Type, &e.Data, &e.Metadata, &e.CreatedAt)
+		e.Revision = uint64(rev)
+		if pos != nil {
+			e.Position = eventstore.At(uint64(*pos))
+		}
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read stream %q: %w", stream, err)
+	}
+	if len(out) == 0 {
+		var exists bool
+		if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM sightline.event_log WHERE stream_id = $1)`, stream).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("read stream %q: %w", stream, err)
+		}
+		if !exists {
+			return nil, fmt.Errorf("read stream %q: %w", stream, eventstore.ErrStreamNotFound)
+		}
+	}
+	return out, nil
+}

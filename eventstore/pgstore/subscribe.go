@@ -1,0 +1,115 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sightlinehq/sightline/eventstore"
+)
+
+// Subscribe delivers the events matching filter after position from. It
+// reads in position order below the sequenced head, which never has holes,
+// and waits on notifications (not a timer) when it has caught up.
+func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter eventstore.Filter) (eventstore.Subscription, error) {
+	if from.Commit != from.Prepare {
+		return nil, fmt.Errorf("%w: %s is not an embedded-store position", eventstore.ErrInvalidPosition, from)
+	}
+	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.StreamPrefixes), types: append([]string{}, filter.EventTypes...)}, nil
+}
+
+type subscription struct {
+	store    *Store
+	cur      uint64
+	prefixes []string
+	types    []string
+	told     bool // a caught-up message was sent for the current position
+	closed   atomic.Bool
+}
+
+func (sub *subscription) Close() error {
+	sub.closed.Store(true)
+	return nil
+}
+
+func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
+	for {
+		if sub.closed.Load() {
+			return eventstore.Message{}, fmt.Errorf("subscription closed")
+		}
+		head, events, err := sub.read(ctx)
+		if err != nil {
+			return eventstore.Message{}, err
+		}
+		if len(events) > 0 || head > sub.cur {
+			msg := eventstore.Message{Events: events}
+			if len(events) == sub.store.cfg.ReadBatch {
+				msg.Checkpoint = events[len(events)-1].Position
+			} else {
+				msg.Checkpoint, msg.CaughtUp = eventstore.At(head), true
+			}
+			sub.cur, sub.told = msg.Checkpoint.Commit, msg.CaughtUp
+			return msg, nil
+		}
+		if !sub.told {
+			sub.told = true
+			return eventstore.Message{Checkpoint: eventstore.At(sub.cur), CaughtUp: true}, nil
+		}
+		if err := sub.store.hub.waitBeyond(ctx, sub.cur); err != nil {
+			return eventstore.Message{}, err
+		}
+	}
+}
+
+// read returns the head and the first ReadBatch matching events after cur
+// and at or below it, in one snapshot.
+func (sub *subscription) read(ctx context.Context) (uint64, []eventstore.RecordedEvent, error) {
+	rows, err := sub.store.pool.Query(ctx, `
+		SELECT s.head, e.position, e.stream_id, e.revision, e.event_id::text, e.type, e.data, e.metadata, e.created_at
+		FROM sightline.sequencer s
+		LEFT JOIN LATERAL (
+			SELECT p.position, e.* FROM sightline.positions p
+			JOIN sightline.event_log e ON e.id = p.event_row
+			WHERE p.position > $1 AND p.position <= s.head
+			  AND (coalesce(cardinality($3::text[]), 0) = 0 OR e.stream_id LIKE ANY($3))
+			  AND (coalesce(cardinality($4::text[]), 0) = 0 OR e.type = ANY($4))
+			ORDER BY p.position
+			LIMIT $2
+		) e ON true`, int64(sub.cur), sub.store.cfg.ReadBatch, sub.prefixes, sub.types)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read events after %d: %w", sub.cur, err)
+	}
+	defer rows.Close()
+	var head int64
+	events := make([]eventstore.RecordedEvent, 0, 16)
+	for rows.Next() {
+		var pos, rev *int64
+		var stream, id, typ *string
+		var data, meta []byte
+		var created *time.Time
+		if err := rows.Scan(&head, &pos, &stream, &rev, &id, &typ, &data, &meta, &created); err != nil {
+			return 0, nil, err
+		}
+		if pos == nil {
+			continue
+		}
+		events = append(events, eventstore.RecordedEvent{
+			StreamID: *stream, Revision: uint64(*rev), Position: eventstore.At(uint64(*pos)),
+			EventID: *id, Type: *typ, Data: data, Metadata: meta, CreatedAt: *created,
+		})
+	}
+	return uint64(head), events, rows.Err()
+}
+
+// likePrefixes turns stream prefixes into LIKE patterns that match them
+// literally.
+func likePrefixes(prefixes []string) []string {
+	out := make([]string, len(prefixes))
+	esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	for i, p := range prefixes {
+		out[i] = esc.Replace(p) + "%"
+	}
+	return out
+}
