@@ -1,0 +1,17 @@
+// Package projections is sightline's projector: it applies events from an
+// eventstore.Store to PostgreSQL read models.
+//
+// One event's path, in the order the code runs it (runner.go, apply.go):
+// the Runner subscribes from the projection's checkpoint; a reader goroutine
+// forwards messages into a small channel; the applier collects what has
+// arrived into a batch, groups it by stream, and in one transaction locks the
+// checkpoint row, reads the streams' last applied revisions, skips
+// duplicates and late arrivals, fills gaps from the store (or records them in
+// sightline.gaps), hands the rest to the Projection's Apply, and writes the
+// revisions and the checkpoint before committing. Metrics follow the commit.
+//
+// It owns the sightline.projections, sightline.checkpoints and sightline.gaps
+// rows of its projections, the sl_<name>_g<generation> schemas and the
+// readmodel views that point at them. It must not touch the event store's
+// tables: everything it reads from the store goes through eventstore.Store.
+package projections

@@ -1,0 +1,90 @@
+package projections
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the projector's Prometheus metrics, registered on the
+// Registerer given to NewMetrics. Labels never carry stream or event ids.
+type Metrics struct {
+	EventsApplied    *prometheus.CounterVec
+	EventsSkipped    *prometheus.CounterVec
+	GapsRepaired     *prometheus.CounterVec
+	Lag              *prometheus.GaugeVec
+	CaughtUp         *prometheus.GaugeVec
+	BatchDuration    *prometheus.HistogramVec
+	BatchEvents      *prometheus.HistogramVec
+	EndToEnd         *prometheus.HistogramVec
+	Parked           *prometheus.GaugeVec
+	RebuildProgress  *prometheus.GaugeVec
+	SourceReconnects *prometheus.CounterVec
+}
+
+// Reasons an event is skipped, the values of the reason label.
+const (
+	SkipDuplicate   = "duplicate"
+	SkipGapUnfilled = "gap_unfilled"
+	SkipDeletedLink = "deleted_link"
+)
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	name := func(n string) string { return prometheus.BuildFQName("sightline", "", n) }
+	p := []string{"projection"}
+	m := &Metrics{
+		EventsApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_applied_total"),
+			Help: "Events applied to a read model."}, p),
+		EventsSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_skipped_total"),
+			Help: "Events not applied: duplicates and late arrivals, revisions the store could not supply, links to deleted events."}, []string{"projection", "reason"}),
+		GapsRepaired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("gaps_repaired_total"),
+			Help: "Revision gaps filled by reading the stream back from the store."}, p),
+		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("projection_lag_seconds"),
+			Help: "Age of the oldest event the read model does not reflect yet; 0 when caught up."}, p),
+		CaughtUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("projection_caught_up"),
+			Help: "1 when the projection has applied everything the store has, else 0."}, p),
+		BatchDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("batch_duration_seconds"),
+			Help: "Time to apply one batch, from taking it to commit.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, p),
+		BatchEvents: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("batch_events"),
+			Help: "Events per applied batch.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}, p),
+		EndToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("end_to_end_seconds"),
+			Help: "Time from an event's write to its visibility in the read model.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, p),
+		Parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("parked_events"),
+			Help: "Events parked in the dead-letter table."}, p),
+		RebuildProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("rebuild_progress_ratio"),
+			Help: "Progress of a running rebuild, 0 to 1."}, p),
+		SourceReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("source_reconnects_total"),
+			Help: "Subscriptions to the event source opened again after a failure."}, []string{"source"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.EventsApplied, m.EventsSkipped, m.GapsRepaired, m.Lag, m.CaughtUp, m.BatchDuration,
+			m.BatchEvents, m.EndToEnd, m.Parked, m.RebuildProgress, m.SourceReconnects)
+	}
+	return m
+}
+
+// forProjection resolves the label values once per projector.
+type projectionMetrics struct {
+	applied, duplicate, gapUnfilled, gapsRepaired prometheus.Counter
+	lag, caughtUp                                 prometheus.Gauge
+	batchDuration, batchEvents, endToEnd          prometheus.Observer
+	reconnects                                    prometheus.Counter
+}
+
+func (m *Metrics) forProjection(name, source string) projectionMetrics {
+	pm := projectionMetrics{
+		applied:       m.EventsApplied.WithLabelValues(name),
+		duplicate:     m.EventsSkipped.WithLabelValues(name, SkipDuplicate),
+		gapUnfilled:   m.EventsSkipped.WithLabelValues(name, SkipGapUnfilled),
+		gapsRepaired:  m.GapsRepaired.WithLabelValues(name),
+		lag:           m.Lag.WithLabelValues(name),
+		caughtUp:      m.CaughtUp.WithLabelValues(name),
+		batchDuration: m.BatchDuration.WithLabelValues(name),
+		batchEvents:   m.BatchEvents.WithLabelValues(name),
+		endToEnd:      m.EndToEnd.WithLabelValues(name),
+		reconnects:    m.SourceReconnects.WithLabelValues(source),
+	}
+	m.EventsSkipped.WithLabelValues(name, SkipDeletedLink)
+	m.Parked.WithLabelValues(name)
+	m.RebuildProgress.WithLabelValues(name)
+	return pm
+}

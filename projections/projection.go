@@ -1,0 +1,79 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/sightlinehq/sightline/eventstore"
+)
+
+// Projection keeps a read model from events. Its Name is its identity: the
+// projector stores its checkpoint and per-stream revisions under that name,
+// so renaming a projection builds it again from the start.
+type Projection interface {
+	// Name is a stable identifier: lower case letters, digits and _.
+	Name() string
+	// Version changes when the read model's shape or meaning changes.
+	Version() int
+	// Filter chooses the events the projection reads. The projector tracks
+	// revisions per stream, so a filter should choose whole streams
+	// (StreamPrefixes); events of those streams without a handler are skipped.
+	Filter() eventstore.Filter
+	// Tables lists the tables Setup creates. Each is readable, whatever the
+	// active generation, as readmodel.<table>.
+	Tables() []string
+	// Setup creates the read model's tables in schema.
+	Setup(ctx context.Context, tx pgx.Tx, schema string) error
+	// Apply applies a batch of events to the read model.
+	Apply(ctx context.Context, b *Batch) error
+}
+
+// Batch is the work of one transaction. Events are those the projection has
+// not applied yet: each stream's events in revision order with no
+// duplicates and no gaps the store could fill; streams appear in the order
+// their first event arrived.
+type Batch struct {
+	// Tx is the batch's transaction. Reads of the read model go through it;
+	// writes may too, but Queue is faster.
+	Tx pgx.Tx
+	// Schema is the schema of the generation being written.
+	Schema string
+	// Events to apply.
+	Events []eventstore.RecordedEvent
+
+	queue *pgx.Batch
+}
+
+// Queue adds a statement that the projector sends, together with the
+// checkpoint, in one round trip after Apply returns. Its errors fail the batch.
+func (b *Batch) Queue(sql string, args ...any) {
+	b.queue.Queue(sql, args...)
+}
+
+// Table returns the quoted name of table in the batch's schema.
+func (b *Batch) Table(name string) string {
+	return pgx.Identifier{b.Schema, name}.Sanitize()
+}
+
+var validName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
+
+func validate(p Projection) error {
+	if !validName.MatchString(p.Name()) {
+		return fmt.Errorf("projection name %q: want lower case letters, digits and _, starting with a letter, at most 40", p.Name())
+	}
+	if p.Version() < 1 {
+		return fmt.Errorf("projection %s: version must be at least 1", p.Name())
+	}
+	for _, t := range p.Tables() {
+		if !validName.MatchString(t) {
+			return fmt.Errorf("projection %s: table name %q: want lower case letters, digits and _", p.Name(), t)
+		}
+	}
+	return nil
+}
+
+// schemaName is where generation gen of a projection keeps its tables.
+func schemaName(name string, gen int) string { return fmt.Sprintf("sl_%s_g%d", name, gen) }

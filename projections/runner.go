@@ -1,0 +1,369 @@
+package projections
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/eventstore"
+)
+
+// Defaults for Config.
+const (
+	BatchSizeDefault      = 2000
+	StallAfterDefault     = 10 * time.Second
+	StatusIntervalDefault = time.Second
+	SourceDefault         = "postgres"
+)
+
+// Config configures a Runner.
+type Config struct {
+	// BatchSize is how many events one transaction applies at most; a batch
+	// takes whatever has arrived, so live batches are small. Defaults to
+	// BatchSizeDefault.
+	BatchSize int
+	// StallAfter is how long a projection may be behind without advancing
+	// before its status is stalled. Defaults to StallAfterDefault.
+	StallAfter time.Duration
+	// StatusInterval is how often the status row in sightline.projections
+	// and the lag metrics are refreshed. Defaults to StatusIntervalDefault.
+	StatusInterval time.Duration
+	// Source names the event source in metrics. Defaults to SourceDefault.
+	Source string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Metrics defaults to a set registered nowhere.
+	Metrics *Metrics
+}
+
+// WithDefaults returns c with its zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
+	c.StallAfter = cmp.Or(c.StallAfter, StallAfterDefault)
+	c.StatusInterval = cmp.Or(c.StatusInterval, StatusIntervalDefault)
+	c.Source = cmp.Or(c.Source, SourceDefault)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 {
+		return errors.New("projections: BatchSize, StallAfter and StatusInterval must be positive")
+	}
+	return nil
+}
+
+// Projection statuses, as the API and readmodel.projection_status show them.
+const (
+	StatusLive       = "live"
+	StatusCatchingUp = "catching-up"
+	StatusRebuilding = "rebuilding"
+	StatusStalled    = "stalled"
+	StatusFailed     = "failed"
+	StatusStopped    = "stopped"
+)
+
+// Status is a snapshot of a running projection.
+type Status struct {
+	Name            string
+	Version         int
+	Status          string
+	Position        eventstore.Position
+	Head            eventstore.Position
+	Lag             time.Duration
+	EventsPerSecond float64
+	LastError       string
+	UpdatedAt       time.Time
+}
+
+// Runner keeps one projection up to date: it subscribes from the
+// projection's checkpoint, applies what arrives in batches, and commits each
+// batch with the checkpoint. Start it once; Stop it to end.
+type Runner struct {
+	pool  *pgxpool.Pool
+	store eventstore.Store
+	p     Projection
+	cfg   Config
+	m     projectionMetrics
+	log   *slog.Logger
+
+	reg registration // set by Start
+
+	soft, hard             context.Context // soft: stop taking batches; hard: abandon the one in flight
+	softCancel, hardCancel context.CancelFunc
+	done                   chan struct{}
+	startOnce, stopOnce    sync.Once
+
+	mu       sync.Mutex
+	position eventstore.Position // the committed checkpoint
+	state    runState
+}
+
+type runState struct {
+	status       string
+	caughtUp     bool
+	oldest       time.Time // write time of the oldest event being applied
+	head         eventstore.Head
+	lastProgress time.Time
+	failing      bool
+	lastError    string
+	applied      uint64
+	rate         float64
+	updatedAt    time.Time
+}
+
+// NewRunner returns a Runner for p.
+func NewRunner(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config) (*Runner, error) {
+	if err := validate(p); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Runner{
+		pool: pool, store: store, p: p, cfg: cfg,
+		m:    cfg.Metrics.forProjection(p.Name(), cfg.Source),
+		log:  cfg.Logger.With("projection", p.Name()),
+		done: make(chan struct{}),
+	}, nil
+}
+
+// Name is the projection's name.
+func (r *Runner) Name() string { return r.p.Name() }
+
+// Start registers the projection (creating its tables on first run) and
+// starts projecting in the background.
+func (r *Runner) Start(ctx context.Context) error {
+	var err error
+	r.startOnce.Do(func() {
+		var reg registration
+		if reg, err = register(ctx, r.pool, r.p); err != nil {
+			close(r.done)
+			return
+		}
+		r.reg = reg
+		r.position = reg.checkpoint
+		r.state = runState{status: StatusCatchingUp, lastProgress: time.Now()}
+		r.soft, r.softCancel = context.WithCancel(context.WithoutCancel(ctx))
+		r.hard, r.hardCancel = context.WithCancel(context.WithoutCancel(ctx))
+		go r.run()
+	})
+	return err
+}
+
+// Stop stops taking new batches and waits for the batch in flight to
+// commit; when ctx ends first, it abandons that batch, which rolls back
+// whole. Safe to call twice and before Start.
+func (r *Runner) Stop(ctx context.Context) error {
+	r.stopOnce.Do(func() {
+		if r.softCancel == nil {
+			return
+		}
+		r.softCancel()
+	})
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		if r.hardCancel != nil {
+			r.hardCancel()
+		}
+		<-r.done
+		return ctx.Err()
+	}
+}
+
+// Done is closed when the runner has stopped.
+func (r *Runner) Done() <-chan struct{} { return r.done }
+
+// Status returns the projection's current status.
+func (r *Runner) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Status{
+		Name: r.p.Name(), Version: r.p.Version(), Status: r.state.status,
+		Position: r.position, Head: r.state.head.Position, Lag: r.lagLocked(time.Now()),
+		EventsPerSecond: r.state.rate, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
+	}
+}
+
+func (r *Runner) run() {
+	defer close(r.done)
+	defer r.hardCancel()
+	statusDone := make(chan struct{})
+	go func() { defer close(statusDone); r.reportStatus() }()
+
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	for r.soft.Err() == nil {
+		err := r.pipeline()
+		if r.soft.Err() != nil {
+			break
+		}
+		d := retry.NextBackOff()
+		r.log.Warn("projector restarting from its checkpoint", "error", err, "in", d)
+		sleep(r.soft, d)
+	}
+	r.mu.Lock()
+	r.state.status = StatusStopped
+	r.mu.Unlock()
+	<-statusDone
+	r.writeStatus(context.Background()) // the final "stopped"
+}
+
+// errCheckpointMoved says the checkpoint in the database is not the one this
+// runner committed: another process applied batches. The pipeline restarts
+// from the database's checkpoint.
+var errCheckpointMoved = errors.New("checkpoint moved under the projector")
+
+// pipeline reads from the committed checkpoint and applies batches until the
+// soft context ends or a batch cannot be applied from where the reader is.
+func (r *Runner) pipeline() error {
+	ctx, cancel := context.WithCancel(r.soft)
+	defer cancel()
+	msgs := make(chan eventstore.Message, 4) // bounds memory: a few reads ahead
+	r.mu.Lock()
+	from := r.position
+	r.mu.Unlock()
+	go r.read(ctx, from, msgs)
+
+	for {
+		var first eventstore.Message
+		select {
+		case first = <-msgs:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		events, checkpoint, caughtUp := collect(first, msgs, r.cfg.BatchSize)
+		if err := r.applyWithRetry(events, checkpoint, caughtUp); err != nil {
+			return err
+		}
+	}
+}
+
+// read subscribes from from and forwards messages until ctx ends. When the
+// subscription fails it subscribes again from the last message forwarded.
+func (r *Runner) read(ctx context.Context, from eventstore.Position, out chan<- eventstore.Message) {
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	pos := from
+	for ctx.Err() == nil {
+		err := r.forward(ctx, &pos, out, retry)
+		if ctx.Err() != nil {
+			return
+		}
+		r.m.reconnects.Inc()
+		d := retry.NextBackOff()
+		r.log.Warn("subscription lost; subscribing again", "from", pos.String(), "error", err, "in", d)
+		sleep(ctx, d)
+	}
+}
+
+func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan<- eventstore.Message, retry backoff.BackOff) error {
+	sub, err := r.store.Subscribe(ctx, *pos, r.p.Filter())
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	for {
+		msg, err := sub.Recv(ctx)
+		if err != nil {
+			return err
+		}
+		retry.Reset()
+		select {
+		case out <- msg:
+			if pos.Before(msg.Checkpoint) {
+				*pos = msg.Checkpoint
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// collect takes first and whatever else has already arrived, up to about
+// max events, without waiting.
+func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) ([]eventstore.RecordedEvent, eventstore.Position, bool) {
+	events := first.Events
+	checkpoint, caughtUp := first.Checkpoint, first.CaughtUp
+	for len(events) < max {
+		select {
+		case m := <-msgs:
+			if len(m.Events) > 0 {
+				if len(events) == len(first.Events) { // copy before appending to the reader's slice
+					events = append(make([]eventstore.RecordedEvent, 0, len(events)+len(m.Events)), events...)
+				}
+				events = append(events, m.Events...)
+			}
+			if checkpoint.Before(m.Checkpoint) {
+				checkpoint = m.Checkpoint
+			}
+			caughtUp = m.CaughtUp
+		default:
+			return events, checkpoint, caughtUp && len(msgs) == 0
+		}
+	}
+	return events, checkpoint, false
+}
+
+// applyWithRetry applies a batch, retrying with backoff while it fails:
+// each attempt is a fresh transaction that re-reads the revisions, so a
+// retry can never apply anything twice.
+func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint eventstore.Position, caughtUp bool) error {
+	r.mu.Lock()
+	if len(events) > 0 {
+		r.state.oldest = events[0].CreatedAt
+		for _, e := range events[1:] {
+			if e.CreatedAt.Before(r.state.oldest) {
+				r.state.oldest = e.CreatedAt
+			}
+		}
+	}
+	r.mu.Unlock()
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	for {
+		err := r.apply(r.hard, events, checkpoint)
+		if err == nil {
+			r.mu.Lock()
+			r.state.caughtUp = caughtUp
+			r.state.oldest = time.Time{}
+			r.state.failing, r.state.lastError = false, ""
+			r.mu.Unlock()
+			return nil
+		}
+		if errors.Is(err, errCheckpointMoved) || r.hard.Err() != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.state.failing, r.state.lastError = true, err.Error()
+		r.mu.Unlock()
+		d := retry.NextBackOff()
+		r.log.Error("batch failed; retrying", "events", len(events), "error", err, "in", d)
+		if !sleep(r.soft, d) {
+			return r.soft.Err() // stopping: the batch rolled back whole and will be read again
+		}
+	}
+}
+
+// sleep waits for d or ctx, and reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,85 @@
+package projections
+
+import (
+	"context"
+	"time"
+)
+
+// lagLocked is the age of the oldest event the read model does not reflect.
+// It is zero when the checkpoint has reached the head, including when the
+// newest events are ones the projection's filter does not choose.
+func (r *Runner) lagLocked(now time.Time) time.Duration {
+	if !r.position.Before(r.state.head.Position) {
+		return 0
+	}
+	if !r.state.oldest.IsZero() {
+		return max(0, now.Sub(r.state.oldest))
+	}
+	if r.state.caughtUp {
+		return 0 // the head moved since the last read; the reader is on it
+	}
+	if !r.state.head.Time.IsZero() {
+		return max(0, now.Sub(r.state.head.Time)) // a lower bound until the events arrive
+	}
+	return 0
+}
+
+// reportStatus refreshes the head, the status, the lag metrics and the
+// status row every StatusInterval until the runner stops.
+func (r *Runner) reportStatus() {
+	tick := time.NewTicker(r.cfg.StatusInterval)
+	defer tick.Stop()
+	var lastApplied uint64
+	lastTick := time.Now()
+	for {
+		if h, err := r.store.Head(r.soft); err == nil {
+			r.mu.Lock()
+			r.state.head = h
+			r.mu.Unlock()
+		}
+		now := time.Now()
+		r.mu.Lock()
+		lag := r.lagLocked(now)
+		behind := r.position.Before(r.state.head.Position)
+		switch {
+		case r.state.status == StatusStopped:
+		case r.state.failing || (behind && now.Sub(r.state.lastProgress) > r.cfg.StallAfter):
+			r.state.status = StatusStalled
+		case !behind || lag == 0:
+			r.state.status = StatusLive
+		default:
+			r.state.status = StatusCatchingUp
+		}
+		if secs := now.Sub(lastTick).Seconds(); secs > 0 {
+			r.state.rate = 0.5*r.state.rate + 0.5*float64(r.state.applied-lastApplied)/secs
+		}
+		lastApplied, lastTick = r.state.applied, now
+		r.state.updatedAt = now
+		caughtUp := !behind
+		r.mu.Unlock()
+
+		r.m.lag.Set(lag.Seconds())
+		if caughtUp {
+			r.m.caughtUp.Set(1)
+		} else {
+			r.m.caughtUp.Set(0)
+		}
+		r.writeStatus(r.soft)
+		select {
+		case <-tick.C:
+		case <-r.soft.Done():
+			return
+		}
+	}
+}
+
+// writeStatus writes the status row that readmodel.projection_status shows.
+func (r *Runner) writeStatus(ctx context.Context) {
+	st := r.Status()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := r.pool.Exec(ctx, `UPDATE sightline.projections SET status = $2, head = $3, lag_ms = $4, updated_at = now() WHERE name = $1`,
+		r.p.Name(), st.Status, st.Head.String(), st.Lag.Milliseconds()); err != nil && ctx.Err() == nil {
+		r.log.Warn("write projection status", "error", err)
+	}
+}
