@@ -146,10 +146,10 @@ type gap struct {
 
 // batchPlan is what a batch does once revisions are checked.
 type batchPlan struct {
-	apply                        []eventstore.RecordedEvent
-	revStreams                   []string
-	revValues                    []int64
-	gaps                         []gap
+	apply                          []eventstore.RecordedEvent
+	revStreams                     []string
+	revValues                      []int64
+	gaps                           []gap
 	duplicates, unfilled, repaired int
 }
 
