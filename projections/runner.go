@@ -192,9 +192,14 @@ func (r *Runner) Done() <-chan struct{} { return r.done }
 func (r *Runner) Status() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := time.Now()
+	head := r.state.head.Position
+	if head.Before(r.position) {
+		head = r.position // the head was read before the events we have applied
+	}
 	return Status{
-		Name: r.p.Name(), Version: r.p.Version(), Status: r.state.status,
-		Position: r.position, Head: r.state.head.Position, Lag: r.lagLocked(time.Now()),
+		Name: r.p.Name(), Version: r.p.Version(), Status: r.statusLocked(now),
+		Position: r.position, Head: head, Lag: r.lagLocked(now),
 		EventsPerSecond: r.state.rate, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
 	}
 }

@@ -24,6 +24,21 @@ func (r *Runner) lagLocked(now time.Time) time.Duration {
 	return 0
 }
 
+// statusLocked derives the status from the state at now.
+func (r *Runner) statusLocked(now time.Time) string {
+	behind := r.position.Before(r.state.head.Position)
+	switch {
+	case r.state.status == StatusStopped:
+		return StatusStopped
+	case r.state.failing || (behind && now.Sub(r.state.lastProgress) > r.cfg.StallAfter):
+		return StatusStalled
+	case !behind || r.lagLocked(now) == 0:
+		return StatusLive
+	default:
+		return StatusCatchingUp
+	}
+}
+
 // reportStatus refreshes the head, the status, the lag metrics and the
 // status row every StatusInterval until the runner stops.
 func (r *Runner) reportStatus() {
@@ -34,22 +49,16 @@ func (r *Runner) reportStatus() {
 	for {
 		if h, err := r.store.Head(r.soft); err == nil {
 			r.mu.Lock()
-			r.state.head = h
+			if r.state.head.Position.Before(h.Position) || r.state.head.Time.IsZero() {
+				r.state.head = h
+			}
 			r.mu.Unlock()
 		}
 		now := time.Now()
 		r.mu.Lock()
 		lag := r.lagLocked(now)
 		behind := r.position.Before(r.state.head.Position)
-		switch {
-		case r.state.status == StatusStopped:
-		case r.state.failing || (behind && now.Sub(r.state.lastProgress) > r.cfg.StallAfter):
-			r.state.status = StatusStalled
-		case !behind || lag == 0:
-			r.state.status = StatusLive
-		default:
-			r.state.status = StatusCatchingUp
-		}
+		r.state.status = r.statusLocked(now)
 		if secs := now.Sub(lastTick).Seconds(); secs > 0 {
 			r.state.rate = 0.5*r.state.rate + 0.5*float64(r.state.applied-lastApplied)/secs
 		}

@@ -1,0 +1,175 @@
+package api
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sightlinehq/sightline/projections"
+)
+
+// AddrDefault is where the API listens unless told otherwise.
+const AddrDefault = "127.0.0.1:8080"
+
+// Config configures a Server.
+type Config struct {
+	// Addr is the listen address. Defaults to AddrDefault.
+	Addr string
+	// Pool is the read models' database.
+	Pool *pgxpool.Pool
+	// Daemon runs the projections whose status the API reports.
+	Daemon *projections.Daemon
+	// SourceReady reports whether the event source is connected.
+	SourceReady func() bool
+	// Gatherer serves /metrics. Defaults to prometheus.DefaultGatherer.
+	Gatherer prometheus.Gatherer
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is sightline's HTTP API.
+type Server struct {
+	cfg  Config
+	echo *echo.Echo
+	ln   net.Listener
+}
+
+// New builds the server; Start serves it.
+func New(cfg Config) *Server {
+	cfg.Addr = cmp.Or(cfg.Addr, AddrDefault)
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.DefaultGatherer
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	s := &Server{cfg: cfg, echo: e}
+	e.GET("/healthz", s.healthz)
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
+	e.GET("/v1/projections", s.listProjections)
+	e.GET("/v1/projections/:name", s.getProjection)
+	return s
+}
+
+// Handler returns the server's HTTP handler, for tests.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Listen binds the listen address, so that a caller knows it is taken
+// before Serve; Addr then reports the bound address.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string {
+	if s.ln != nil {
+		return s.ln.Addr().String()
+	}
+	return s.cfg.Addr
+}
+
+// Serve serves until Shutdown; it returns nil after a shutdown.
+func (s *Server) Serve() error {
+	if s.ln == nil {
+		if err := s.Listen(); err != nil {
+			return err
+		}
+	}
+	s.echo.Listener = s.ln
+	err := s.echo.Start("")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown lets requests in flight finish until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.echo.Shutdown(ctx) }
+
+func (s *Server) healthz(c echo.Context) error {
+	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	checks := map[string]string{"database": "ok", "source": "ok"}
+	ready := true
+	if err := s.cfg.Pool.Ping(ctx); err != nil {
+		checks["database"], ready = err.Error(), false
+	}
+	if s.cfg.SourceReady != nil && !s.cfg.SourceReady() {
+		checks["source"], ready = "not connected", false
+	}
+	if !ready {
+		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "not ready", "checks": checks})
+	}
+	return c.JSON(http.StatusOK, map[string]any{"status": "ready", "checks": checks})
+}
+
+// ProjectionStatus is the JSON form of a projection's status.
+type ProjectionStatus struct {
+	Name            string  `json:"name"`
+	Version         int     `json:"version"`
+	Status          string  `json:"status"`
+	Position        string  `json:"position"`
+	Head            string  `json:"head"`
+	LagMs           int64   `json:"lag_ms"`
+	EventsPerSecond float64 `json:"events_per_second"`
+	LastError       string  `json:"last_error,omitempty"`
+}
+
+func statusJSON(st projections.Status) ProjectionStatus {
+	return ProjectionStatus{
+		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
+		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, LastError: st.LastError,
+	}
+}
+
+func (s *Server) listProjections(c echo.Context) error {
+	out := []ProjectionStatus{}
+	if s.cfg.Daemon != nil {
+		for _, r := range s.cfg.Daemon.Runners() {
+			out = append(out, statusJSON(r.Status()))
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"projections": out})
+}
+
+func (s *Server) getProjection(c echo.Context) error {
+	var r *projections.Runner
+	if s.cfg.Daemon != nil {
+		r = s.cfg.Daemon.Runner(c.Param("name"))
+	}
+	if r == nil {
+		return problem(c, http.StatusNotFound, "projection not found", "no projection named "+c.Param("name"))
+	}
+	return c.JSON(http.StatusOK, statusJSON(r.Status()))
+}
+
+// problem answers with an RFC 9457 problem document.
+func problem(c echo.Context, status int, title, detail string) error {
+	body, err := json.Marshal(map[string]any{"type": "about:blank", "title": title, "status": status, "detail": detail})
+	if err != nil {
+		return err
+	}
+	return c.Blob(status, "application/problem+json", body)
+}

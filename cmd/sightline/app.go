@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/migrate"
+)
+
+// app is what the long-running commands share: the migrated database and
+// the event source.
+type app struct {
+	pool  *pgxpool.Pool
+	store *pgstore.Store
+}
+
+// openDatabase creates the database if missing, connects and migrates.
+func openDatabase(ctx context.Context, c *config) (*pgxpool.Pool, error) {
+	if err := migrate.EnsureDatabase(ctx, c.DatabaseURL); err != nil {
+		return nil, err
+	}
+	pcfg, err := pgxpool.ParseConfig(c.DatabaseURL)
+	if err != nil {
+		return nil, usagef("database URL: %v", err)
+	}
+	pcfg.MaxConns = max(pcfg.MaxConns, 16)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := migrate.Up(ctx, pool, c.logger); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
+}
+
+// openApp opens the database and the configured event source.
+func openApp(ctx context.Context, c *config) (*app, error) {
+	if c.Source != "postgres" {
+		if strings.HasPrefix(c.Source, "esdb://") || strings.HasPrefix(c.Source, "esdb+discover://") || strings.HasPrefix(c.Source, "kurrentdb://") {
+			return nil, usagef("source %q: this build reads only the embedded PostgreSQL store (--source postgres); EventStoreDB support is not in it yet", c.Source)
+		}
+		return nil, usagef(`source %q: want "postgres" or an esdb:// connection string`, c.Source)
+	}
+	pool, err := openDatabase(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	store, err := pgstore.New(pool, pgstore.Config{Logger: c.logger})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &app{pool: pool, store: store}, nil
+}
+
+func (a *app) Close() {
+	a.store.Close()
+	a.pool.Close()
+}
+
+func fmtCount(n int64) string {
+	s := fmt.Sprint(n)
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"gopkg.in/yaml.v3"
+
+	"github.com/sightlinehq/sightline/api"
+)
+
+// DatabaseURLDefault is the database sightline uses unless told otherwise;
+// it is created if missing.
+const DatabaseURLDefault = "postgres://postgres@127.0.0.1:5432/sightline?sslmode=disable"
+
+// config is what every command shares. Each value comes from, in order of
+// precedence: its flag, its environment variable, the --config YAML file,
+// the default.
+type config struct {
+	DatabaseURL string `yaml:"database_url"`
+	Source      string `yaml:"source"`
+	HTTPAddr    string `yaml:"http_addr"`
+	APIToken    string `yaml:"api_token"`
+	Insecure    bool   `yaml:"insecure"`
+	LogLevel    string `yaml:"log_level"`
+	LogFormat   string `yaml:"log_format"`
+	BatchSize   int    `yaml:"batch_size"`
+
+	file   string
+	logger *slog.Logger
+}
+
+// setting ties a config field to its flag and environment variable.
+type setting struct {
+	flag, env, usage string
+	str              *string
+}
+
+func (c *config) settings() []setting {
+	return []setting{
+		{"database-url", "SIGHTLINE_DATABASE_URL", "PostgreSQL for the read models (and the embedded event store); created if missing", &c.DatabaseURL},
+		{"source", "SIGHTLINE_SOURCE", `event source: "postgres" (the embedded store) or an esdb:// connection string`, &c.Source},
+		{"http-addr", "SIGHTLINE_HTTP_ADDR", "address the HTTP API listens on", &c.HTTPAddr},
+		{"log-level", "SIGHTLINE_LOG_LEVEL", "debug, info, warn or error", &c.LogLevel},
+		{"log-format", "SIGHTLINE_LOG_FORMAT", "text or json", &c.LogFormat},
+	}
+}
+
+func (c *config) bind(flags *pflag.FlagSet) {
+	for _, s := range c.settings() {
+		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
+	}
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size")
+}
+
+// load resolves the configuration for cmd.
+func (c *config) load(cmd *cobra.Command) error {
+	if c.file != "" {
+		raw, err := os.ReadFile(c.file)
+		if err != nil {
+			return usagef("config file: %v", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // an empty file sets nothing
+			return usagef("config file %s: %v", c.file, err)
+		}
+	}
+	for _, s := range c.settings() {
+		if v, ok := os.LookupEnv(s.env); ok && v != "" {
+			*s.str = v
+		}
+		if f := cmd.Flags().Lookup(s.flag); f != nil && f.Changed {
+			*s.str = f.Value.String()
+		}
+	}
+	if v := os.Getenv("SIGHTLINE_API_TOKEN"); v != "" {
+		c.APIToken = v
+	}
+	if f := cmd.Flags().Lookup("insecure"); f != nil && f.Changed {
+		c.Insecure = f.Value.String() == "true"
+	}
+	if c.DatabaseURL == "" {
+		c.DatabaseURL = DatabaseURLDefault
+	}
+	if c.Source == "" {
+		c.Source = "postgres"
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = api.AddrDefault
+	}
+	logger, err := newLogger(c.LogLevel, c.LogFormat)
+	if err != nil {
+		return err
+	}
+	c.logger = logger
+	slog.SetDefault(logger)
+	return nil
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if level != "" {
+		if err := l.UnmarshalText([]byte(level)); err != nil {
+			return nil, usagef("log level %q: want debug, info, warn or error", level)
+		}
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, usagef("log format %q: want text or json", format)
+}
+
+// checkListen refuses to serve beyond loopback without a token unless
+// the user said --insecure.
+func (c *config) checkListen() error {
+	host, _, err := net.SplitHostPort(c.HTTPAddr)
+	if err != nil {
+		return usagef("http address %q: %v", c.HTTPAddr, err)
+	}
+	if c.APIToken != "" || c.Insecure {
+		return nil
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return usagef("refusing to listen on %s without SIGHTLINE_API_TOKEN: set a token, listen on 127.0.0.1, or pass --insecure", c.HTTPAddr)
+}

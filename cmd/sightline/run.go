@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/sightlinehq/sightline/api"
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
+)
+
+// Grace periods of a stop: the batch in flight and the requests in flight
+// may finish within them; past them they are abandoned (a batch rolls back
+// whole).
+const (
+	stopProjectorsGrace = 10 * time.Second
+	stopAPIGrace        = 5 * time.Second
+)
+
+func newRunCmd(c *config, demo bool) *cobra.Command {
+	sim := simulate.Config{Orders: 100_000, Customers: 500, Rate: 200, Writers: 4}
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Migrate, then run the projections and the HTTP API until SIGINT or SIGTERM",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !demo {
+				return serve(cmd.Context(), c, nil)
+			}
+			return serve(cmd.Context(), c, &sim)
+		},
+	}
+	cmd.Flags().Bool("insecure", false, "allow listening beyond loopback without an API token")
+	if demo {
+		cmd.Use = "demo"
+		cmd.Short = "Run with the example projections on the embedded store, plus simulated order traffic"
+		cmd.Flags().IntVar(&sim.Orders, "orders", sim.Orders, "orders to simulate")
+		cmd.Flags().Float64Var(&sim.Rate, "rate", sim.Rate, "simulated events per second (0: as fast as possible)")
+		cmd.Flags().Uint64Var(&sim.Seed, "seed", 0, "traffic seed (0: a new one each run)")
+	}
+	return cmd
+}
+
+// serve runs the projections and the API until ctx ends; with sim, it also
+// simulates traffic.
+func serve(ctx context.Context, c *config, sim *simulate.Config) error {
+	if err := c.checkListen(); err != nil {
+		return err
+	}
+	a, err := openApp(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	daemon, err := projections.NewDaemon(a.pool, a.store, readmodel.All(), projections.Config{
+		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize,
+	})
+	if err != nil {
+		return err
+	}
+	srv := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Daemon: daemon, SourceReady: a.store.Connected, Gatherer: reg, Logger: c.logger})
+	if err := srv.Listen(); err != nil {
+		return fmt.Errorf("listen on %s: %w", c.HTTPAddr, err)
+	}
+	if err := daemon.Start(ctx); err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve() }()
+	c.logger.Info("sightline running", "http", "http://"+srv.Addr(), "source", c.Source)
+
+	simDone := make(chan error, 1)
+	if sim != nil {
+		if sim.Seed == 0 {
+			sim.Seed = uint64(time.Now().UnixNano())
+		}
+		printDemo(srv.Addr(), c.DatabaseURL, *sim)
+		go func() {
+			_, err := simulate.Run(ctx, a.store, *sim)
+			if err == nil {
+				c.logger.Info("simulated traffic finished; still serving")
+			}
+			simDone <- err
+		}()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-serveErr:
+	case err := <-simDone:
+		if err != nil && ctx.Err() == nil {
+			runErr = err
+		} else if ctx.Err() == nil {
+			<-ctx.Done()
+		}
+	}
+	c.logger.Info("stopping")
+	apiCtx, cancel := context.WithTimeout(context.Background(), stopAPIGrace)
+	defer cancel()
+	runErr = errors.Join(runErr, srv.Shutdown(apiCtx))
+	stopCtx, cancel2 := context.WithTimeout(context.Background(), stopProjectorsGrace)
+	defer cancel2()
+	if err := daemon.Stop(stopCtx); err != nil {
+		c.logger.Warn("projectors did not finish their batches in time; the batches rolled back", "error", err)
+	}
+	return runErr
+}
+
+func printDemo(addr, dbURL string, sim simulate.Config) {
+	fmt.Fprintf(os.Stderr, `
+sightline demo: %d orders at %.0f events/s into the embedded store, projected live.
+
+  Projections and lag:  curl -s http://%[3]s/v1/projections
+  Metrics:              curl -s http://%[3]s/metrics | grep ^sightline_
+  Read models in SQL:   psql '%[4]s' \
+                          -c 'SELECT * FROM readmodel.projection_status' \
+                          -c 'SELECT status, count(*) FROM readmodel.orders GROUP BY 1' \
+                          -c 'SELECT * FROM readmodel.daily_sales'
+  From another shell:   sightline status
+
+Ctrl-C stops it.
+
+`, sim.Orders, sim.Rate, addr, dbURL)
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+)
+
+type statusRow struct {
+	Projection string    `json:"projection"`
+	Version    int       `json:"version"`
+	Status     string    `json:"status"`
+	Position   string    `json:"position"`
+	Head       string    `json:"head"`
+	LagMs      int64     `json:"lag_ms"`
+	UpdatedAt  time.Time `json:"updated_at"`
+}
+
+func newStatusCmd(c *config) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show each projection's status, position, head and lag (from readmodel.projection_status)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pool, err := openDatabase(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			rows, err := pool.Query(cmd.Context(), `SELECT projection, version, status, coalesce(position, '0'), head, lag_ms, updated_at
+				FROM readmodel.projection_status ORDER BY projection`)
+			if err != nil {
+				return err
+			}
+			list, err := pgx.CollectRows(rows, pgx.RowToStructByPos[statusRow])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(os.Stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string]any{"projections": list})
+			}
+			if len(list) == 0 {
+				fmt.Println("no projections yet: start one with 'sightline run'")
+				return nil
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tUPDATED")
+			for _, r := range list {
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s ago\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
+					(time.Duration(r.LagMs) * time.Millisecond).String(), time.Since(r.UpdatedAt).Round(time.Second))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}

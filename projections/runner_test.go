@@ -1,0 +1,151 @@
+package projections_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/eventstore/storetest"
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/internal/testdb"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
+	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
+)
+
+type bundle struct {
+	db      *testdb.DB
+	store   *pgstore.Store
+	metrics *projections.Metrics
+}
+
+func setup(t *testing.T) (context.Context, *bundle) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	return ctx, &bundle{db: db, store: store, metrics: projections.NewMetrics(prometheus.NewRegistry())}
+}
+
+func (b *bundle) start(t *testing.T, ctx context.Context, ps ...projections.Projection) *projections.Daemon {
+	t.Helper()
+	d, err := projections.NewDaemon(b.db.Pool, b.store, ps, projections.Config{Metrics: b.metrics, StatusInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	t.Cleanup(func() { require.NoError(t, d.Stop(context.Background())) })
+	return d
+}
+
+func appendOrder(t *testing.T, ctx context.Context, s eventstore.Store, stream string, events ...eventstore.EventData) eventstore.AppendResult {
+	t.Helper()
+	res, err := s.Append(ctx, stream, eventstore.Any, events...)
+	require.NoError(t, err)
+	return res
+}
+
+// TestUnfillableGapIsRecordedAndPassed removes a revision from the store
+// (as truncation or deletion would) and proves the projector records the
+// gap, counts the missing event and goes on with the stream.
+func TestUnfillableGapIsRecordedAndPassed(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	appendOrder(t, ctx, b.store, "order-a",
+		storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":500}`),
+		storetest.Event(readmodel.TypeOrderPaid, `{"amount":500}`),
+		storetest.Event(readmodel.TypeOrderShipped, `{"carrier":"DHL"}`))
+	_, err := b.db.Pool.Exec(ctx, `DELETE FROM sightline.event_log WHERE stream_id = 'order-a' AND revision = 1`)
+	require.NoError(t, err)
+
+	b.start(t, ctx, readmodel.Orders{})
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "orders")
+
+	var status string
+	var paid, rev int64
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT status, paid, revision FROM readmodel.orders WHERE id = 'a'`).Scan(&status, &paid, &rev))
+	require.Equal(t, "shipped", status)
+	require.Zero(t, paid, "the payment is gone from the store")
+	require.Equal(t, int64(2), rev)
+	var from, to int64
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT from_revision, to_revision FROM sightline.gaps WHERE projection = 'orders' AND stream_id = 'order-a'`).Scan(&from, &to))
+	require.Equal(t, [2]int64{1, 1}, [2]int64{from, to})
+	require.Equal(t, 1.0, testutil.ToFloat64(b.metrics.EventsSkipped.WithLabelValues("orders", projections.SkipGapUnfilled)))
+}
+
+// idle chooses streams that never appear.
+type idle struct{}
+
+func (idle) Name() string     { return "idle" }
+func (idle) Version() int     { return 1 }
+func (idle) Tables() []string { return nil }
+func (idle) Filter() eventstore.Filter {
+	return eventstore.Filter{StreamPrefixes: []string{"nothing-"}}
+}
+func (idle) Setup(context.Context, pgx.Tx, string) error     { return nil }
+func (idle) Apply(context.Context, *projections.Batch) error { return nil }
+
+// TestFilterMatchingNothingReachesTheHead proves a projection whose filter
+// chooses none of the events still advances its checkpoint to the head and
+// reports lag 0, live.
+func TestFilterMatchingNothingReachesTheHead(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	d := b.start(t, ctx, idle{})
+	var last eventstore.AppendResult
+	for range 20 {
+		last = appendOrder(t, ctx, b.store, "order-x", storetest.Event("OrderPlaced", `{}`))
+	}
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "idle")
+	r := d.Runner("idle")
+	require.Eventually(t, func() bool {
+		st := r.Status()
+		return !st.Position.Before(last.Position) && st.Lag == 0 && st.Status == projections.StatusLive
+	}, 10*time.Second, 10*time.Millisecond, "status %+v", r.Status())
+	require.Zero(t, testutil.ToFloat64(b.metrics.EventsApplied.WithLabelValues("idle")))
+}
+
+// TestTwoProjectorsNeverApplyTwice runs the example projections in two
+// daemons at once, as two processes would, and proves the read models stay
+// exact: the checkpoint row lock and check keep their batches apart.
+func TestTwoProjectorsNeverApplyTwice(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	other, err := pgstore.New(b.db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer other.Close()
+	b.start(t, ctx, readmodel.All()...)
+	d2, err := projections.NewDaemon(b.db.Pool, other, readmodel.All(), projections.Config{BatchSize: 7})
+	require.NoError(t, err)
+	require.NoError(t, d2.Start(ctx))
+	defer d2.Stop(context.Background()) //nolint:errcheck
+
+	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 300, Customers: 30, Writers: 6, Seed: 3})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "orders", "customer_stats", "daily_sales")
+	readmodeltest.RequireExact(t, ctx, b.db.Pool)
+}
+
+// TestVersionChangeIsRefused: a projection whose code version differs from
+// the active read model's does not silently write into it.
+func TestVersionChangeIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	d := b.start(t, ctx, readmodel.DailySales{})
+	require.NoError(t, d.Stop(ctx))
+	d2, err := projections.NewDaemon(b.db.Pool, b.store, []projections.Projection{v2{}}, projections.Config{})
+	require.NoError(t, err)
+	require.ErrorIs(t, d2.Start(ctx), projections.ErrVersionChanged)
+}
+
+type v2 struct{ readmodel.DailySales }
+
+func (v2) Version() int { return 2 }
