@@ -1,0 +1,81 @@
+package migrate_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/internal/migrate"
+	"github.com/sightlinehq/sightline/internal/testdb"
+)
+
+func TestUpIsIdempotentAndRecorded(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := testdb.New(t) // already migrated from the template
+	require.NoError(t, migrate.Up(ctx, db.Pool, nil))
+	require.NoError(t, migrate.Up(ctx, db.Pool, nil))
+	all, err := migrate.All()
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.schema_migrations`).Scan(&n))
+	require.Equal(t, len(all), n)
+	for i, m := range all {
+		require.Equal(t, i+1, m.Version, "versions are numbered without holes")
+		require.NotEmpty(t, m.Down)
+	}
+}
+
+func TestDownUndoesUp(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := testdb.New(t)
+	all, err := migrate.All()
+	require.NoError(t, err)
+	for i := len(all) - 1; i >= 0; i-- {
+		_, err := db.Pool.Exec(ctx, all[i].Down)
+		require.NoError(t, err, "down %d", all[i].Version)
+	}
+	_, err = db.Pool.Exec(ctx, `DELETE FROM sightline.schema_migrations`)
+	require.NoError(t, err)
+	require.NoError(t, migrate.Up(ctx, db.Pool, nil), "up again after down")
+}
+
+func TestEnsureDatabaseCreatesAMissingOne(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(testdb.AdminURL())
+	require.NoError(t, err)
+	name := fmt.Sprintf("sltest_ensure_%d", time.Now().UnixNano())
+	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	t.Cleanup(func() {
+		admin, err := pgx.Connect(context.Background(), testdb.AdminURL())
+		if err == nil {
+			_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			admin.Close(context.Background())
+		}
+	})
+	require.NoError(t, migrate.EnsureDatabase(ctx, url))
+	require.NoError(t, migrate.EnsureDatabase(ctx, url), "and leaves an existing one alone")
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close(ctx))
+}
+
+func TestEnsureDatabaseSaysHowToStartPostgres(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := migrate.EnsureDatabase(ctx, "postgres://postgres@127.0.0.1:1/nothing?sslmode=disable&connect_timeout=2")
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "cannot reach PostgreSQL at postgres://postgres@127.0.0.1:1/nothing")
+	require.True(t, strings.Contains(err.Error(), "pg_ctlcluster") && strings.Contains(err.Error(), "--database-url"), err.Error())
+}
