@@ -1,6 +1,7 @@
 package pgstore_test
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -25,4 +26,46 @@ func TestContract(t *testing.T) {
 		s, _ := newStore(t, pgstore.Config{})
 		return s
 	})
+}
+
+// TestReadsAreWindowed: with small reads, a subscription whose filter
+// matches one event far into the store walks there window by window,
+// reports progress on the way, and says caught up only at the head.
+func TestReadsAreWindowed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t, pgstore.Config{ReadBatch: 2})
+	for range 50 {
+		_, err := s.Append(ctx, "order-noise", eventstore.Any, storetest.Event("Noise", `{}`))
+		require.NoError(t, err)
+	}
+	want, err := s.Append(ctx, "order-signal", eventstore.Any, storetest.Event("Signal", `{}`))
+	require.NoError(t, err)
+	for range 3 {
+		_, err := s.Append(ctx, "order-noise", eventstore.Any, storetest.Event("Noise", `{}`))
+		require.NoError(t, err)
+	}
+	head, err := s.Head(ctx)
+	require.NoError(t, err)
+
+	sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{"order-signal"}})
+	require.NoError(t, err)
+	defer sub.Close()
+	var got []eventstore.RecordedEvent
+	last, messages := eventstore.Start, 0
+	for {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		messages++
+		require.True(t, last.Before(msg.Checkpoint), "every message moves the checkpoint on")
+		last = msg.Checkpoint
+		got = append(got, msg.Events...)
+		if msg.CaughtUp {
+			break
+		}
+	}
+	require.Equal(t, head.Position, last)
+	require.Len(t, got, 1)
+	require.Equal(t, want.Position, got[0].Position)
+	require.Greater(t, messages, 5, "54 positions in windows of 8")
 }

@@ -20,6 +20,9 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.StreamPrefixes), types: append([]string{}, filter.EventTypes...)}, nil
 }
 
+// scanWindowFactor times ReadBatch is how many positions one read looks at.
+const scanWindowFactor = 4
+
 type subscription struct {
 	store    *Store
 	cur      uint64
@@ -39,7 +42,7 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 		if sub.closed.Load() {
 			return eventstore.Message{}, fmt.Errorf("subscription closed")
 		}
-		head, events, err := sub.read(ctx)
+		head, scanned, events, err := sub.read(ctx)
 		if err != nil {
 			return eventstore.Message{}, err
 		}
@@ -48,7 +51,7 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			if len(events) == sub.store.cfg.ReadBatch {
 				msg.Checkpoint = events[len(events)-1].Position
 			} else {
-				msg.Checkpoint, msg.CaughtUp = eventstore.At(head), true
+				msg.Checkpoint, msg.CaughtUp = eventstore.At(scanned), scanned == head
 			}
 			sub.cur, sub.told = msg.Checkpoint.Commit, msg.CaughtUp
 			return msg, nil
@@ -63,23 +66,28 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 	}
 }
 
-// read returns the head and the first ReadBatch matching events after cur
-// and at or below it, in one snapshot.
-func (sub *subscription) read(ctx context.Context) (uint64, []eventstore.RecordedEvent, error) {
+// read returns the head and the first ReadBatch matching events after cur,
+// at or below the head, in one snapshot. It looks at no more than
+// scanWindow positions, so that the work of one read stays bounded whatever
+// the backlog or the filter; a read that finds nothing in its window still
+// moves the subscription past it.
+func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
+	window := uint64(sub.store.cfg.ReadBatch) * scanWindowFactor
 	rows, err := sub.store.pool.Query(ctx, `
-		SELECT s.head, e.position, e.stream_id, e.revision, e.event_id::text, e.type, e.data, e.metadata, e.created_at
-		FROM sightline.sequencer s
+		WITH h AS MATERIALIZED (SELECT head FROM sightline.sequencer LIMIT 1)
+		SELECT h.head, e.position, e.stream_id, e.revision, e.event_id::text, e.type, e.data, e.metadata, e.created_at
+		FROM h
 		LEFT JOIN LATERAL (
 			SELECT p.position, e.* FROM sightline.positions p
 			JOIN sightline.event_log e ON e.id = p.event_row
-			WHERE p.position > $1 AND p.position <= s.head
+			WHERE p.position > $1 AND p.position <= least(h.head, $5)
 			  AND (coalesce(cardinality($3::text[]), 0) = 0 OR e.stream_id LIKE ANY($3))
 			  AND (coalesce(cardinality($4::text[]), 0) = 0 OR e.type = ANY($4))
 			ORDER BY p.position
 			LIMIT $2
-		) e ON true`, int64(sub.cur), sub.store.cfg.ReadBatch, sub.prefixes, sub.types)
+		) e ON true`, int64(sub.cur), sub.store.cfg.ReadBatch, sub.prefixes, sub.types, int64(sub.cur+window))
 	if err != nil {
-		return 0, nil, fmt.Errorf("read events after %d: %w", sub.cur, err)
+		return 0, 0, nil, fmt.Errorf("read events after %d: %w", sub.cur, err)
 	}
 	defer rows.Close()
 	var head int64
@@ -90,7 +98,7 @@ func (sub *subscription) read(ctx context.Context) (uint64, []eventstore.Recorde
 		var data, meta []byte
 		var created *time.Time
 		if err := rows.Scan(&head, &pos, &stream, &rev, &id, &typ, &data, &meta, &created); err != nil {
-			return 0, nil, err
+			return 0, 0, nil, err
 		}
 		if pos == nil {
 			continue
@@ -100,7 +108,10 @@ func (sub *subscription) read(ctx context.Context) (uint64, []eventstore.Recorde
 			EventID: *id, Type: *typ, Data: data, Metadata: meta, CreatedAt: *created,
 		})
 	}
-	return uint64(head), events, rows.Err()
+	if err := rows.Err(); err != nil {
+		return 0, 0, nil, err
+	}
+	return uint64(head), min(uint64(head), sub.cur+window), events, nil
 }
 
 // likePrefixes turns stream prefixes into LIKE patterns that match them
