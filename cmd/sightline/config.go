@@ -32,6 +32,7 @@ type config struct {
 	LogLevel    string `yaml:"log_level"`
 	LogFormat   string `yaml:"log_format"`
 	BatchSize   int    `yaml:"batch_size"`
+	Projections string `yaml:"projections"`
 
 	file   string
 	logger *slog.Logger
@@ -50,6 +51,7 @@ func (c *config) settings() []setting {
 		{"http-addr", "SIGHTLINE_HTTP_ADDR", "address the HTTP API listens on", &c.HTTPAddr},
 		{"log-level", "SIGHTLINE_LOG_LEVEL", "debug, info, warn or error", &c.LogLevel},
 		{"log-format", "SIGHTLINE_LOG_FORMAT", "text or json", &c.LogFormat},
+		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run besides the examples", &c.Projections},
 	}
 }
 
@@ -57,7 +59,7 @@ func (c *config) bind(flags *pflag.FlagSet) {
 	for _, s := range c.settings() {
 		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
 	}
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, projections")
 }
 
 // load resolves the configuration for cmd.

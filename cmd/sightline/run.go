@@ -14,6 +14,7 @@ import (
 	"github.com/sightlinehq/sightline/api"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/projections/declarative"
 	"github.com/sightlinehq/sightline/readmodel"
 )
 
@@ -63,7 +64,18 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	daemon, err := projections.NewDaemon(a.pool, a.store, readmodel.All(), projections.Config{
+	ps := readmodel.All()
+	if c.Projections != "" {
+		more, err := declarative.LoadDir(c.Projections)
+		if err != nil {
+			return usageError{err}
+		}
+		if len(more) == 0 {
+			return usagef("no *.yaml projections in %s", c.Projections)
+		}
+		ps = append(ps, more...)
+	}
+	daemon, err := projections.NewDaemon(a.pool, a.store, ps, projections.Config{
 		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize,
 	})
 	if err != nil {

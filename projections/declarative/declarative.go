@@ -1,0 +1,256 @@
+package declarative
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"gopkg.in/yaml.v3"
+
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/projections"
+)
+
+// Spec is a declarative projection as written in YAML.
+type Spec struct {
+	// Name and Version: as projections.Projection's.
+	Name    string `yaml:"name"`
+	Version int    `yaml:"version"`
+	// Streams lists the stream prefixes the projection reads ("order-").
+	Streams []string `yaml:"streams"`
+	// Tables maps each table to the SQL that creates it. Table names in all
+	// SQL are unqualified: they resolve to the projection's own schema.
+	Tables map[string]string `yaml:"tables"`
+	// Handlers maps an event type to the SQL run for each event of it.
+	// The SQL names event fields as :stream_id, :revision, :position,
+	// :event_id, :type, :data (jsonb), :metadata (jsonb) and :created_at.
+	Handlers map[string]string `yaml:"handlers"`
+}
+
+// params are the event fields a handler may name, with their SQL types.
+var params = map[string]string{
+	"stream_id": "text", "revision": "bigint", "position": "text", "event_id": "uuid",
+	"type": "text", "data": "jsonb", "metadata": "jsonb", "created_at": "timestamptz",
+}
+
+func (e paramValues) value(name string) any {
+	switch name {
+	case "stream_id":
+		return e.StreamID
+	case "revision":
+		return int64(e.Revision)
+	case "position":
+		return e.Position.String()
+	case "event_id":
+		return e.EventID
+	case "type":
+		return e.Type
+	case "data":
+		return string(e.Data)
+	case "metadata":
+		return string(e.Metadata)
+	case "created_at":
+		return e.CreatedAt
+	}
+	panic("declarative: unknown parameter " + name) // names are checked at load
+}
+
+type paramValues eventstore.RecordedEvent
+
+// handler is one event type's SQL with its named parameters made positional.
+type handler struct {
+	sql    string
+	params []string
+}
+
+// Projection runs a Spec.
+type Projection struct {
+	spec     Spec
+	tables   []string
+	handlers map[string]handler
+}
+
+var _ projections.Projection = (*Projection)(nil)
+
+// Load reads a projection from a YAML file.
+func Load(path string) (*Projection, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	var spec Spec
+	if err := dec.Decode(&spec); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	p, err := New(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}
+
+// LoadDir reads every *.yaml and *.yml file of dir, in name order.
+func LoadDir(dir string) ([]projections.Projection, error) {
+	var files []string
+	for _, pattern := range []string{"*.yaml", "*.yml"} {
+		m, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, m...)
+	}
+	sort.Strings(files)
+	var out []projections.Projection
+	for _, f := range files {
+		p, err := Load(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// New checks spec and returns its projection.
+func New(spec Spec) (*Projection, error) {
+	switch {
+	case spec.Name == "":
+		return nil, errors.New("projection has no name")
+	case len(spec.Streams) == 0:
+		return nil, fmt.Errorf("projection %s: streams lists no stream prefix", spec.Name)
+	case len(spec.Tables) == 0:
+		return nil, fmt.Errorf("projection %s: tables is empty", spec.Name)
+	case len(spec.Handlers) == 0:
+		return nil, fmt.Errorf("projection %s: handlers is empty", spec.Name)
+	}
+	p := &Projection{spec: spec, handlers: map[string]handler{}}
+	for t := range spec.Tables {
+		p.tables = append(p.tables, t)
+	}
+	sort.Strings(p.tables)
+	for typ, sql := range spec.Handlers {
+		h, err := compile(sql)
+		if err != nil {
+			return nil, fmt.Errorf("projection %s, handler %s: %w", spec.Name, typ, err)
+		}
+		p.handlers[typ] = h
+	}
+	return p, nil
+}
+
+// compile turns :name parameters into $n with their types. It leaves
+// '::' casts and anything inside '…' literals, "…" identifiers and
+// $$…$$ bodies alone.
+func compile(sql string) (handler, error) {
+	var out strings.Builder
+	var h handler
+	index := map[string]int{}
+	for i := 0; i < len(sql); i++ {
+		c := sql[i]
+		switch {
+		case c == '\'' || c == '"':
+			end := strings.IndexByte(sql[i+1:], c)
+			if end < 0 {
+				return handler{}, fmt.Errorf("unterminated %c", c)
+			}
+			out.WriteString(sql[i : i+end+2])
+			i += end + 1
+		case c == '$' && strings.HasPrefix(sql[i:], "$$"):
+			end := strings.Index(sql[i+2:], "$$")
+			if end < 0 {
+				return handler{}, errors.New("unterminated $$")
+			}
+			out.WriteString(sql[i : i+end+4])
+			i += end + 3
+		case c == ':' && i+1 < len(sql) && sql[i+1] == ':':
+			out.WriteString("::")
+			i++
+		case c == ':' && i+1 < len(sql) && isIdentStart(sql[i+1]):
+			j := i + 1
+			for j < len(sql) && isIdent(sql[j]) {
+				j++
+			}
+			name := sql[i+1 : j]
+			typ, ok := params[name]
+			if !ok {
+				return handler{}, fmt.Errorf("unknown parameter :%s (want one of :stream_id, :revision, :position, :event_id, :type, :data, :metadata, :created_at)", name)
+			}
+			n, seen := index[name]
+			if !seen {
+				h.params = append(h.params, name)
+				n = len(h.params)
+				index[name] = n
+			}
+			fmt.Fprintf(&out, "$%d::%s", n, typ)
+			i = j - 1
+		default:
+			out.WriteByte(c)
+		}
+	}
+	h.sql = out.String()
+	return h, nil
+}
+
+func isIdentStart(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' }
+func isIdent(c byte) bool      { return isIdentStart(c) || c >= '0' && c <= '9' }
+
+func (p *Projection) Name() string     { return p.spec.Name }
+func (p *Projection) Version() int     { return p.spec.Version }
+func (p *Projection) Tables() []string { return p.tables }
+func (p *Projection) Filter() eventstore.Filter {
+	return eventstore.Filter{StreamPrefixes: p.spec.Streams}
+}
+
+// Setup runs each table's SQL with the projection's schema first on the
+// search path.
+func (p *Projection) Setup(ctx context.Context, tx pgx.Tx, schema string) error {
+	var old string
+	if err := tx.QueryRow(ctx, `SELECT current_setting('search_path')`).Scan(&old); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, searchPath(schema)); err != nil {
+		return err
+	}
+	for _, t := range p.tables {
+		if _, err := tx.Exec(ctx, p.spec.Tables[t]); err != nil {
+			return fmt.Errorf("create table %s: %w", t, err)
+		}
+	}
+	_, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, old)
+	return err
+}
+
+// searchPath puts the projection's schema first, then public for the
+// functions and types of extensions.
+func searchPath(schema string) string { return pgx.Identifier{schema}.Sanitize() + ", public" }
+
+// Apply queues each event's handler SQL; the projector sends them all in
+// one round trip with the checkpoint. The search path is set first, in a
+// round trip of its own: the queued statements are parsed, and their table
+// names resolved, before any of them runs. (PostgreSQL re-plans a cached
+// statement when the search path differs, so generations do not mix.)
+func (p *Projection) Apply(ctx context.Context, b *projections.Batch) error {
+	if _, err := b.Tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, searchPath(b.Schema)); err != nil {
+		return err
+	}
+	for _, e := range b.Events {
+		h, ok := p.handlers[e.Type]
+		if !ok {
+			continue
+		}
+		args := make([]any, len(h.params))
+		for i, name := range h.params {
+			args[i] = paramValues(e).value(name)
+		}
+		b.Queue(h.sql, args...)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package declarative_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/internal/testdb"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/projections/declarative"
+	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestExampleMatchesTheEvents runs the shipped YAML example on the
+// projector and compares it with a fold of sightline.events.
+func TestExampleMatchesTheEvents(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ps, err := declarative.LoadDir("../../examples/projections")
+	require.NoError(t, err)
+	require.Len(t, ps, 1)
+
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer store.Close()
+	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 200, Customers: 20, Writers: 4, Seed: 9})
+	require.NoError(t, err)
+	d, err := projections.NewDaemon(db.Pool, store, ps, projections.Config{BatchSize: 64})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(ctx) //nolint:errcheck
+	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 200, Customers: 20, Writers: 4, Seed: 10})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, "order_activity")
+
+	var diff, rows int
+	require.NoError(t, db.Pool.QueryRow(ctx, `
+		WITH fold AS (
+			SELECT substr(stream_id, 7) AS order_id,
+				(array_agg(type ORDER BY revision DESC))[1] AS last_event,
+				count(*) AS events,
+				(array_agg(data->>'carrier') FILTER (WHERE type = 'OrderShipped'))[1] AS carrier,
+				(array_agg(created_at ORDER BY revision DESC))[1] AS last_at
+			FROM sightline.events WHERE stream_id LIKE 'order-%' GROUP BY 1),
+		rm AS (SELECT order_id, last_event, events, carrier, last_at FROM readmodel.order_activity)
+		SELECT (SELECT count(*) FROM ((SELECT * FROM fold EXCEPT SELECT * FROM rm) UNION ALL (SELECT * FROM rm EXCEPT SELECT * FROM fold)) x),
+		       (SELECT count(*) FROM rm)`).Scan(&diff, &rows))
+	require.Zero(t, diff)
+	require.Equal(t, 400, rows)
+	require.NoError(t, d.Stop(ctx))
+}
+
+func TestBadSpecsAreRefusedClearly(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"unknown key":   "name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'SELECT 1'}\ntypo: 1\n",
+		"unknown param": "name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'INSERT INTO t VALUES (:nope)'}\n",
+		"no streams":    "name: x\nversion: 1\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'SELECT 1'}\n",
+		"no handlers":   "name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\n",
+		"unterminated":  "name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: \"SELECT 'oops\"}\n",
+	} {
+		path := filepath.Join(dir, name+".yaml")
+		require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+		_, err := declarative.Load(path)
+		require.Error(t, err, name)
+		require.Contains(t, err.Error(), path, name)
+	}
+}
+
+// TestParametersKeepCastsAndLiterals checks the :name translation on a
+// real server: casts, literals and dollar-quoted text stay as written.
+func TestParametersKeepCastsAndLiterals(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testdb.New(t)
+	p, err := declarative.New(declarative.Spec{
+		Name: "p", Version: 1, Streams: []string{"s-"}, Tables: map[string]string{"t": "CREATE TABLE t (a text)"},
+		Handlers: map[string]string{"E": `SELECT :revision::text || ':revision' || $$:data$$ || (:data->>'k') || :revision`},
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"t"}, p.Tables())
+	var out string
+	// The compiled statement, run the way the projector queues it.
+	require.NoError(t, db.Pool.QueryRow(ctx, declarative.DeclarativeSQL(t, p, "E"), int64(7), `{"k":"v"}`).Scan(&out))
+	require.Equal(t, "7:revision:datav7", out)
+}
