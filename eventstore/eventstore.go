@@ -202,6 +202,8 @@ var (
 	ErrInvalidEvent = errors.New("invalid event")
 	// ErrInvalidPosition is returned for a position token that does not parse.
 	ErrInvalidPosition = errors.New("invalid position")
+	// ErrClosed is returned by calls on a closed store or subscription.
+	ErrClosed = errors.New("closed")
 )
 
 // WrongExpectedRevisionError says an append's condition did not hold.

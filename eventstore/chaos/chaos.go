@@ -120,6 +120,16 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 		}
 	}
 	in := append([]eventstore.RecordedEvent(nil), msg.Events...) // the store's slice stays as it was
+	// What preceded each event as the store sent them: swaps below must not
+	// change where a late event's checkpoint stops.
+	before := make(map[string]eventstore.Position, len(in))
+	for i, e := range in {
+		if i == 0 {
+			before[e.EventID] = sub.last
+		} else {
+			before[e.EventID] = in[i-1].Position
+		}
+	}
 	out := make([]eventstore.RecordedEvent, 0, len(in)+len(sub.held))
 	// Deliver some of what was held back, before this message's events.
 	var keep []held
@@ -134,10 +144,6 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 	var tail []eventstore.RecordedEvent // late events when nothing later is certain
 	for i := range in {
 		e := in[i]
-		before := sub.last
-		if i > 0 {
-			before = in[i-1].Position
-		}
 		switch {
 		case s.chance(s.cfg.Drop) && nextInStream(in, i) > 0:
 			continue
@@ -145,7 +151,7 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			if msg.CaughtUp {
 				tail = append(tail, e)
 			} else {
-				sub.held = append(sub.held, held{event: e, late: true, before: before})
+				sub.held = append(sub.held, held{event: e, late: true, before: before[e.EventID]})
 			}
 			continue
 		case s.chance(s.cfg.Reorder):

@@ -11,6 +11,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/eventstore"
 )
 
 // hub holds one LISTEN connection per Store and tells waiting subscribers
@@ -46,8 +48,9 @@ func (h *hub) publish(head uint64) {
 	h.changed = make(chan struct{})
 }
 
-// waitBeyond returns once the head is beyond after, or ctx ends.
-func (h *hub) waitBeyond(ctx context.Context, after uint64) error {
+// waitBeyond returns once the head is beyond after, or ctx ends, or stop
+// or closed is closed (with eventstore.ErrClosed).
+func (h *hub) waitBeyond(ctx context.Context, after uint64, stop, closed <-chan struct{}) error {
 	for {
 		h.mu.Lock()
 		head, ch := h.head, h.changed
@@ -59,6 +62,10 @@ func (h *hub) waitBeyond(ctx context.Context, after uint64) error {
 		case <-ch:
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-stop:
+			return eventstore.ErrClosed
+		case <-closed:
+			return eventstore.ErrClosed
 		}
 	}
 }

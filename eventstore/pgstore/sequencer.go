@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/eventstore"
 )
 
 // sequencer gives committed events their positions. Appenders commit their
@@ -16,9 +19,10 @@ import (
 // the way concurrent commits share a WAL flush. Across processes, the
 // advisory lock inside sightline.sequence_events makes sequencers take turns.
 type sequencer struct {
-	pool *pgxpool.Pool
-	cfg  Config
-	hub  *hub
+	pool   *pgxpool.Pool
+	cfg    Config
+	hub    *hub
+	closed <-chan struct{} // closed by Store.Close
 
 	wake chan struct{}
 
@@ -26,8 +30,8 @@ type sequencer struct {
 	waiters map[int64][]chan uint64 // event row id → appenders waiting for its position
 }
 
-func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub) *sequencer {
-	return &sequencer{pool: pool, cfg: cfg, hub: h, wake: make(chan struct{}, 1), waiters: map[int64][]chan uint64{}}
+func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, closed <-chan struct{}) *sequencer {
+	return &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wake: make(chan struct{}, 1), waiters: map[int64][]chan uint64{}}
 }
 
 // kick asks for a run without waiting for it.
@@ -45,24 +49,28 @@ func (q *sequencer) wait(ctx context.Context, id int64) (uint64, error) {
 	q.waiters[id] = append(q.waiters[id], ch)
 	q.mu.Unlock()
 	q.kick()
+	var err error
 	select {
 	case pos := <-ch:
 		return pos, nil
 	case <-ctx.Done():
-		q.mu.Lock()
-		chans := q.waiters[id]
-		for i, c := range chans {
-			if c == ch {
-				q.waiters[id] = append(chans[:i], chans[i+1:]...)
-				break
-			}
-		}
-		if len(q.waiters[id]) == 0 {
-			delete(q.waiters, id)
-		}
-		q.mu.Unlock()
-		return 0, ctx.Err()
+		err = ctx.Err()
+	case <-q.closed:
+		err = eventstore.ErrClosed
 	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	chans := q.waiters[id]
+	for i, c := range chans {
+		if c == ch {
+			q.waiters[id] = append(chans[:i], chans[i+1:]...)
+			break
+		}
+	}
+	if len(q.waiters[id]) == 0 {
+		delete(q.waiters, id)
+	}
+	return 0, err
 }
 
 func (q *sequencer) run(ctx context.Context) {
@@ -157,24 +165,25 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 }
 
 // sequence runs sightline.sequence_events once and returns how many events it
-// positioned and the highest position it gave.
+// positioned and the highest position it gave. Appenders learn their
+// positions only once the run has committed: rows arrive before the commit,
+// and a run that fails after them gives its positions out again.
 func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	rows, err := q.pool.Query(ctx, `SELECT event_row, position FROM sightline.sequence_events($1)`, q.cfg.SequenceBatch)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer rows.Close()
-	n, head := 0, uint64(0)
-	for rows.Next() {
-		var id, pos int64
-		if err := rows.Scan(&id, &pos); err != nil {
-			return 0, 0, err
-		}
-		n++
-		head = max(head, uint64(pos))
-		q.resolve(id, uint64(pos))
+	type placed struct{ ID, Pos int64 }
+	done, err := pgx.CollectRows(rows, pgx.RowToStructByPos[placed]) // closes rows: the commit's outcome
+	if err != nil {
+		return 0, 0, err
 	}
-	return n, head, rows.Err()
+	head := uint64(0)
+	for _, p := range done {
+		head = max(head, uint64(p.Pos))
+		q.resolve(p.ID, uint64(p.Pos))
+	}
+	return len(done), head, nil
 }
 
 func (q *sequencer) resolve(id int64, pos uint64) {

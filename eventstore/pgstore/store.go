@@ -68,6 +68,7 @@ type Store struct {
 	seq    *sequencer
 	hub    *hub
 	cancel context.CancelFunc
+	closed chan struct{} // closed by Close: releases everyone waiting
 	wg     sync.WaitGroup
 	once   sync.Once
 }
@@ -82,9 +83,9 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Store{pool: pool, cfg: cfg, cancel: cancel}
+	s := &Store{pool: pool, cfg: cfg, cancel: cancel, closed: make(chan struct{})}
 	s.hub = newHub(pool, cfg.Logger)
-	s.seq = newSequencer(pool, cfg, s.hub)
+	s.seq = newSequencer(pool, cfg, s.hub, s.closed)
 	s.hub.onAppend = s.seq.kick
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.hub.run(ctx) }()
@@ -92,9 +93,12 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the sequencer and the listener. Safe to call twice.
+// Close stops the sequencer and the listener; appends waiting for their
+// positions and subscriptions waiting for events return ErrClosed. Safe to
+// call twice.
 func (s *Store) Close() {
 	s.once.Do(func() {
+		close(s.closed)
 		s.cancel()
 		s.wg.Wait()
 	})
@@ -133,19 +137,24 @@ func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
 // Append writes events to stream in one statement and returns once the
 // events have positions.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	select {
+	case <-s.closed:
+		return eventstore.AppendResult{}, eventstore.ErrClosed
+	default:
+	}
 	args, err := appendArgs(stream, events)
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
 	lastID, next, err := insertEvents(ctx, s.pool, stream, expected, args, true)
 	if err != nil {
-		res, again, err := s.retriedAppend(ctx, stream, events, err)
+		res, again, err := s.retriedAppend(ctx, stream, args.ids, err)
 		if !again {
 			return res, err
 		}
 		// An append with the same IDs was under way and rolled back: ours may go ahead.
 		if lastID, next, err = insertEvents(ctx, s.pool, stream, expected, args, true); err != nil {
-			res, _, err := s.retriedAppend(ctx, stream, events, err)
+			res, _, err := s.retriedAppend(ctx, stream, args.ids, err)
 			return res, err
 		}
 	}
@@ -173,6 +182,15 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, stream string, expected
 	_, next, err := insertEvents(ctx, sp, stream, expected, args, false)
 	if err != nil {
 		_ = sp.Rollback(ctx)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			switch pgErr.ConstraintName {
+			case "event_log_event_id_key":
+				return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w: an event ID was appended before", stream, eventstore.ErrIdempotency)
+			case "event_log_stream_revision_key":
+				return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w: another transaction appended to the stream first", stream, eventstore.ErrWrongExpectedRevision)
+			}
+		}
 		return eventstore.AppendResult{}, err
 	}
 	if _, err := sp.Exec(ctx, `SELECT pg_notify('sightline_append', '')`); err != nil {
@@ -306,15 +324,11 @@ func insertEvents(ctx context.Context, q querier, stream string, expected events
 // append to this stream, it returns that first result. again says that the
 // conflicting IDs are gone (their append rolled back), so the append may be
 // tried once more.
-func (s *Store) retriedAppend(ctx context.Context, stream string, events []eventstore.EventData, cause error) (res eventstore.AppendResult, again bool, err error) {
+func (s *Store) retriedAppend(ctx context.Context, stream string, ids []string, cause error) (res eventstore.AppendResult, again bool, err error) {
 	var pgErr *pgconn.PgError
 	dupID := errors.As(cause, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_log_event_id_key"
 	if !dupID && !errors.Is(cause, eventstore.ErrWrongExpectedRevision) {
 		return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: %w", stream, cause)
-	}
-	ids := make([]string, len(events))
-	for i, e := range events {
-		ids[i] = e.EventID
 	}
 	rows, err := s.pool.Query(ctx, `SELECT row_id, stream_id, revision, position, event_id::text
 		FROM sightline.events WHERE event_id = ANY($1::text[]::uuid[])`, ids)
@@ -344,7 +358,7 @@ func (s *Store) retriedAppend(ctx context.Context, stream string, events []event
 	}
 	var first, last prior
 	for i, id := range ids {
-		p, ok := found[uuid.MustParse(id).String()]
+		p, ok := found[id] // ids are in canonical form, as PostgreSQL renders them
 		if !ok || p.stream != stream || (i > 0 && p.revision != first.revision+int64(i)) {
 			return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: %w", stream, eventstore.ErrIdempotency)
 		}

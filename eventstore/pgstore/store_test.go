@@ -69,3 +69,36 @@ func TestReadsAreWindowed(t *testing.T) {
 	require.Equal(t, want.Position, got[0].Position)
 	require.Greater(t, messages, 5, "54 positions in windows of 8")
 }
+
+// TestCloseReleasesWaiters: Close ends a Recv waiting for events, and so
+// does closing the subscription itself.
+func TestCloseReleasesWaiters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background() // no deadline: only Close can end the waits
+	s, _ := newStore(t, pgstore.Config{})
+	recv := func(sub eventstore.Subscription) chan error {
+		errs := make(chan error, 1)
+		go func() {
+			for {
+				if _, err := sub.Recv(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		return errs
+	}
+	own, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{})
+	require.NoError(t, err)
+	ownErr := recv(own)
+	other, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{})
+	require.NoError(t, err)
+	otherErr := recv(other)
+
+	require.NoError(t, own.Close())
+	require.ErrorIs(t, <-ownErr, eventstore.ErrClosed)
+	s.Close()
+	require.ErrorIs(t, <-otherErr, eventstore.ErrClosed)
+	_, err = s.Append(ctx, "order-late", eventstore.Any, storetest.Event("A", `{}`))
+	require.ErrorIs(t, err, eventstore.ErrClosed, "a closed store writes nothing")
+}

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -17,7 +17,8 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	if from.Commit != from.Prepare {
 		return nil, fmt.Errorf("%w: %s is not an embedded-store position", eventstore.ErrInvalidPosition, from)
 	}
-	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.StreamPrefixes), types: append([]string{}, filter.EventTypes...)}, nil
+	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.StreamPrefixes), types: append([]string{}, filter.EventTypes...),
+		done: make(chan struct{})}, nil
 }
 
 // scanWindowFactor times ReadBatch is how many positions one read looks at.
@@ -28,19 +29,23 @@ type subscription struct {
 	cur      uint64
 	prefixes []string
 	types    []string
-	told     bool // a caught-up message was sent for the current position
-	closed   atomic.Bool
+	told     bool          // a caught-up message was sent for the current position
+	done     chan struct{} // closed by Close
+	once     sync.Once
 }
 
+// Close ends the subscription; a Recv waiting for events returns ErrClosed.
 func (sub *subscription) Close() error {
-	sub.closed.Store(true)
+	sub.once.Do(func() { close(sub.done) })
 	return nil
 }
 
 func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 	for {
-		if sub.closed.Load() {
-			return eventstore.Message{}, fmt.Errorf("subscription closed")
+		select {
+		case <-sub.done:
+			return eventstore.Message{}, eventstore.ErrClosed
+		default:
 		}
 		head, scanned, events, err := sub.read(ctx)
 		if err != nil {
@@ -60,7 +65,7 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			sub.told = true
 			return eventstore.Message{Checkpoint: eventstore.At(sub.cur), CaughtUp: true}, nil
 		}
-		if err := sub.store.hub.waitBeyond(ctx, sub.cur); err != nil {
+		if err := sub.store.hub.waitBeyond(ctx, sub.cur, sub.done, sub.store.closed); err != nil {
 			return eventstore.Message{}, err
 		}
 	}
