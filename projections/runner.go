@@ -112,8 +112,8 @@ type Runner struct {
 
 type runState struct {
 	status       string
-	caughtUp     bool
 	oldest       time.Time // write time of the oldest event being applied
+	behindSince  time.Time // when the head was first seen beyond the position
 	head         eventstore.Head
 	lastProgress time.Time
 	failing      bool
@@ -146,8 +146,9 @@ func (r *Runner) Name() string { return r.p.Name() }
 // Start registers the projection (creating its tables on first run) and
 // starts projecting in the background.
 func (r *Runner) Start(ctx context.Context) error {
-	var err error
+	err := errors.New("projections: runner already started or stopped")
 	r.startOnce.Do(func() {
+		err = nil
 		var reg registration
 		if reg, err = register(ctx, r.pool, r.p); err != nil {
 			close(r.done)
@@ -168,10 +169,10 @@ func (r *Runner) Start(ctx context.Context) error {
 // whole. Safe to call twice and before Start.
 func (r *Runner) Stop(ctx context.Context) error {
 	r.stopOnce.Do(func() {
-		if r.softCancel == nil {
-			return
+		r.startOnce.Do(func() { close(r.done) }) // never started: nothing to stop, and no Start after this
+		if r.softCancel != nil {
+			r.softCancel()
 		}
-		r.softCancel()
 	})
 	select {
 	case <-r.done:
@@ -244,14 +245,17 @@ func (r *Runner) pipeline() error {
 	go r.read(ctx, from, msgs)
 
 	for {
+		if ctx.Err() != nil { // stopping: take no more batches, even if some have arrived
+			return ctx.Err()
+		}
 		var first eventstore.Message
 		select {
 		case first = <-msgs:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		events, checkpoint, caughtUp := collect(first, msgs, r.cfg.BatchSize)
-		if err := r.applyWithRetry(events, checkpoint, caughtUp); err != nil {
+		events, checkpoint := collect(first, msgs, r.cfg.BatchSize)
+		if err := r.applyWithRetry(events, checkpoint); err != nil {
 			return err
 		}
 	}
@@ -299,9 +303,9 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 
 // collect takes first and whatever else has already arrived, up to about
 // max events, without waiting.
-func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) ([]eventstore.RecordedEvent, eventstore.Position, bool) {
+func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) ([]eventstore.RecordedEvent, eventstore.Position) {
 	events := first.Events
-	checkpoint, caughtUp := first.Checkpoint, first.CaughtUp
+	checkpoint := first.Checkpoint
 	for len(events) < max {
 		select {
 		case m := <-msgs:
@@ -314,18 +318,17 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) 
 			if checkpoint.Before(m.Checkpoint) {
 				checkpoint = m.Checkpoint
 			}
-			caughtUp = m.CaughtUp
 		default:
-			return events, checkpoint, caughtUp && len(msgs) == 0
+			return events, checkpoint
 		}
 	}
-	return events, checkpoint, false
+	return events, checkpoint
 }
 
 // applyWithRetry applies a batch, retrying with backoff while it fails:
 // each attempt is a fresh transaction that re-reads the revisions, so a
 // retry can never apply anything twice.
-func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint eventstore.Position, caughtUp bool) error {
+func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint eventstore.Position) error {
 	r.mu.Lock()
 	if len(events) > 0 {
 		r.state.oldest = events[0].CreatedAt
@@ -341,7 +344,6 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 		err := r.apply(r.hard, events, checkpoint)
 		if err == nil {
 			r.mu.Lock()
-			r.state.caughtUp = caughtUp
 			r.state.oldest = time.Time{}
 			r.state.failing, r.state.lastError = false, ""
 			r.mu.Unlock()

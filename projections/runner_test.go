@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,3 +150,87 @@ func TestVersionChangeIsRefused(t *testing.T) {
 type v2 struct{ readmodel.DailySales }
 
 func (v2) Version() int { return 2 }
+
+func TestStopBeforeStartReturns(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t)
+	r, err := projections.NewRunner(b.db.Pool, b.store, readmodel.Orders{}, projections.Config{})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, r.Stop(ctx))
+	require.Error(t, r.Start(ctx), "a stopped runner does not start")
+	require.NoError(t, r.Stop(ctx), "twice is fine")
+}
+
+// TestLagWhileBehind: a projection that has caught up and then receives
+// nothing while the store moves on (its deliveries are held) shows lag
+// above zero and a status that is not live; once deliveries resume, lag
+// returns to zero.
+func TestLagWhileBehind(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	gate := &gatedStore{Store: b.store, open: make(chan struct{})}
+	close(gate.open)
+	d, err := projections.NewDaemon(b.db.Pool, gate, []projections.Projection{readmodel.Orders{}}, projections.Config{StatusInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.Background()) //nolint:errcheck
+	r := d.Runner("orders")
+	live := func() bool { st := r.Status(); return st.Lag == 0 && st.Status == projections.StatusLive }
+
+	appendOrder(t, ctx, b.store, "order-1", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":1}`))
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "orders")
+	require.Eventually(t, live, 10*time.Second, 5*time.Millisecond, "%+v", r.Status())
+
+	gate.hold()
+	appendOrder(t, ctx, b.store, "order-2", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":1}`))
+	require.Eventually(t, func() bool {
+		st := r.Status()
+		return st.Lag > 20*time.Millisecond && st.Status == projections.StatusCatchingUp
+	}, 10*time.Second, 5*time.Millisecond, "%+v", r.Status())
+	gate.release()
+	require.Eventually(t, live, 10*time.Second, 5*time.Millisecond, "%+v", r.Status())
+}
+
+// gatedStore holds back its subscriptions' messages while held.
+type gatedStore struct {
+	*pgstore.Store
+	mu   sync.Mutex
+	open chan struct{}
+}
+
+func (g *gatedStore) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open = make(chan struct{})
+}
+
+func (g *gatedStore) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.open)
+}
+
+func (g *gatedStore) Subscribe(ctx context.Context, from eventstore.Position, f eventstore.Filter) (eventstore.Subscription, error) {
+	sub, err := g.Store.Subscribe(ctx, from, f)
+	return gatedSub{Subscription: sub, g: g}, err
+}
+
+type gatedSub struct {
+	eventstore.Subscription
+	g *gatedStore
+}
+
+func (s gatedSub) Recv(ctx context.Context) (eventstore.Message, error) {
+	msg, err := s.Subscription.Recv(ctx)
+	s.g.mu.Lock()
+	open := s.g.open
+	s.g.mu.Unlock()
+	select {
+	case <-open:
+	case <-ctx.Done():
+		return eventstore.Message{}, ctx.Err()
+	}
+	return msg, err
+}

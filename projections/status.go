@@ -15,13 +15,16 @@ func (r *Runner) lagLocked(now time.Time) time.Duration {
 	if !r.state.oldest.IsZero() {
 		return max(0, now.Sub(r.state.oldest))
 	}
-	if r.state.caughtUp {
-		return 0 // the head moved since the last read; the reader is on it
-	}
+	// Behind, with nothing in hand yet: the oldest event not reflected is at
+	// least as old as the head's, and was there when we first saw it.
+	lag := time.Duration(0)
 	if !r.state.head.Time.IsZero() {
-		return max(0, now.Sub(r.state.head.Time)) // a lower bound until the events arrive
+		lag = now.Sub(r.state.head.Time)
 	}
-	return 0
+	if !r.state.behindSince.IsZero() {
+		lag = max(lag, now.Sub(r.state.behindSince))
+	}
+	return max(0, lag)
 }
 
 // statusLocked derives the status from the state at now.
@@ -30,7 +33,7 @@ func (r *Runner) statusLocked(now time.Time) string {
 	switch {
 	case r.state.status == StatusStopped:
 		return StatusStopped
-	case r.state.failing || (behind && now.Sub(r.state.lastProgress) > r.cfg.StallAfter):
+	case r.state.failing || (behind && now.Sub(later(r.state.lastProgress, r.state.behindSince)) > r.cfg.StallAfter):
 		return StatusStalled
 	case !behind || r.lagLocked(now) == 0:
 		return StatusLive
@@ -56,8 +59,14 @@ func (r *Runner) reportStatus() {
 		}
 		now := time.Now()
 		r.mu.Lock()
-		lag := r.lagLocked(now)
 		behind := r.position.Before(r.state.head.Position)
+		switch {
+		case !behind:
+			r.state.behindSince = time.Time{}
+		case r.state.behindSince.IsZero():
+			r.state.behindSince = now
+		}
+		lag := r.lagLocked(now)
 		r.state.status = r.statusLocked(now)
 		if secs := now.Sub(lastTick).Seconds(); secs > 0 {
 			r.state.rate = 0.5*r.state.rate + 0.5*float64(r.state.applied-lastApplied)/secs
@@ -91,4 +100,11 @@ func (r *Runner) writeStatus(ctx context.Context) {
 		r.p.Name(), st.Status, st.Head.String(), st.Lag.Milliseconds()); err != nil && ctx.Err() == nil {
 		r.log.Warn("write projection status", "error", err)
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

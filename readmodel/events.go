@@ -61,16 +61,16 @@ var ErrBadEvent = errors.New("bad event")
 // OrderID is the order id of an order stream: its name without "order-".
 func OrderID(stream string) string { return strings.TrimPrefix(stream, OrderStreamPrefix) }
 
-// decode reads an event's JSON strictly: unknown fields and trailing data
-// are errors, so a malformed event is reported, never half-read.
+// decode reads an event's JSON. Wrong types and trailing data are errors,
+// so a malformed event is reported, never half-read; fields it does not
+// know are ignored, so that adding a field to an event breaks no projection.
 func decode(e eventstore.RecordedEvent, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(e.Data))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %s %s (%s revision %d): %v", ErrBadEvent, e.Type, e.EventID, e.StreamID, e.Revision, err)
 	}
 	if dec.More() {
-		return fmt.Errorf("%w: %s %s: data after the JSON object", ErrBadEvent, e.Type, e.EventID)
+		return bad(e, "data after the JSON object")
 	}
 	return nil
 }
