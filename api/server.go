@@ -3,23 +3,31 @@ package api
 import (
 	"cmp"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo-contrib/echoprometheus"
 	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/projections"
 )
 
 // AddrDefault is where the API listens unless told otherwise.
 const AddrDefault = "127.0.0.1:8080"
+
+// MaxBodyDefault bounds a request body.
+const MaxBodyDefault = 1 << 20
 
 // Config configures a Server.
 type Config struct {
@@ -27,6 +35,15 @@ type Config struct {
 	Addr string
 	// Pool is the read models' database.
 	Pool *pgxpool.Pool
+	// Store is the event source: appends, the head, position tokens.
+	Store eventstore.Store
+	// Token, when set, is the bearer token every route that writes or
+	// changes state requires.
+	Token string
+	// MaxBody bounds request bodies. Defaults to MaxBodyDefault.
+	MaxBody int64
+	// Registerer receives the HTTP request metrics. Defaults to none.
+	Registerer prometheus.Registerer
 	// Daemon runs the projections whose status the API reports.
 	Daemon *projections.Daemon
 	// SourceReady reports whether the event source is connected.
@@ -39,9 +56,11 @@ type Config struct {
 
 // Server is sightline's HTTP API.
 type Server struct {
-	cfg  Config
-	echo *echo.Echo
-	ln   net.Listener
+	cfg      Config
+	echo     *echo.Echo
+	ln       net.Listener
+	stopping chan struct{} // closed by Shutdown: releases read-your-writes waits
+	stopOnce sync.Once
 }
 
 // New builds the server; Start serves it.
@@ -53,15 +72,59 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.MaxBody = cmp.Or(cfg.MaxBody, MaxBodyDefault)
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	s := &Server{cfg: cfg, echo: e}
+	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{})}
+	e.HTTPErrorHandler = s.errorHandler
+	e.Use(middleware.Recover())
+	if cfg.Registerer != nil {
+		e.Use(echoprometheus.NewMiddlewareWithConfig(echoprometheus.MiddlewareConfig{
+			Namespace: "sightline", Subsystem: "http", Registerer: cfg.Registerer,
+			Skipper: func(c echo.Context) bool { return c.Path() == "/metrics" },
+		}))
+	}
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
 	e.GET("/v1/projections", s.listProjections)
 	e.GET("/v1/projections/:name", s.getProjection)
+
+	e.GET("/v1/orders/:id", s.getOrder, s.fresh("orders"))
+	e.GET("/v1/orders", s.listOrders, s.fresh("orders"))
+	e.GET("/v1/customers/:id/stats", s.customerStats, s.fresh("customer_stats"))
+	e.GET("/v1/sales/daily", s.dailySales, s.fresh("daily_sales"))
+
+	write := e.Group("", s.requireToken, s.limitBody)
+	write.POST("/v1/streams/:stream", s.appendEvents)
 	return s
+}
+
+// requireToken asks for the bearer token, when one is configured, compared
+// in constant time.
+func (s *Server) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
+	if s.cfg.Token == "" {
+		return next
+	}
+	return middleware.KeyAuthWithConfig(middleware.KeyAuthConfig{
+		KeyLookup:  "header:" + echo.HeaderAuthorization,
+		AuthScheme: "Bearer",
+		Validator: func(key string, _ echo.Context) (bool, error) {
+			return subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.Token)) == 1, nil
+		},
+		ErrorHandler: func(_ error, c echo.Context) error {
+			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="sightline"`)
+			return problem(c, http.StatusUnauthorized, "Unauthorized", "this route needs Authorization: Bearer <SIGHTLINE_API_TOKEN>")
+		},
+	})(next)
+}
+
+// limitBody bounds the request body; reading past it fails.
+func (s *Server) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		c.Request().Body = http.MaxBytesReader(c.Response(), c.Request().Body, s.cfg.MaxBody)
+		return next(c)
+	}
 }
 
 // Handler returns the server's HTTP handler, for tests.
@@ -101,8 +164,12 @@ func (s *Server) Serve() error {
 	return err
 }
 
-// Shutdown lets requests in flight finish until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.echo.Shutdown(ctx) }
+// Shutdown lets requests in flight finish until ctx ends; requests waiting
+// to read their writes are answered 503 at once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stopping) })
+	return s.echo.Shutdown(ctx)
+}
 
 func (s *Server) healthz(c echo.Context) error {
 	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})

@@ -47,7 +47,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	if stored := (eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}); stored != expected {
 		res.Close()
 		r.mu.Lock()
-		r.position = stored
+		r.setPositionLocked(stored)
 		r.mu.Unlock()
 		return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
 	}
@@ -99,7 +99,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 
 	now := time.Now()
 	r.mu.Lock()
-	r.position = newPosition
+	r.setPositionLocked(newPosition)
 	r.state.applied += uint64(len(plan.apply))
 	r.state.lastProgress = now
 	r.mu.Unlock()
@@ -227,4 +227,14 @@ func compareUint(a, b uint64) int {
 		return 1
 	}
 	return 0
+}
+
+// setPositionLocked records a committed checkpoint and wakes WaitFor.
+func (r *Runner) setPositionLocked(p eventstore.Position) {
+	if r.position == p {
+		return
+	}
+	r.position = p
+	close(r.advanced)
+	r.advanced = make(chan struct{})
 }

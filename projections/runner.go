@@ -107,6 +107,7 @@ type Runner struct {
 
 	mu       sync.Mutex
 	position eventstore.Position // the committed checkpoint
+	advanced chan struct{}       // closed, and replaced, whenever position moves
 	state    runState
 }
 
@@ -137,6 +138,8 @@ func NewRunner(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Con
 		m:    cfg.Metrics.forProjection(p.Name(), cfg.Source),
 		log:  cfg.Logger.With("projection", p.Name()),
 		done: make(chan struct{}),
+
+		advanced: make(chan struct{}),
 	}, nil
 }
 
@@ -184,6 +187,37 @@ func (r *Runner) Stop(ctx context.Context) error {
 		<-r.done
 		return ctx.Err()
 	}
+}
+
+// WaitFor returns once the projection has applied everything up to pos,
+// or ctx ends. It waits on the runner's commits, not on the database.
+func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
+	for {
+		r.mu.Lock()
+		reached, ch := !r.position.Before(pos), r.advanced
+		r.mu.Unlock()
+		if reached {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-r.done:
+			return errors.New("projections: runner stopped")
+		}
+	}
+}
+
+// StatusAt is Status with the store's head as of now, for callers that have
+// just read it.
+func (r *Runner) StatusAt(head eventstore.Head) Status {
+	r.mu.Lock()
+	if r.state.head.Position.Before(head.Position) {
+		r.state.head = head
+	}
+	r.mu.Unlock()
+	return r.Status()
 }
 
 // Done is closed when the runner has stopped.

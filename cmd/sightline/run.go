@@ -81,7 +81,8 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 	if err != nil {
 		return err
 	}
-	srv := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Daemon: daemon, SourceReady: a.store.Connected, Gatherer: reg, Logger: c.logger})
+	srv := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, Daemon: daemon,
+		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger})
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("listen on %s: %w", c.HTTPAddr, err)
 	}
