@@ -2,7 +2,10 @@ package projections_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -233,4 +236,43 @@ func (s gatedSub) Recv(ctx context.Context) (eventstore.Message, error) {
 		return eventstore.Message{}, ctx.Err()
 	}
 	return msg, err
+}
+
+// flaky fails every batch until healed.
+type flaky struct {
+	readmodel.DailySales
+	healed atomic.Bool
+}
+
+func (f *flaky) Name() string { return "flaky" }
+func (f *flaky) Apply(ctx context.Context, b *projections.Batch) error {
+	if !f.healed.Load() {
+		return errors.New("handler failure")
+	}
+	return f.DailySales.Apply(ctx, b)
+}
+
+// TestStalledWhileBatchesFail: a projection whose batches keep failing is
+// stalled, says why, applies nothing, and recovers on its own once the
+// batches succeed.
+func TestStalledWhileBatchesFail(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	p := &flaky{}
+	d := b.start(t, ctx, p)
+	appendOrder(t, ctx, b.store, "order-1", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":1}`))
+	r := d.Runner("flaky")
+	require.Eventually(t, func() bool {
+		st := r.Status()
+		return st.Status == projections.StatusStalled && strings.Contains(st.LastError, "handler failure") && st.Lag > 0
+	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
+	var rows int
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM sl_flaky_g1.daily_sales`).Scan(&rows))
+	require.Zero(t, rows, "nothing applied while failing")
+	p.healed.Store(true)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "flaky")
+	require.Eventually(t, func() bool {
+		st := r.Status()
+		return st.Status == projections.StatusLive && st.LastError == ""
+	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
 }
