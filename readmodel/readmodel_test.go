@@ -18,14 +18,6 @@ import (
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
-func names() []string {
-	var out []string
-	for _, p := range readmodel.All() {
-		out = append(out, p.Name())
-	}
-	return out
-}
-
 // TestExactUnderChaos drives the example projections through a source that
 // duplicates, reorders, delays, loses and redelivers events and drops the
 // subscription, during catch-up and live traffic, and proves every read
@@ -55,11 +47,11 @@ func TestExactUnderChaos(t *testing.T) {
 	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 300, Customers: 40, Writers: 8, Seed: 2})
 	require.NoError(t, err)
 
-	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, names()...)
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
 
 	// The faults did happen: otherwise this test proves nothing.
-	for _, name := range names() {
+	for _, name := range readmodeltest.Names() {
 		require.Positive(t, testutil.ToFloat64(metrics.EventsSkipped.WithLabelValues(name, projections.SkipDuplicate)), "%s: duplicates skipped", name)
 		require.Positive(t, testutil.ToFloat64(metrics.GapsRepaired.WithLabelValues(name)), "%s: gaps repaired", name)
 		require.Zero(t, testutil.ToFloat64(metrics.EventsSkipped.WithLabelValues(name, projections.SkipGapUnfilled)), "%s: nothing is unfillable", name)

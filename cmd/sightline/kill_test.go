@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -19,7 +18,6 @@ import (
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
-	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -112,11 +110,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 
 	// A last run catches up and stops gracefully on SIGTERM.
 	p := start(t, args...)
-	names := []string{}
-	for _, pr := range readmodel.All() {
-		names = append(names, pr.Name())
-	}
-	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, names...)
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
@@ -128,5 +122,5 @@ func TestKillNineLosesNothing(t *testing.T) {
 	var status string
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT string_agg(DISTINCT status, ',') FROM readmodel.projection_status`).Scan(&status))
 	require.Equal(t, "stopped", status)
-	t.Logf("killed %d times; %s", kills, fmt.Sprint("read models exact"))
+	t.Logf("killed %d times; read models exact", kills)
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/readmodel"
 )
 
 // The folds below compute each read model straight from sightline.events,
@@ -123,4 +125,13 @@ func WaitCaughtUp(t testing.TB, ctx context.Context, db *pgxpool.Pool, names ...
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// Names are the example projections' names, for WaitCaughtUp.
+func Names() []string {
+	var out []string
+	for _, p := range readmodel.All() {
+		out = append(out, p.Name())
+	}
+	return out
 }
