@@ -114,7 +114,7 @@ type Runner struct {
 type runState struct {
 	status       string
 	oldest       time.Time // write time of the oldest event being applied
-	behindSince  time.Time // when the head was first seen beyond the position
+	behind       []sighting // heads seen beyond the position, oldest first
 	head         eventstore.Head
 	lastProgress time.Time
 	failing      bool
@@ -123,6 +123,17 @@ type runState struct {
 	rate         float64
 	updatedAt    time.Time
 }
+
+// sighting is a head seen beyond the position at a time: until the
+// position reaches it, the oldest event not applied is at least that old.
+type sighting struct {
+	head eventstore.Position
+	at   time.Time
+}
+
+// maxSightings bounds the sightings kept; the oldest, which bound the lag,
+// are kept.
+const maxSightings = 256
 
 // NewRunner returns a Runner for p.
 func NewRunner(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config) (*Runner, error) {
@@ -216,6 +227,7 @@ func (r *Runner) StatusAt(head eventstore.Head) Status {
 	if r.state.head.Position.Before(head.Position) {
 		r.state.head = head
 	}
+	r.sightLocked(head.Position, time.Now())
 	r.mu.Unlock()
 	return r.Status()
 }

@@ -276,3 +276,33 @@ func TestStalledWhileBatchesFail(t *testing.T) {
 		return st.Status == projections.StatusLive && st.LastError == ""
 	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
 }
+
+// TestLagStaysSmallWhileKeepingUp: under steady traffic the projector is
+// always a few events behind the head, yet keeps up; its lag must stay the
+// age of what it has not applied, not grow with the time it has been busy.
+func TestLagStaysSmallWhileKeepingUp(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	d := b.start(t, ctx, readmodel.Orders{})
+	r := d.Runner("orders")
+	traffic := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 400, Customers: 20, Writers: 2, Rate: 300, Seed: 5})
+		traffic <- err
+	}()
+	worst := time.Duration(0)
+	for done := false; !done; {
+		select {
+		case err := <-traffic:
+			require.NoError(t, err)
+			done = true
+		case <-time.After(20 * time.Millisecond):
+			head, err := b.store.Head(ctx)
+			require.NoError(t, err)
+			worst = max(worst, r.StatusAt(head).Lag)
+		}
+	}
+	// The traffic lasts about five seconds; a lag that grew with it would
+	// pass two seconds well before the end.
+	require.Less(t, worst, 2*time.Second, "worst lag while keeping up")
+}

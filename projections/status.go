@@ -3,6 +3,8 @@ package projections
 import (
 	"context"
 	"time"
+
+	"github.com/sightlinehq/sightline/eventstore"
 )
 
 // lagLocked is the age of the oldest event the read model does not reflect.
@@ -16,15 +18,41 @@ func (r *Runner) lagLocked(now time.Time) time.Duration {
 		return max(0, now.Sub(r.state.oldest))
 	}
 	// Behind, with nothing in hand yet: the oldest event not reflected is at
-	// least as old as the head's, and was there when we first saw it.
+	// least as old as the head's, and existed when a head still beyond the
+	// position was first seen.
 	lag := time.Duration(0)
 	if !r.state.head.Time.IsZero() {
 		lag = now.Sub(r.state.head.Time)
 	}
-	if !r.state.behindSince.IsZero() {
-		lag = max(lag, now.Sub(r.state.behindSince))
+	if s, ok := r.oldestSightingLocked(); ok {
+		lag = max(lag, now.Sub(s.at))
 	}
 	return max(0, lag)
+}
+
+// sightLocked records the head seen at now, if it is beyond the position.
+func (r *Runner) sightLocked(head eventstore.Position, now time.Time) {
+	if !r.position.Before(head) || len(r.state.behind) >= maxSightings {
+		return
+	}
+	if n := len(r.state.behind); n > 0 && !r.state.behind[n-1].head.Before(head) {
+		return // an older sighting of this head or a later one bounds better
+	}
+	r.state.behind = append(r.state.behind, sighting{head: head, at: now})
+}
+
+// oldestSightingLocked drops the sightings the position has reached and
+// returns the oldest left.
+func (r *Runner) oldestSightingLocked() (sighting, bool) {
+	i := 0
+	for i < len(r.state.behind) && !r.position.Before(r.state.behind[i].head) {
+		i++
+	}
+	r.state.behind = r.state.behind[i:]
+	if len(r.state.behind) == 0 {
+		return sighting{}, false
+	}
+	return r.state.behind[0], true
 }
 
 // statusLocked derives the status from the state at now.
@@ -33,7 +61,7 @@ func (r *Runner) statusLocked(now time.Time) string {
 	switch {
 	case r.state.status == StatusStopped:
 		return StatusStopped
-	case r.state.failing || (behind && now.Sub(later(r.state.lastProgress, r.state.behindSince)) > r.cfg.StallAfter):
+	case r.state.failing || (behind && r.stalledLocked(now)):
 		return StatusStalled
 	case !behind || r.lagLocked(now) == 0:
 		return StatusLive
@@ -60,12 +88,7 @@ func (r *Runner) reportStatus() {
 		now := time.Now()
 		r.mu.Lock()
 		behind := r.position.Before(r.state.head.Position)
-		switch {
-		case !behind:
-			r.state.behindSince = time.Time{}
-		case r.state.behindSince.IsZero():
-			r.state.behindSince = now
-		}
+		r.sightLocked(r.state.head.Position, now)
 		lag := r.lagLocked(now)
 		r.state.status = r.statusLocked(now)
 		if secs := now.Sub(lastTick).Seconds(); secs > 0 {
@@ -102,9 +125,13 @@ func (r *Runner) writeStatus(ctx context.Context) {
 	}
 }
 
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
+// stalledLocked: behind, and no commit since the oldest head still ahead
+// was seen, for longer than StallAfter. An idle projection is not stalled
+// by the first event after its quiet spell.
+func (r *Runner) stalledLocked(now time.Time) bool {
+	since := r.state.lastProgress
+	if s, ok := r.oldestSightingLocked(); ok && s.at.After(since) {
+		since = s.at
 	}
-	return b
+	return now.Sub(since) > r.cfg.StallAfter
 }
