@@ -113,7 +113,7 @@ type Runner struct {
 
 type runState struct {
 	status       string
-	oldest       time.Time // write time of the oldest event being applied
+	oldest       time.Time  // write time of the oldest event being applied
 	behind       []sighting // heads seen beyond the position, oldest first
 	head         eventstore.Head
 	lastProgress time.Time
