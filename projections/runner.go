@@ -19,6 +19,7 @@ const (
 	BatchSizeDefault      = 2000
 	StallAfterDefault     = 10 * time.Second
 	StatusIntervalDefault = time.Second
+	LiveLagDefault        = time.Second
 	SourceDefault         = "postgres"
 )
 
@@ -34,6 +35,10 @@ type Config struct {
 	// StatusInterval is how often the status row in sightline.projections
 	// and the lag metrics are refreshed. Defaults to StatusIntervalDefault.
 	StatusInterval time.Duration
+	// LiveLag is the lag under which a projection that is behind the head
+	// still counts as live (keeping up with traffic) rather than
+	// catching up. Defaults to LiveLagDefault.
+	LiveLag time.Duration
 	// Source names the event source in metrics. Defaults to SourceDefault.
 	Source string
 	// Logger defaults to slog.Default().
@@ -47,6 +52,7 @@ func (c Config) WithDefaults() Config {
 	c.BatchSize = cmp.Or(c.BatchSize, BatchSizeDefault)
 	c.StallAfter = cmp.Or(c.StallAfter, StallAfterDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, StatusIntervalDefault)
+	c.LiveLag = cmp.Or(c.LiveLag, LiveLagDefault)
 	c.Source = cmp.Or(c.Source, SourceDefault)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -58,8 +64,8 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 {
-		return errors.New("projections: BatchSize, StallAfter and StatusInterval must be positive")
+	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 {
+		return errors.New("projections: BatchSize, StallAfter, StatusInterval and LiveLag must be positive")
 	}
 	return nil
 }

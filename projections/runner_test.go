@@ -175,7 +175,8 @@ func TestLagWhileBehind(t *testing.T) {
 	ctx, b := setup(t)
 	gate := &gatedStore{Store: b.store, open: make(chan struct{})}
 	close(gate.open)
-	d, err := projections.NewDaemon(b.db.Pool, gate, []projections.Projection{readmodel.Orders{}}, projections.Config{StatusInterval: 10 * time.Millisecond})
+	d, err := projections.NewDaemon(b.db.Pool, gate, []projections.Projection{readmodel.Orders{}},
+		projections.Config{StatusInterval: 10 * time.Millisecond, LiveLag: 10 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))
 	defer d.Stop(context.Background()) //nolint:errcheck

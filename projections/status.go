@@ -63,7 +63,7 @@ func (r *Runner) statusLocked(now time.Time) string {
 		return StatusStopped
 	case r.state.failing || (behind && r.stalledLocked(now)):
 		return StatusStalled
-	case !behind || r.lagLocked(now) == 0:
+	case !behind || r.lagLocked(now) < r.cfg.LiveLag:
 		return StatusLive
 	default:
 		return StatusCatchingUp
