@@ -44,11 +44,13 @@ type Subscription interface {
 // this subscription: every matching event at or before it has been delivered,
 // so a consumer may record it even when Events is empty (a filter that matches
 // nothing still makes progress). CaughtUp says the subscription has reached the
-// head of the store as of this message.
+// head of the store as of this message. DeletedLinks counts links passed over
+// because the event they point to was deleted (EventStoreDB category streams).
 type Message struct {
-	Events     []RecordedEvent
-	Checkpoint Position
-	CaughtUp   bool
+	Events       []RecordedEvent
+	Checkpoint   Position
+	CaughtUp     bool
+	DeletedLinks int
 }
 
 // EventData is an event to append.
@@ -91,18 +93,29 @@ type Head struct {
 
 // Filter chooses the events a subscription delivers. An empty filter matches
 // every event. StreamPrefixes matches a stream whose name starts with any of
-// the prefixes (a category is the prefix "order-"); EventTypes matches an
-// event whose type is one of the names.
+// the prefixes; EventTypes matches an event whose type is one of the names.
+// Category chooses the streams "<category>-…": EventStoreDB reads them from
+// its category stream $ce-<category>, with links resolved, instead of
+// filtering $all; other stores treat it as the prefix "<category>-".
 type Filter struct {
 	StreamPrefixes []string
 	EventTypes     []string
+	Category       string
+}
+
+// Prefixes returns the stream prefixes f chooses, the category's included.
+func (f Filter) Prefixes() []string {
+	if f.Category == "" {
+		return f.StreamPrefixes
+	}
+	return append(append([]string{}, f.StreamPrefixes...), f.Category+"-")
 }
 
 // Matches reports whether an event of the given stream and type passes f.
 func (f Filter) Matches(stream, eventType string) bool {
-	if len(f.StreamPrefixes) > 0 {
+	if prefixes := f.Prefixes(); len(prefixes) > 0 {
 		ok := false
-		for _, p := range f.StreamPrefixes {
+		for _, p := range prefixes {
 			if strings.HasPrefix(stream, p) {
 				ok = true
 				break

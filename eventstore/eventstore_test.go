@@ -62,3 +62,12 @@ func TestFilterMatches(t *testing.T) {
 	require.False(t, f.Matches("orders-1", "Placed"))
 	require.False(t, f.Matches("customer-1", "Placed"))
 }
+
+func TestFilterCategory(t *testing.T) {
+	t.Parallel()
+	f := eventstore.Filter{Category: "order"}
+	require.Equal(t, []string{"order-"}, f.Prefixes())
+	require.True(t, f.Matches("order-1", "Placed"))
+	require.False(t, f.Matches("orders-1", "Placed"))
+	require.False(t, f.Matches("order", "Placed"))
+}

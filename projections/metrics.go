@@ -65,6 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // forProjection resolves the label values once per projector.
 type projectionMetrics struct {
 	applied, duplicate, gapUnfilled, gapsRepaired prometheus.Counter
+	deletedLink                                   prometheus.Counter
 	lag, caughtUp                                 prometheus.Gauge
 	batchDuration, batchEvents, endToEnd          prometheus.Observer
 	reconnects                                    prometheus.Counter
@@ -75,6 +76,7 @@ func (m *Metrics) forProjection(name, source string) projectionMetrics {
 		applied:       m.EventsApplied.WithLabelValues(name),
 		duplicate:     m.EventsSkipped.WithLabelValues(name, SkipDuplicate),
 		gapUnfilled:   m.EventsSkipped.WithLabelValues(name, SkipGapUnfilled),
+		deletedLink:   m.EventsSkipped.WithLabelValues(name, SkipDeletedLink),
 		gapsRepaired:  m.GapsRepaired.WithLabelValues(name),
 		lag:           m.Lag.WithLabelValues(name),
 		caughtUp:      m.CaughtUp.WithLabelValues(name),
@@ -83,7 +85,6 @@ func (m *Metrics) forProjection(name, source string) projectionMetrics {
 		endToEnd:      m.EndToEnd.WithLabelValues(name),
 		reconnects:    m.SourceReconnects.WithLabelValues(source),
 	}
-	m.EventsSkipped.WithLabelValues(name, SkipDeletedLink)
 	m.Parked.WithLabelValues(name)
 	m.RebuildProgress.WithLabelValues(name)
 	return pm

@@ -342,6 +342,10 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 			return err
 		}
 		retry.Reset()
+		if msg.DeletedLinks > 0 {
+			r.m.deletedLink.Add(float64(msg.DeletedLinks))
+			r.log.Warn("links to deleted events passed over", "count", msg.DeletedLinks)
+		}
 		select {
 		case out <- msg:
 			if pos.Before(msg.Checkpoint) {

@@ -22,7 +22,7 @@ func newStore(t testing.TB, cfg pgstore.Config) (*pgstore.Store, *testdb.DB) {
 
 func TestContract(t *testing.T) {
 	t.Parallel()
-	storetest.Run(t, storetest.Features{HeadTime: true}, func(t *testing.T) eventstore.Store {
+	storetest.Run(t, storetest.Features{HeadTime: true, StrictIdempotency: true}, func(t *testing.T) eventstore.Store {
 		s, _ := newStore(t, pgstore.Config{})
 		return s
 	})

@@ -17,7 +17,7 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	if from.Commit != from.Prepare {
 		return nil, fmt.Errorf("%w: %s is not an embedded-store position", eventstore.ErrInvalidPosition, from)
 	}
-	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.StreamPrefixes), types: append([]string{}, filter.EventTypes...),
+	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.Prefixes()), types: append([]string{}, filter.EventTypes...),
 		done: make(chan struct{})}, nil
 }
 
