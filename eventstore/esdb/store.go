@@ -1,0 +1,283 @@
+package esdb
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	client "github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"github.com/google/uuid"
+
+	"github.com/sightlinehq/sightline/eventstore"
+)
+
+// Defaults for Config.
+const (
+	ReadBatchDefault          = 1000
+	CheckpointIntervalDefault = 1
+	MaxSearchWindowDefault    = 512
+)
+
+// Config configures a Store.
+type Config struct {
+	// URL is the connection string, such as esdb://127.0.0.1:2113?tls=false.
+	URL string
+	// ReadBatch caps the events in one subscription message. Defaults to
+	// ReadBatchDefault.
+	ReadBatch int
+	// MaxSearchWindow is how many events the server scans for a filtered
+	// $all subscription before answering. Defaults to MaxSearchWindowDefault.
+	MaxSearchWindow int
+	// CheckpointInterval multiplies MaxSearchWindow: the server sends a
+	// checkpoint every MaxSearchWindow × CheckpointInterval scanned events,
+	// which is what lets a filter that matches nothing advance. Defaults to
+	// CheckpointIntervalDefault.
+	CheckpointInterval int
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// WithDefaults returns c with its zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	c.ReadBatch = cmp.Or(c.ReadBatch, ReadBatchDefault)
+	c.MaxSearchWindow = cmp.Or(c.MaxSearchWindow, MaxSearchWindowDefault)
+	c.CheckpointInterval = cmp.Or(c.CheckpointInterval, CheckpointIntervalDefault)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Store reads and appends events on EventStoreDB or KurrentDB.
+type Store struct {
+	cfg       Config
+	settings  *client.Configuration
+	connected atomic.Bool
+
+	mu     sync.Mutex
+	client *client.Client
+	closed bool
+}
+
+var _ eventstore.Store = (*Store)(nil)
+
+// New returns a Store for cfg.URL. It connects lazily, on first use.
+func New(cfg Config) (*Store, error) {
+	cfg = cfg.WithDefaults()
+	settings, err := client.ParseConnectionString(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("esdb: connection string %q: %w", cfg.URL, err)
+	}
+	s := &Store{cfg: cfg, settings: settings}
+	if s.client, err = client.NewClient(settings); err != nil {
+		return nil, fmt.Errorf("esdb: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the client. Safe to call twice.
+func (s *Store) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		_ = s.client.Close()
+	}
+}
+
+// Connected reports whether the last subscription or call reached the server.
+func (s *Store) Connected() bool { return s.connected.Load() }
+
+// conn returns the current client.
+func (s *Store) conn() (*client.Client, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, eventstore.ErrClosed
+	}
+	return s.client, nil
+}
+
+// failed notes an error of c. When the client has given up for good (its
+// first discovery failed, so every call now fails with "connection
+// closed"), it is replaced by a new one.
+func (s *Store) failed(c *client.Client, err error) error {
+	if err == nil {
+		s.connected.Store(true)
+		return nil
+	}
+	s.connected.Store(false)
+	if e, ok := client.FromError(err); !ok && e.Code() == client.ErrorCodeConnectionClosed {
+		s.mu.Lock()
+		if !s.closed && s.client == c {
+			if fresh, nerr := client.NewClient(s.settings); nerr == nil {
+				_ = c.Close()
+				s.client = fresh
+				s.cfg.Logger.Warn("esdb client gave up connecting; created a new one")
+			}
+		}
+		s.mu.Unlock()
+	}
+	return err
+}
+
+func code(err error) client.ErrorCode {
+	if e, ok := client.FromError(err); !ok {
+		return e.Code()
+	}
+	return client.ErrorCodeUnknown
+}
+
+// ParsePosition parses "C/P" or "N" (commit and prepare equal).
+func (s *Store) ParsePosition(token string) (eventstore.Position, error) {
+	return eventstore.ParsePosition(token)
+}
+
+// Append appends events to stream with the expected revision.
+func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
+	if stream == "" {
+		return eventstore.AppendResult{}, fmt.Errorf("%w: stream name is empty", eventstore.ErrInvalidEvent)
+	}
+	if len(events) == 0 {
+		return eventstore.AppendResult{}, fmt.Errorf("%w: nothing to append", eventstore.ErrInvalidEvent)
+	}
+	data := make([]client.EventData, len(events))
+	seen := map[uuid.UUID]bool{}
+	for i, e := range events {
+		if err := e.Validate(); err != nil {
+			return eventstore.AppendResult{}, err
+		}
+		id, err := uuid.Parse(e.EventID)
+		if err != nil {
+			return eventstore.AppendResult{}, fmt.Errorf("%w: event ID %q is not a UUID", eventstore.ErrInvalidEvent, e.EventID)
+		}
+		if seen[id] {
+			return eventstore.AppendResult{}, fmt.Errorf("%w: event ID %s appears twice in one append", eventstore.ErrInvalidEvent, id)
+		}
+		seen[id] = true
+		if !json.Valid(e.Data) || (len(e.Metadata) > 0 && !json.Valid(e.Metadata)) {
+			return eventstore.AppendResult{}, fmt.Errorf("%w: event %s: data or metadata is not valid JSON", eventstore.ErrInvalidEvent, id)
+		}
+		data[i] = client.EventData{EventID: id, EventType: e.Type, ContentType: client.ContentTypeJson, Data: e.Data, Metadata: e.Metadata}
+	}
+	opts := client.AppendToStreamOptions{ExpectedRevision: client.Any{}}
+	switch {
+	case expected.IsNoStream():
+		opts.ExpectedRevision = client.NoStream{}
+	case expected.IsStreamExists():
+		opts.ExpectedRevision = client.StreamExists{}
+	default:
+		if rev, ok := expected.Exact(); ok {
+			opts.ExpectedRevision = client.Revision(rev)
+		}
+	}
+	c, err := s.conn()
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	res, err := c.AppendToStream(ctx, stream, opts, data...)
+	if err = s.failed(c, err); err != nil {
+		if code(err) == client.ErrorCodeWrongExpectedVersion {
+			return eventstore.AppendResult{}, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: s.lastRevision(ctx, stream)}
+		}
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", stream, err)
+	}
+	return eventstore.AppendResult{
+		Position:     position(client.Position{Commit: res.CommitPosition, Prepare: res.PreparePosition}),
+		NextRevision: res.NextExpectedVersion + 1,
+	}, nil
+}
+
+// lastRevision reads a stream's last revision, or -1; for error messages.
+func (s *Store) lastRevision(ctx context.Context, stream string) int64 {
+	c, err := s.conn()
+	if err != nil {
+		return -1
+	}
+	rs, err := c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: client.End{}}, 1)
+	if err != nil {
+		return -1
+	}
+	defer rs.Close()
+	e, err := rs.Recv()
+	if err != nil || e.OriginalEvent() == nil {
+		return -1
+	}
+	return int64(e.OriginalEvent().EventNumber)
+}
+
+// ReadStream reads up to limit events of stream from revision from.
+func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, limit int) ([]eventstore.RecordedEvent, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	c, err := s.conn()
+	if err != nil {
+		return nil, err
+	}
+	rs, err := c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Forwards, From: client.Revision(from)}, uint64(limit))
+	if err = s.failed(c, err); err != nil {
+		return nil, fmt.Errorf("read stream %q: %w", stream, err)
+	}
+	defer rs.Close()
+	var out []eventstore.RecordedEvent
+	for {
+		e, err := rs.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			if code(err) == client.ErrorCodeResourceNotFound {
+				return nil, fmt.Errorf("read stream %q: %w", stream, eventstore.ErrStreamNotFound)
+			}
+			return nil, fmt.Errorf("read stream %q: %w", stream, s.failed(c, err))
+		}
+		if e.Event != nil {
+			out = append(out, recorded(e.Event))
+		}
+	}
+}
+
+// Head reads the newest event of $all: its position and time.
+func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
+	c, err := s.conn()
+	if err != nil {
+		return eventstore.Head{}, err
+	}
+	rs, err := c.ReadAll(ctx, client.ReadAllOptions{Direction: client.Backwards, From: client.End{}}, 1)
+	if err = s.failed(c, err); err != nil {
+		return eventstore.Head{}, fmt.Errorf("read head: %w", err)
+	}
+	defer rs.Close()
+	e, err := rs.Recv()
+	if errors.Is(err, io.EOF) {
+		return eventstore.Head{}, nil // an empty store
+	}
+	if err != nil {
+		return eventstore.Head{}, fmt.Errorf("read head: %w", s.failed(c, err))
+	}
+	ev := e.OriginalEvent()
+	return eventstore.Head{Position: position(ev.Position), Time: ev.CreatedDate}, nil
+}
+
+// position converts a server position. Filtered-$all checkpoints of some
+// server versions carry prepare 0; the commit position is what counts then.
+func position(p client.Position) eventstore.Position {
+	if p.Prepare == 0 {
+		p.Prepare = p.Commit
+	}
+	return eventstore.Position{Commit: p.Commit, Prepare: p.Prepare}
+}
+
+func recorded(e *client.RecordedEvent) eventstore.RecordedEvent {
+	return eventstore.RecordedEvent{
+		StreamID: e.StreamID, Revision: e.EventNumber, Position: position(e.Position),
+		EventID: e.EventID.String(), Type: e.EventType, Data: e.Data, Metadata: e.UserMetadata, CreatedAt: e.CreatedDate,
+	}
+}
