@@ -7,15 +7,27 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
+
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/esdb"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/migrate"
 )
 
+// source is an event store the commands can run on.
+type source interface {
+	eventstore.Store
+	Connected() bool
+	Close()
+}
+
 // app is what the long-running commands share: the migrated database and
 // the event source.
 type app struct {
-	pool  *pgxpool.Pool
-	store *pgstore.Store
+	pool       *pgxpool.Pool
+	store      source
+	sourceName string // for metrics: postgres or esdb
 }
 
 // openDatabase creates the database if missing, connects and migrates.
@@ -44,22 +56,37 @@ func openDatabase(ctx context.Context, c *config) (*pgxpool.Pool, error) {
 
 // openApp opens the database and the configured event source.
 func openApp(ctx context.Context, c *config) (*app, error) {
-	if c.Source != "postgres" {
-		if strings.HasPrefix(c.Source, "esdb://") || strings.HasPrefix(c.Source, "esdb+discover://") || strings.HasPrefix(c.Source, "kurrentdb://") {
-			return nil, usagef("source %q: this build reads only the embedded PostgreSQL store (--source postgres); EventStoreDB support is not in it yet", c.Source)
+	var esdbURL string
+	switch {
+	case c.Source == "postgres":
+	case strings.HasPrefix(c.Source, "esdb://") || strings.HasPrefix(c.Source, "esdb+discover://"):
+		esdbURL = c.Source
+	default:
+		return nil, usagef(`source %q: want "postgres" or an esdb:// or esdb+discover:// connection string`, c.Source)
+	}
+	if esdbURL != "" {
+		if _, err := esdbclient.ParseConnectionString(esdbURL); err != nil {
+			return nil, usagef("source: %v", err)
 		}
-		return nil, usagef(`source %q: want "postgres" or an esdb:// connection string`, c.Source)
 	}
 	pool, err := openDatabase(ctx, c)
 	if err != nil {
 		return nil, err
+	}
+	if esdbURL != "" {
+		store, err := esdb.New(esdb.Config{URL: esdbURL, Logger: c.logger})
+		if err != nil {
+			pool.Close()
+			return nil, usageError{err}
+		}
+		return &app{pool: pool, store: store, sourceName: "esdb"}, nil
 	}
 	store, err := pgstore.New(pool, pgstore.Config{Logger: c.logger})
 	if err != nil {
 		pool.Close()
 		return nil, err
 	}
-	return &app{pool: pool, store: store}, nil
+	return &app{pool: pool, store: store, sourceName: "postgres"}, nil
 }
 
 func (a *app) Close() {

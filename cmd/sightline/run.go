@@ -76,7 +76,7 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 		ps = append(ps, more...)
 	}
 	daemon, err := projections.NewDaemon(a.pool, a.store, ps, projections.Config{
-		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize,
+		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize, Source: a.sourceName,
 	})
 	if err != nil {
 		return err
