@@ -93,14 +93,16 @@ type Head struct {
 
 // Filter chooses the events a subscription delivers. An empty filter matches
 // every event. StreamPrefixes matches a stream whose name starts with any of
-// the prefixes; EventTypes matches an event whose type is one of the names.
+// the prefixes; EventTypes matches an event whose type is one of the names,
+// EventTypePrefixes one whose type starts with one of the prefixes.
 // Category chooses the streams "<category>-…": EventStoreDB reads them from
 // its category stream $ce-<category>, with links resolved, instead of
 // filtering $all; other stores treat it as the prefix "<category>-".
 type Filter struct {
-	StreamPrefixes []string
-	EventTypes     []string
-	Category       string
+	StreamPrefixes    []string
+	EventTypes        []string
+	EventTypePrefixes []string
+	Category          string
 }
 
 // Prefixes returns the stream prefixes f chooses, the category's included.
@@ -125,15 +127,20 @@ func (f Filter) Matches(stream, eventType string) bool {
 			return false
 		}
 	}
-	if len(f.EventTypes) > 0 {
-		for _, t := range f.EventTypes {
-			if t == eventType {
-				return true
-			}
-		}
-		return false
+	if len(f.EventTypes) == 0 && len(f.EventTypePrefixes) == 0 {
+		return true
 	}
-	return true
+	for _, t := range f.EventTypes {
+		if t == eventType {
+			return true
+		}
+	}
+	for _, p := range f.EventTypePrefixes {
+		if strings.HasPrefix(eventType, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // ExpectedRevision is the optimistic concurrency condition of an append.

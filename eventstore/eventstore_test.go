@@ -71,3 +71,11 @@ func TestFilterCategory(t *testing.T) {
 	require.False(t, f.Matches("orders-1", "Placed"))
 	require.False(t, f.Matches("order", "Placed"))
 }
+
+func TestFilterEventTypePrefixes(t *testing.T) {
+	t.Parallel()
+	f := eventstore.Filter{EventTypes: []string{"Refunded"}, EventTypePrefixes: []string{"Order"}}
+	require.True(t, f.Matches("x", "OrderPlaced"))
+	require.True(t, f.Matches("x", "Refunded"))
+	require.False(t, f.Matches("x", "CartOpened"))
+}

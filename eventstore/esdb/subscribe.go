@@ -57,18 +57,22 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, f event
 }
 
 // serverFilter is the $all filter for f: stream prefixes if it has any,
-// else exact event types, else everything but system events. Whatever the
-// server cannot filter, the subscription filters itself.
+// else event types (names and prefixes, as one regex), else everything but
+// system events. Whatever the server cannot filter, the subscription
+// filters itself.
 func serverFilter(f eventstore.Filter) *client.SubscriptionFilter {
 	switch {
 	case len(f.StreamPrefixes) > 0:
 		return &client.SubscriptionFilter{Type: client.StreamFilterType, Prefixes: f.StreamPrefixes}
-	case len(f.EventTypes) > 0:
-		quoted := make([]string, len(f.EventTypes))
-		for i, t := range f.EventTypes {
-			quoted[i] = regexp.QuoteMeta(t)
+	case len(f.EventTypes) > 0 || len(f.EventTypePrefixes) > 0:
+		var alts []string
+		for _, t := range f.EventTypes {
+			alts = append(alts, regexp.QuoteMeta(t)+"$")
 		}
-		return &client.SubscriptionFilter{Type: client.EventFilterType, Regex: "^(" + strings.Join(quoted, "|") + ")$"}
+		for _, p := range f.EventTypePrefixes {
+			alts = append(alts, regexp.QuoteMeta(p))
+		}
+		return &client.SubscriptionFilter{Type: client.EventFilterType, Regex: "^(" + strings.Join(alts, "|") + ")"}
 	}
 	return client.ExcludeSystemEventsFilter()
 }

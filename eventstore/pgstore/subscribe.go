@@ -17,7 +17,7 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	if from.Commit != from.Prepare {
 		return nil, fmt.Errorf("%w: %s is not an embedded-store position", eventstore.ErrInvalidPosition, from)
 	}
-	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.Prefixes()), types: append([]string{}, filter.EventTypes...),
+	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.Prefixes()), types: append([]string{}, filter.EventTypes...), typePrefixes: likePrefixes(filter.EventTypePrefixes),
 		done: make(chan struct{})}, nil
 }
 
@@ -25,13 +25,14 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 const scanWindowFactor = 4
 
 type subscription struct {
-	store    *Store
-	cur      uint64
-	prefixes []string
-	types    []string
-	told     bool          // a caught-up message was sent for the current position
-	done     chan struct{} // closed by Close
-	once     sync.Once
+	store        *Store
+	cur          uint64
+	prefixes     []string
+	types        []string
+	typePrefixes []string
+	told         bool          // a caught-up message was sent for the current position
+	done         chan struct{} // closed by Close
+	once         sync.Once
 }
 
 // Close ends the subscription; a Recv waiting for events returns ErrClosed.
@@ -87,10 +88,11 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 			JOIN sightline.event_log e ON e.id = p.event_row
 			WHERE p.position > $1 AND p.position <= least(h.head, $5)
 			  AND (coalesce(cardinality($3::text[]), 0) = 0 OR e.stream_id LIKE ANY($3))
-			  AND (coalesce(cardinality($4::text[]), 0) = 0 OR e.type = ANY($4))
+			  AND ((coalesce(cardinality($4::text[]), 0) = 0 AND coalesce(cardinality($6::text[]), 0) = 0)
+			       OR e.type = ANY($4) OR e.type LIKE ANY($6))
 			ORDER BY p.position
 			LIMIT $2
-		) e ON true`, int64(sub.cur), sub.store.cfg.ReadBatch, sub.prefixes, sub.types, int64(sub.cur+window))
+		) e ON true`, int64(sub.cur), sub.store.cfg.ReadBatch, sub.prefixes, sub.types, int64(sub.cur+window), sub.typePrefixes)
 	if err != nil {
 		return 0, 0, nil, fmt.Errorf("read events after %d: %w", sub.cur, err)
 	}

@@ -41,6 +41,7 @@ func Run(t *testing.T, features Features, newStore func(t *testing.T) eventstore
 		{"SubscribeFromIsExclusive", testSubscribeExclusive},
 		{"SubscribeFilter", testSubscribeFilter},
 		{"FilterMatchingNothingAdvances", testFilterMatchingNothing},
+		{"SubscribeEventTypeFilter", testSubscribeEventTypeFilter},
 		{"Head", func(t *testing.T, s eventstore.Store) { testHead(t, s, features) }},
 		{"ConcurrentAppendersOneStream", testConcurrentOneStream},
 		{"PositionTokens", testPositionTokens},
@@ -282,6 +283,30 @@ func testSubscribeFilter(t *testing.T, s eventstore.Store) {
 	require.Len(t, got, 1)
 	require.Equal(t, order, got[0].StreamID)
 	require.Equal(t, "Paid", got[0].Type)
+}
+
+func testSubscribeEventTypeFilter(t *testing.T, s eventstore.Store) {
+	ctx := ctxFor(t)
+	tag := uuid.NewString()[:8]
+	st := "order-" + tag
+	_, err := s.Append(ctx, st, eventstore.Any,
+		Event("Order_"+tag+"Placed", `{}`), Event("Cart"+tag, `{}`), Event("Refund"+tag, `{}`), Event("Order_"+tag+"Paid", `{}`), Event("OrderX"+tag, `{}`))
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{EventTypes: []string{"Refund" + tag}, EventTypePrefixes: []string{"Order_" + tag}})
+	require.NoError(t, err)
+	defer sub.Close()
+	var got []string
+	for {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		for _, e := range msg.Events {
+			got = append(got, e.Type)
+		}
+		if msg.CaughtUp {
+			break
+		}
+	}
+	require.Equal(t, []string{"Order_" + tag + "Placed", "Refund" + tag, "Order_" + tag + "Paid"}, got, "\"_\" is a LIKE wildcard; prefixes match literally")
 }
 
 func testFilterMatchingNothing(t *testing.T, s eventstore.Store) {
