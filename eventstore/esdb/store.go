@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -74,6 +76,14 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("esdb: connection string %q: %w", cfg.URL, err)
 	}
+	// By default the client gives up for good after 10 failed discoveries
+	// (about a second) and then fails every call. A projector should wait
+	// for its server instead, so unless the connection string says
+	// otherwise, it never gives up; the calls meanwhile return when their
+	// contexts end (see call).
+	if !strings.Contains(strings.ToLower(cfg.URL), "maxdiscoverattempts") {
+		settings.MaxDiscoverAttempts = math.MaxInt32
+	}
 	s := &Store{cfg: cfg, settings: settings}
 	if s.client, err = client.NewClient(settings); err != nil {
 		return nil, fmt.Errorf("esdb: %w", err)
@@ -104,20 +114,30 @@ func (s *Store) conn() (*client.Client, error) {
 	return s.client, nil
 }
 
-// failed notes an error of c. When the client has given up for good (its
-// first discovery failed, so every call now fails with "connection
-// closed"), it is replaced by a new one.
+// failed notes the outcome of a call on c. An error that says nothing of
+// the connection (a conflict, a missing stream, the caller giving up)
+// leaves the connected flag alone. When the client has given up for good
+// (possible only with a maxDiscoverAttempts in the connection string), it
+// is replaced by a new one. The old one is dropped, not closed: calls may
+// be blocked inside it, and the client panics when closed under them.
 func (s *Store) failed(c *client.Client, err error) error {
 	if err == nil {
 		s.connected.Store(true)
 		return nil
 	}
+	switch code(err) {
+	case client.ErrorCodeWrongExpectedVersion, client.ErrorCodeResourceNotFound, client.ErrorCodeStreamDeleted:
+		s.connected.Store(true) // the server answered
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
 	s.connected.Store(false)
-	if e, ok := client.FromError(err); !ok && e.Code() == client.ErrorCodeConnectionClosed {
+	if code(err) == client.ErrorCodeConnectionClosed {
 		s.mu.Lock()
 		if !s.closed && s.client == c {
 			if fresh, nerr := client.NewClient(s.settings); nerr == nil {
-				_ = c.Close()
 				s.client = fresh
 				s.cfg.Logger.Warn("esdb client gave up connecting; created a new one")
 			}
@@ -125,6 +145,42 @@ func (s *Store) failed(c *client.Client, err error) error {
 		s.mu.Unlock()
 	}
 	return err
+}
+
+// call runs f, but returns when ctx ends even if f does not: the client
+// waits for its connection without looking at the context. What f returns
+// after that is handed to discard.
+//
+// A client that has given up connecting leaves calls blocked on a channel
+// send that nothing receives, and closing it makes them panic; call turns
+// such a panic into an error rather than let it end the process.
+func call[T any](ctx context.Context, f func() (T, error), discard func(T)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- result{err: fmt.Errorf("esdb client failed: %v", p)}
+			}
+		}()
+		v, err := f()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.err == nil && discard != nil {
+				discard(r.v)
+			}
+		}()
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 func code(err error) client.ErrorCode {
@@ -181,7 +237,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	res, err := c.AppendToStream(ctx, stream, opts, data...)
+	res, err := call(ctx, func() (*client.WriteResult, error) { return c.AppendToStream(ctx, stream, opts, data...) }, nil)
 	if err = s.failed(c, err); err != nil {
 		if code(err) == client.ErrorCodeWrongExpectedVersion {
 			return eventstore.AppendResult{}, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: s.lastRevision(ctx, stream)}
@@ -200,16 +256,34 @@ func (s *Store) lastRevision(ctx context.Context, stream string) int64 {
 	if err != nil {
 		return -1
 	}
-	rs, err := c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: client.End{}}, 1)
-	if err != nil {
+	events, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+		return readAllOf(c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: client.End{}}, 1))
+	}, nil)
+	if err != nil || len(events) == 0 || events[0].OriginalEvent() == nil {
 		return -1
+	}
+	return int64(events[0].OriginalEvent().EventNumber)
+}
+
+// readAllOf drains a read. The client's Recv, like its calls, can block
+// without looking at the context while it reconnects, so reads run whole
+// inside call.
+func readAllOf(rs *client.ReadStream, err error) ([]*client.ResolvedEvent, error) {
+	if err != nil {
+		return nil, err
 	}
 	defer rs.Close()
-	e, err := rs.Recv()
-	if err != nil || e.OriginalEvent() == nil {
-		return -1
+	var out []*client.ResolvedEvent
+	for {
+		e, err := rs.Recv()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, e)
 	}
-	return int64(e.OriginalEvent().EventNumber)
 }
 
 // ReadStream reads up to limit events of stream from revision from.
@@ -221,27 +295,23 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, limi
 	if err != nil {
 		return nil, err
 	}
-	rs, err := c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Forwards, From: client.Revision(from)}, uint64(limit))
+	read, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+		return readAllOf(c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Forwards, From: client.Revision(from)}, uint64(limit)))
+	}, nil)
+	if code(err) == client.ErrorCodeResourceNotFound {
+		s.connected.Store(true)
+		return nil, fmt.Errorf("read stream %q: %w", stream, eventstore.ErrStreamNotFound)
+	}
 	if err = s.failed(c, err); err != nil {
 		return nil, fmt.Errorf("read stream %q: %w", stream, err)
 	}
-	defer rs.Close()
 	var out []eventstore.RecordedEvent
-	for {
-		e, err := rs.Recv()
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			if code(err) == client.ErrorCodeResourceNotFound {
-				return nil, fmt.Errorf("read stream %q: %w", stream, eventstore.ErrStreamNotFound)
-			}
-			return nil, fmt.Errorf("read stream %q: %w", stream, s.failed(c, err))
-		}
+	for _, e := range read {
 		if e.Event != nil {
 			out = append(out, recorded(e.Event))
 		}
 	}
+	return out, nil
 }
 
 // Head reads the newest event of $all: its position and time.
@@ -250,19 +320,16 @@ func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
 	if err != nil {
 		return eventstore.Head{}, err
 	}
-	rs, err := c.ReadAll(ctx, client.ReadAllOptions{Direction: client.Backwards, From: client.End{}}, 1)
+	read, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+		return readAllOf(c.ReadAll(ctx, client.ReadAllOptions{Direction: client.Backwards, From: client.End{}}, 1))
+	}, nil)
 	if err = s.failed(c, err); err != nil {
 		return eventstore.Head{}, fmt.Errorf("read head: %w", err)
 	}
-	defer rs.Close()
-	e, err := rs.Recv()
-	if errors.Is(err, io.EOF) {
+	if len(read) == 0 {
 		return eventstore.Head{}, nil // an empty store
 	}
-	if err != nil {
-		return eventstore.Head{}, fmt.Errorf("read head: %w", s.failed(c, err))
-	}
-	ev := e.OriginalEvent()
+	ev := read[0].OriginalEvent()
 	return eventstore.Head{Position: position(ev.Position), Time: ev.CreatedDate}, nil
 }
 

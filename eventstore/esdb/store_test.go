@@ -194,3 +194,72 @@ func copyEvents(t *testing.T, ctx context.Context, s *esdb.Store, db *testdb.DB)
 		}
 	}
 }
+
+// TestLagZeroWhenTheHeadIsNotOurs: once caught up, a projection whose
+// filter does not match the newest records of $all (here a system event)
+// reports lag 0 and live, though its checkpoint is below the head.
+func TestLagZeroWhenTheHeadIsNotOurs(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := esdbtest.Start(t)
+	store := newStore(t, srv.URL())
+	db := testdb.New(t)
+	_, err := store.Append(ctx, "order-1", eventstore.NoStream, storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":1}`))
+	require.NoError(t, err)
+	d, err := projections.NewDaemon(db.Pool, store, []projections.Projection{readmodel.Orders{}}, projections.Config{StatusInterval: 10 * time.Millisecond, Source: "esdb"})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.Background()) //nolint:errcheck
+	r := d.Runner("orders")
+	require.Eventually(t, func() bool { return r.Status().Position.Commit > 0 }, 10*time.Second, 5*time.Millisecond)
+	srv.AppendSystemEvent()
+	head, err := store.Head(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st := r.StatusAt(head)
+		return st.Position.Before(head.Position) && st.Lag == 0 && st.Status == projections.StatusLive
+	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
+	// Stays so: it is not a stall.
+	time.Sleep(100 * time.Millisecond)
+	st := r.StatusAt(head)
+	require.Equal(t, projections.StatusLive, st.Status)
+	require.Zero(t, st.Lag)
+}
+
+// TestServerAwayLongerThanDiscovery keeps the server down until the client
+// gives up discovering it, while calls keep coming from several goroutines;
+// nothing panics or hangs past its context, and once the server is back a
+// fresh client serves again.
+func TestServerAwayLongerThanDiscovery(t *testing.T) {
+	t.Parallel()
+	srv := esdbtest.Start(t)
+	store := newStore(t, srv.URL())
+	ctx := context.Background()
+	_, err := store.Head(ctx)
+	require.NoError(t, err)
+	srv.Stop()
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(2500 * time.Millisecond)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				callCtx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+				_, _ = store.Head(callCtx)
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	require.False(t, store.Connected())
+	srv.Restart()
+	require.Eventually(t, func() bool {
+		callCtx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := store.Head(callCtx)
+		return err == nil
+	}, 15*time.Second, 100*time.Millisecond, "a fresh client reaches the server again")
+	require.True(t, store.Connected())
+}

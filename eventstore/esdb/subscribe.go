@@ -2,9 +2,7 @@ package esdb
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"strings"
 	"sync"
@@ -33,7 +31,9 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, f event
 		if err != nil {
 			return nil, err
 		}
-		sub, err = c.SubscribeToStream(ctx, stream, client.SubscribeToStreamOptions{From: start, ResolveLinkTos: true})
+		sub, err = call(ctx, func() (*client.Subscription, error) {
+			return c.SubscribeToStream(ctx, stream, client.SubscribeToStreamOptions{From: start, ResolveLinkTos: true})
+		}, closeSub)
 		if err = s.failed(c, err); err != nil {
 			return nil, fmt.Errorf("subscribe to %s: %w", stream, err)
 		}
@@ -42,10 +42,12 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, f event
 		if !from.IsStart() {
 			start = client.Position{Commit: from.Commit, Prepare: from.Prepare}
 		}
-		sub, err = c.SubscribeToAll(ctx, client.SubscribeToAllOptions{
-			From: start, Filter: serverFilter(f),
-			MaxSearchWindow: s.cfg.MaxSearchWindow, CheckpointInterval: s.cfg.CheckpointInterval,
-		})
+		sub, err = call(ctx, func() (*client.Subscription, error) {
+			return c.SubscribeToAll(ctx, client.SubscribeToAllOptions{
+				From: start, Filter: serverFilter(f),
+				MaxSearchWindow: s.cfg.MaxSearchWindow, CheckpointInterval: s.cfg.CheckpointInterval,
+			})
+		}, closeSub)
 		if err = s.failed(c, err); err != nil {
 			return nil, fmt.Errorf("subscribe to $all: %w", err)
 		}
@@ -55,6 +57,8 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, f event
 	go x.pump()
 	return x, nil
 }
+
+func closeSub(sub *client.Subscription) { _ = sub.Close() }
 
 // serverFilter is the $all filter for f: stream prefixes if it has any,
 // else event types (names and prefixes, as one regex), else everything but
@@ -79,7 +83,8 @@ func serverFilter(f eventstore.Filter) *client.SubscriptionFilter {
 
 // categoryStart finds where to resume a category stream: after the newest
 // link whose event is at or before from. It reads the stream backwards,
-// so its cost is what was appended since the checkpoint.
+// so its cost is what was appended since the checkpoint. Links to deleted
+// events are stepped over: they say nothing of where events are.
 func (s *Store) categoryStart(ctx context.Context, c *client.Client, stream string, from eventstore.Position) (client.StreamPosition, error) {
 	if from.IsStart() {
 		return client.Start{}, nil
@@ -87,37 +92,26 @@ func (s *Store) categoryStart(ctx context.Context, c *client.Client, stream stri
 	const page = 500
 	var at client.StreamPosition = client.End{}
 	for {
-		rs, err := c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: at, ResolveLinkTos: true}, page)
+		read, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+			return readAllOf(c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: at, ResolveLinkTos: true}, page))
+		}, nil)
+		if code(err) == client.ErrorCodeResourceNotFound {
+			return client.Start{}, nil
+		}
 		if err = s.failed(c, err); err != nil {
 			return nil, fmt.Errorf("find resume point in %s: %w", stream, err)
 		}
-		n, last := 0, uint64(0)
-		for {
-			e, err := rs.Recv()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				rs.Close()
-				if code(err) == client.ErrorCodeResourceNotFound {
-					return client.Start{}, nil
-				}
-				return nil, fmt.Errorf("find resume point in %s: %w", stream, err)
-			}
-			n++
+		for _, e := range read {
 			link := e.OriginalEvent()
-			last = link.EventNumber
-			pos := position(link.Position)
-			if e.Event != nil && e.Link != nil {
-				pos = position(e.Event.Position)
-			}
-			if !from.Before(pos) {
-				rs.Close()
+			if e.Event != nil && !from.Before(position(e.Event.Position)) {
 				return client.Revision(link.EventNumber), nil
 			}
 		}
-		rs.Close()
-		if n < page || last == 0 {
+		if len(read) < page {
+			return client.Start{}, nil
+		}
+		last := read[len(read)-1].OriginalEvent().EventNumber
+		if last == 0 {
 			return client.Start{}, nil
 		}
 		at = client.Revision(last - 1)
@@ -134,6 +128,7 @@ type subscription struct {
 	wg     sync.WaitGroup
 
 	last    eventstore.Position // the last checkpoint returned
+	live    bool                // caught up, not fallen behind since
 	dropped error               // a drop to report after the events before it
 }
 
@@ -206,21 +201,20 @@ func (x *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			x.advance(&msg, position(*ev.CheckPointReached))
 		case ev.CaughtUp != nil:
 			x.store.connected.Store(true)
-			msg.CaughtUp = true
+			msg.CaughtUp, x.live = true, true
 		case ev.FellBehind != nil:
-			msg.CaughtUp = false
+			msg.CaughtUp, x.live = false, false
 		}
 	}
 	return x.finish(msg), nil
 }
 
-// appeared adds an event, or counts a link whose event was deleted.
+// appeared adds an event, or counts a link whose event was deleted. Such a
+// link does not move the checkpoint: the link sits later in $all than the
+// events behind it in the category stream.
 func (x *subscription) appeared(msg *eventstore.Message, e *client.ResolvedEvent) {
-	if e.Event == nil { // a link to a deleted event
+	if e.Event == nil {
 		msg.DeletedLinks++
-		if e.Link != nil {
-			x.advance(msg, position(e.Link.Position))
-		}
 		return
 	}
 	r := recorded(e.Event)
@@ -244,5 +238,6 @@ func (x *subscription) finish(msg eventstore.Message) eventstore.Message {
 		msg.Checkpoint = x.last
 	}
 	x.last = msg.Checkpoint
+	msg.Live = x.live
 	return msg
 }
