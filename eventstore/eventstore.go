@@ -46,10 +46,16 @@ type Subscription interface {
 // nothing still makes progress). CaughtUp says the subscription has reached the
 // head of the store as of this message. DeletedLinks counts links passed over
 // because the event they point to was deleted (EventStoreDB category streams).
+//
+// Live says the subscription is live: the source pushes each matching event
+// as it is written, so records beyond Checkpoint that it has not delivered
+// do not match the filter. A source whose checkpoints always reach the head
+// (the embedded store) leaves it false.
 type Message struct {
 	Events       []RecordedEvent
 	Checkpoint   Position
 	CaughtUp     bool
+	Live         bool
 	DeletedLinks int
 }
 

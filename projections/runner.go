@@ -121,6 +121,8 @@ type runState struct {
 	status       string
 	oldest       time.Time  // write time of the oldest event being applied
 	behind       []sighting // heads seen beyond the position, oldest first
+	live         bool       // the last message forwarded said the source is live
+	pending      int        // messages forwarded and not yet committed
 	head         eventstore.Head
 	lastProgress time.Time
 	failing      bool
@@ -293,6 +295,7 @@ func (r *Runner) pipeline() error {
 	msgs := make(chan eventstore.Message, 4) // bounds memory: a few reads ahead
 	r.mu.Lock()
 	from := r.position
+	r.state.live, r.state.pending = false, 0
 	r.mu.Unlock()
 	go r.read(ctx, from, msgs)
 
@@ -306,10 +309,13 @@ func (r *Runner) pipeline() error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		events, checkpoint := collect(first, msgs, r.cfg.BatchSize)
+		events, checkpoint, taken := collect(first, msgs, r.cfg.BatchSize)
 		if err := r.applyWithRetry(events, checkpoint); err != nil {
 			return err
 		}
+		r.mu.Lock()
+		r.state.pending -= taken
+		r.mu.Unlock()
 	}
 }
 
@@ -346,6 +352,10 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 			r.m.deletedLink.Add(float64(msg.DeletedLinks))
 			r.log.Warn("links to deleted events passed over", "count", msg.DeletedLinks)
 		}
+		r.mu.Lock()
+		r.state.pending++
+		r.state.live = msg.Live
+		r.mu.Unlock()
 		select {
 		case out <- msg:
 			if pos.Before(msg.Checkpoint) {
@@ -358,13 +368,15 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 }
 
 // collect takes first and whatever else has already arrived, up to about
-// max events, without waiting.
-func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) ([]eventstore.RecordedEvent, eventstore.Position) {
+// max events, without waiting; it returns how many messages it took.
+func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) ([]eventstore.RecordedEvent, eventstore.Position, int) {
 	events := first.Events
 	checkpoint := first.Checkpoint
+	taken := 1
 	for len(events) < max {
 		select {
 		case m := <-msgs:
+			taken++
 			if len(m.Events) > 0 {
 				if len(events) == len(first.Events) { // copy before appending to the reader's slice
 					events = append(make([]eventstore.RecordedEvent, 0, len(events)+len(m.Events)), events...)
@@ -375,10 +387,10 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) 
 				checkpoint = m.Checkpoint
 			}
 		default:
-			return events, checkpoint
+			return events, checkpoint, taken
 		}
 	}
-	return events, checkpoint
+	return events, checkpoint, taken
 }
 
 // applyWithRetry applies a batch, retrying with backoff while it fails:

@@ -11,7 +11,7 @@ import (
 // It is zero when the checkpoint has reached the head, including when the
 // newest events are ones the projection's filter does not choose.
 func (r *Runner) lagLocked(now time.Time) time.Duration {
-	if !r.position.Before(r.state.head.Position) {
+	if !r.position.Before(r.state.head.Position) || r.idleLiveLocked() {
 		return 0
 	}
 	if !r.state.oldest.IsZero() {
@@ -30,8 +30,16 @@ func (r *Runner) lagLocked(now time.Time) time.Duration {
 	return max(0, lag)
 }
 
+// idleLiveLocked: the source is live and everything it sent is applied, so
+// whatever lies beyond the position does not concern this projection.
+func (r *Runner) idleLiveLocked() bool { return r.state.live && r.state.pending == 0 }
+
 // sightLocked records the head seen at now, if it is beyond the position.
 func (r *Runner) sightLocked(head eventstore.Position, now time.Time) {
+	if r.idleLiveLocked() {
+		r.state.behind = r.state.behind[:0]
+		return
+	}
 	if !r.position.Before(head) || len(r.state.behind) >= maxSightings {
 		return
 	}
@@ -61,7 +69,7 @@ func (r *Runner) statusLocked(now time.Time) string {
 	switch {
 	case r.state.status == StatusStopped:
 		return StatusStopped
-	case r.state.failing || (behind && r.stalledLocked(now)):
+	case r.state.failing || (behind && !r.idleLiveLocked() && r.stalledLocked(now)):
 		return StatusStalled
 	case !behind || r.lagLocked(now) < r.cfg.LiveLag:
 		return StatusLive
@@ -78,7 +86,10 @@ func (r *Runner) reportStatus() {
 	var lastApplied uint64
 	lastTick := time.Now()
 	for {
-		if h, err := r.store.Head(r.soft); err == nil {
+		headCtx, cancel := context.WithTimeout(r.soft, r.cfg.StatusInterval+time.Second)
+		h, err := r.store.Head(headCtx)
+		cancel()
+		if err == nil {
 			r.mu.Lock()
 			if r.state.head.Position.Before(h.Position) || r.state.head.Time.IsZero() {
 				r.state.head = h
