@@ -140,6 +140,9 @@ func validStream(s string) error {
 	if s == "" || len(s) > 200 {
 		return errors.New("a stream name has 1 to 200 characters")
 	}
+	if s[0] == '$' {
+		return fmt.Errorf("stream name %q: names starting with $ are the event store's own", s)
+	}
 	for _, r := range s {
 		if unicode.IsControl(r) || unicode.IsSpace(r) {
 			return fmt.Errorf("stream name %q has a space or control character", s)

@@ -154,7 +154,7 @@ func (s *Server) dailySales(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if to.Before(from) || to.Sub(from) > MaxSalesDays*24*time.Hour {
+	if to.Before(from) || to.Sub(from) >= MaxSalesDays*24*time.Hour {
 		return problem(c, http.StatusBadRequest, "Bad range", "from must not be after to, and the range at most 366 days")
 	}
 	rows, err := s.cfg.Pool.Query(c.Request().Context(), `SELECT to_char(day, 'YYYY-MM-DD'), orders, revenue, cancelled

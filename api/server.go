@@ -95,8 +95,9 @@ func New(cfg Config) *Server {
 	e.GET("/v1/customers/:id/stats", s.customerStats, s.fresh("customer_stats"))
 	e.GET("/v1/sales/daily", s.dailySales, s.fresh("daily_sales"))
 
-	write := e.Group("", s.requireToken, s.limitBody)
-	write.POST("/v1/streams/:stream", s.appendEvents)
+	// Writing routes: the token (when set) and a body limit, per route, so
+	// that unknown paths still answer 404.
+	e.POST("/v1/streams/:stream", s.appendEvents, s.requireToken, s.limitBody)
 	return s
 }
 

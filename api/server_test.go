@@ -263,6 +263,8 @@ func TestBadInputGets4xxAndWritesNothing(t *testing.T) {
 		"bad revision header": post("/v1/streams/order-x", `{"type":"A","data":{}}`, api.HeaderExpectedRevision, "-3"),
 		"oversize body":       post("/v1/streams/order-x", `{"type":"A","data":{"pad":"`+strings.Repeat("x", 2048)+`"}}`),
 		"space in stream":     post("/v1/streams/order%20x", `{"type":"A","data":{}}`),
+		"system stream":       post("/v1/streams/$all", `{"type":"A","data":{}}`),
+		"367 days":            get(t, b.url+"/v1/sales/daily?from=2025-01-01&to=2026-01-02"),
 		"bad cursor":          get(t, b.url+"/v1/orders?cursor=!!!"),
 		"bad status filter":   get(t, b.url+"/v1/orders?status=lost"),
 		"bad limit":           get(t, b.url+"/v1/orders?limit=0"),
@@ -295,6 +297,7 @@ func TestWritingRoutesNeedTheToken(t *testing.T) {
 	r := do(t, http.MethodPost, b.url+"/v1/streams/order-auth", body, "Authorization", "Bearer "+token)
 	require.Equal(t, http.StatusCreated, r.StatusCode, r.body)
 	require.Equal(t, http.StatusOK, get(t, b.url+"/v1/orders").StatusCode, "reads stay open")
+	require.Equal(t, http.StatusNotFound, do(t, http.MethodPost, b.url+"/v1/nothing-here", body).StatusCode, "unknown paths are 404, not 401")
 }
 
 func TestAppendConflictsAndIdempotentRetries(t *testing.T) {

@@ -95,7 +95,7 @@ func (s *Server) readYourWrites(c echo.Context) (eventstore.Position, time.Durat
 		if err != nil || ms < 0 {
 			return want, 0, &Problem{Status: http.StatusBadRequest, Title: "Bad wait", Detail: HeaderWaitMs + " must be a whole number of milliseconds, 0 to 30000"}
 		}
-		wait = min(time.Duration(ms)*time.Millisecond, WaitMax)
+		wait = time.Duration(min(ms, int(WaitMax/time.Millisecond))) * time.Millisecond
 	}
 	return want, wait, nil
 }

@@ -296,6 +296,7 @@ func (r *Runner) pipeline() error {
 	r.mu.Lock()
 	from := r.position
 	r.state.live, r.state.pending = false, 0
+	r.state.oldest = time.Time{} // a batch abandoned by the last pipeline is read again
 	r.mu.Unlock()
 	go r.read(ctx, from, msgs)
 
