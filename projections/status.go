@@ -107,7 +107,7 @@ func (r *Runner) reportStatus() {
 		}
 		lastApplied, lastTick = r.state.applied, now
 		r.state.updatedAt = now
-		caughtUp := !behind
+		caughtUp := !behind || r.idleLiveLocked()
 		r.mu.Unlock()
 
 		r.m.lag.Set(lag.Seconds())

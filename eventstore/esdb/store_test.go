@@ -207,7 +207,8 @@ func TestLagZeroWhenTheHeadIsNotOurs(t *testing.T) {
 	db := testdb.New(t)
 	_, err := store.Append(ctx, "order-1", eventstore.NoStream, storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":1}`))
 	require.NoError(t, err)
-	d, err := projections.NewDaemon(db.Pool, store, []projections.Projection{readmodel.Orders{}}, projections.Config{StatusInterval: 10 * time.Millisecond, Source: "esdb"})
+	metrics := projections.NewMetrics(prometheus.NewRegistry())
+	d, err := projections.NewDaemon(db.Pool, store, []projections.Projection{readmodel.Orders{}}, projections.Config{StatusInterval: 10 * time.Millisecond, Source: "esdb", Metrics: metrics})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))
 	defer d.Stop(context.Background()) //nolint:errcheck
@@ -220,11 +221,14 @@ func TestLagZeroWhenTheHeadIsNotOurs(t *testing.T) {
 		st := r.StatusAt(head)
 		return st.Position.Before(head.Position) && st.Lag == 0 && st.Status == projections.StatusLive
 	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
-	// Stays so: it is not a stall.
+	// Stays so: it is not a stall, and the metrics agree.
 	time.Sleep(100 * time.Millisecond)
 	st := r.StatusAt(head)
 	require.Equal(t, projections.StatusLive, st.Status)
 	require.Zero(t, st.Lag)
+	require.Eventually(t, func() bool {
+		return testutil.ToFloat64(metrics.CaughtUp.WithLabelValues("orders")) == 1 && testutil.ToFloat64(metrics.Lag.WithLabelValues("orders")) == 0
+	}, 5*time.Second, 10*time.Millisecond)
 }
 
 // TestServerAwayLongerThanDiscovery keeps the server down until the client
