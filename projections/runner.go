@@ -118,7 +118,7 @@ type Runner struct {
 }
 
 type runState struct {
-	status       string
+	stopped      bool       // the runner has ended; every other status is derived
 	oldest       time.Time  // write time of the oldest event being applied
 	behind       []sighting // heads seen beyond the position, oldest first
 	live         bool       // the last message forwarded said the source is live
@@ -178,7 +178,7 @@ func (r *Runner) Start(ctx context.Context) error {
 		}
 		r.reg = reg
 		r.position = reg.checkpoint
-		r.state = runState{status: StatusCatchingUp, lastProgress: time.Now()}
+		r.state = runState{lastProgress: time.Now()}
 		r.soft, r.softCancel = context.WithCancel(context.WithoutCancel(ctx))
 		r.hard, r.hardCancel = context.WithCancel(context.WithoutCancel(ctx))
 		go r.run()
@@ -276,7 +276,7 @@ func (r *Runner) run() {
 		sleep(r.soft, d)
 	}
 	r.mu.Lock()
-	r.state.status = StatusStopped
+	r.state.stopped = true
 	r.mu.Unlock()
 	<-statusDone
 	r.writeStatus(context.Background()) // the final "stopped"

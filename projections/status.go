@@ -67,7 +67,7 @@ func (r *Runner) oldestSightingLocked() (sighting, bool) {
 func (r *Runner) statusLocked(now time.Time) string {
 	behind := r.position.Before(r.state.head.Position)
 	switch {
-	case r.state.status == StatusStopped:
+	case r.state.stopped:
 		return StatusStopped
 	case r.state.failing || (behind && !r.idleLiveLocked() && r.stalledLocked(now)):
 		return StatusStalled
@@ -101,7 +101,6 @@ func (r *Runner) reportStatus() {
 		behind := r.position.Before(r.state.head.Position)
 		r.sightLocked(r.state.head.Position, now)
 		lag := r.lagLocked(now)
-		r.state.status = r.statusLocked(now)
 		if secs := now.Sub(lastTick).Seconds(); secs > 0 {
 			r.state.rate = 0.5*r.state.rate + 0.5*float64(r.state.applied-lastApplied)/secs
 		}
