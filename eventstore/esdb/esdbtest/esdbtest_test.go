@@ -55,7 +55,11 @@ func appendTo(t *testing.T, c *esdb.Client, stream string, events ...esdb.EventD
 
 func readStream(t *testing.T, c *esdb.Client, stream string, opts esdb.ReadStreamOptions, count uint64) ([]*esdb.ResolvedEvent, error) {
 	t.Helper()
-	rs, err := c.ReadStream(ctxT(t), stream, opts, count)
+	return drain(c.ReadStream(ctxT(t), stream, opts, count))
+}
+
+// drain reads a read to its end.
+func drain(rs *esdb.ReadStream, err error) ([]*esdb.ResolvedEvent, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -258,22 +262,7 @@ func TestReadAllBackwardsIsHead(t *testing.T) {
 
 func readAll(t *testing.T, c *esdb.Client, opts esdb.ReadAllOptions, count uint64) ([]*esdb.ResolvedEvent, error) {
 	t.Helper()
-	rs, err := c.ReadAll(ctxT(t), opts, count)
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	var out []*esdb.ResolvedEvent
-	for {
-		e, err := rs.Recv()
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return out, err
-		}
-		out = append(out, e)
-	}
+	return drain(c.ReadAll(ctxT(t), opts, count))
 }
 
 func TestSubscribeAllFilters(t *testing.T) {
