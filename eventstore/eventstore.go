@@ -2,10 +2,13 @@ package eventstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Store is an event source that sightline projects from. The embedded
@@ -249,6 +252,42 @@ func (e *WrongExpectedRevisionError) Error() string {
 }
 
 func (e *WrongExpectedRevisionError) Unwrap() error { return ErrWrongExpectedRevision }
+
+// ValidateAppend checks an append as every store must before writing: a
+// stream name, at least one event, each with a UUID event ID used once in
+// the append, a type, and JSON data and (optional) metadata. It returns the
+// parsed event IDs.
+func ValidateAppend(stream string, events []EventData) ([]uuid.UUID, error) {
+	if stream == "" {
+		return nil, fmt.Errorf("%w: stream name is empty", ErrInvalidEvent)
+	}
+	if len(events) == 0 {
+		return nil, fmt.Errorf("%w: nothing to append", ErrInvalidEvent)
+	}
+	ids := make([]uuid.UUID, len(events))
+	seen := make(map[uuid.UUID]bool, len(events))
+	for i, e := range events {
+		if err := e.Validate(); err != nil {
+			return nil, err
+		}
+		id, err := uuid.Parse(e.EventID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: event ID %q is not a UUID", ErrInvalidEvent, e.EventID)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("%w: event ID %s appears twice in one append", ErrInvalidEvent, id)
+		}
+		seen[id] = true
+		if !json.Valid(e.Data) {
+			return nil, fmt.Errorf("%w: event %s: data is not valid JSON", ErrInvalidEvent, id)
+		}
+		if len(e.Metadata) > 0 && !json.Valid(e.Metadata) {
+			return nil, fmt.Errorf("%w: event %s: metadata is not valid JSON", ErrInvalidEvent, id)
+		}
+		ids[i] = id
+	}
+	return ids, nil
+}
 
 // Validate checks the fields an append needs.
 func (e EventData) Validate() error {

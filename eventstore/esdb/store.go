@@ -3,7 +3,6 @@ package esdb
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +13,6 @@ import (
 	"sync/atomic"
 
 	client "github.com/EventStore/EventStore-Client-Go/v4/esdb"
-	"github.com/google/uuid"
 
 	"github.com/sightlinehq/sightline/eventstore"
 )
@@ -197,30 +195,13 @@ func (s *Store) ParsePosition(token string) (eventstore.Position, error) {
 
 // Append appends events to stream with the expected revision.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
-	if stream == "" {
-		return eventstore.AppendResult{}, fmt.Errorf("%w: stream name is empty", eventstore.ErrInvalidEvent)
-	}
-	if len(events) == 0 {
-		return eventstore.AppendResult{}, fmt.Errorf("%w: nothing to append", eventstore.ErrInvalidEvent)
+	ids, err := eventstore.ValidateAppend(stream, events)
+	if err != nil {
+		return eventstore.AppendResult{}, err
 	}
 	data := make([]client.EventData, len(events))
-	seen := map[uuid.UUID]bool{}
 	for i, e := range events {
-		if err := e.Validate(); err != nil {
-			return eventstore.AppendResult{}, err
-		}
-		id, err := uuid.Parse(e.EventID)
-		if err != nil {
-			return eventstore.AppendResult{}, fmt.Errorf("%w: event ID %q is not a UUID", eventstore.ErrInvalidEvent, e.EventID)
-		}
-		if seen[id] {
-			return eventstore.AppendResult{}, fmt.Errorf("%w: event ID %s appears twice in one append", eventstore.ErrInvalidEvent, id)
-		}
-		seen[id] = true
-		if !json.Valid(e.Data) || (len(e.Metadata) > 0 && !json.Valid(e.Metadata)) {
-			return eventstore.AppendResult{}, fmt.Errorf("%w: event %s: data or metadata is not valid JSON", eventstore.ErrInvalidEvent, id)
-		}
-		data[i] = client.EventData{EventID: id, EventType: e.Type, ContentType: client.ContentTypeJson, Data: e.Data, Metadata: e.Metadata}
+		data[i] = client.EventData{EventID: ids[i], EventType: e.Type, ContentType: client.ContentTypeJson, Data: e.Data, Metadata: e.Metadata}
 	}
 	opts := client.AppendToStreamOptions{ExpectedRevision: client.Any{}}
 	switch {

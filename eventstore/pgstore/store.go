@@ -3,14 +3,12 @@ package pgstore
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -208,11 +206,9 @@ type appendRows struct {
 }
 
 func appendArgs(stream string, events []eventstore.EventData) (appendRows, error) {
-	if stream == "" {
-		return appendRows{}, fmt.Errorf("%w: stream name is empty", eventstore.ErrInvalidEvent)
-	}
-	if len(events) == 0 {
-		return appendRows{}, fmt.Errorf("%w: nothing to append", eventstore.ErrInvalidEvent)
+	ids, err := eventstore.ValidateAppend(stream, events)
+	if err != nil {
+		return appendRows{}, err
 	}
 	r := appendRows{
 		ids:      make([]string, len(events)),
@@ -220,29 +216,12 @@ func appendArgs(stream string, events []eventstore.EventData) (appendRows, error
 		data:     make([]string, len(events)),
 		metadata: make([]string, len(events)),
 	}
-	seen := make(map[uuid.UUID]bool, len(events))
 	for i, e := range events {
-		if err := e.Validate(); err != nil {
-			return appendRows{}, err
-		}
-		id, err := uuid.Parse(e.EventID)
-		if err != nil {
-			return appendRows{}, fmt.Errorf("%w: event ID %q is not a UUID", eventstore.ErrInvalidEvent, e.EventID)
-		}
-		if seen[id] {
-			return appendRows{}, fmt.Errorf("%w: event ID %s appears twice in one append", eventstore.ErrInvalidEvent, id)
-		}
-		seen[id] = true
-		if !json.Valid(e.Data) {
-			return appendRows{}, fmt.Errorf("%w: event %s: data is not valid JSON", eventstore.ErrInvalidEvent, id)
-		}
 		meta := e.Metadata
 		if len(meta) == 0 {
 			meta = []byte("{}")
-		} else if !json.Valid(meta) {
-			return appendRows{}, fmt.Errorf("%w: event %s: metadata is not valid JSON", eventstore.ErrInvalidEvent, id)
 		}
-		r.ids[i], r.types[i], r.data[i], r.metadata[i] = id.String(), e.Type, string(e.Data), string(meta)
+		r.ids[i], r.types[i], r.data[i], r.metadata[i] = ids[i].String(), e.Type, string(e.Data), string(meta)
 	}
 	return r, nil
 }
