@@ -60,9 +60,10 @@ type Store struct {
 	settings  *client.Configuration
 	connected atomic.Bool
 
-	mu     sync.Mutex
-	client *client.Client
-	closed bool
+	mu       sync.Mutex
+	client   *client.Client
+	closed   bool
+	inflight int // calls running inside the client (see call)
 }
 
 var _ eventstore.Store = (*Store)(nil)
@@ -89,12 +90,37 @@ func New(cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the client. Safe to call twice.
+// Close closes the store: new calls fail with ErrClosed, and the client is
+// closed once no call is running inside it. (Closing the client under a
+// call races with it, and panics it when it is waiting for a connection.)
+// Safe to call twice.
 func (s *Store) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closed {
 		s.closed = true
+		if s.inflight == 0 {
+			_ = s.client.Close()
+		}
+	}
+}
+
+// enter counts a call into the client, unless the store is closed.
+func (s *Store) enter() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return eventstore.ErrClosed
+	}
+	s.inflight++
+	return nil
+}
+
+// leave ends a call; the last one out of a closed store closes the client.
+func (s *Store) leave() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inflight--; s.inflight == 0 && s.closed {
 		_ = s.client.Close()
 	}
 }
@@ -145,20 +171,27 @@ func (s *Store) failed(c *client.Client, err error) error {
 	return err
 }
 
-// call runs f, but returns when ctx ends even if f does not: the client
-// waits for its connection without looking at the context. What f returns
-// after that is handed to discard.
+// call runs f, a call into s's client, but returns when ctx ends even if f
+// does not: the client waits for its connection without looking at the
+// context. What f returns after that is handed to discard. The store
+// counts f as running until it returns, so that Close never closes the
+// client under it.
 //
 // A client that has given up connecting leaves calls blocked on a channel
 // send that nothing receives, and closing it makes them panic; call turns
 // such a panic into an error rather than let it end the process.
-func call[T any](ctx context.Context, f func() (T, error), discard func(T)) (T, error) {
+func call[T any](ctx context.Context, s *Store, f func() (T, error), discard func(T)) (T, error) {
 	type result struct {
 		v   T
 		err error
 	}
+	if err := s.enter(); err != nil {
+		var zero T
+		return zero, err
+	}
 	done := make(chan result, 1)
 	go func() {
+		defer s.leave()
 		defer func() {
 			if p := recover(); p != nil {
 				done <- result{err: fmt.Errorf("esdb client failed: %v", p)}
@@ -218,7 +251,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	res, err := call(ctx, func() (*client.WriteResult, error) { return c.AppendToStream(ctx, stream, opts, data...) }, nil)
+	res, err := call(ctx, s, func() (*client.WriteResult, error) { return c.AppendToStream(ctx, stream, opts, data...) }, nil)
 	if err = s.failed(c, err); err != nil {
 		if code(err) == client.ErrorCodeWrongExpectedVersion {
 			return eventstore.AppendResult{}, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: s.lastRevision(ctx, stream)}
@@ -237,7 +270,7 @@ func (s *Store) lastRevision(ctx context.Context, stream string) int64 {
 	if err != nil {
 		return -1
 	}
-	events, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+	events, err := call(ctx, s, func() ([]*client.ResolvedEvent, error) {
 		return readAllOf(c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: client.End{}}, 1))
 	}, nil)
 	if err != nil || len(events) == 0 || events[0].OriginalEvent() == nil {
@@ -276,7 +309,7 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, limi
 	if err != nil {
 		return nil, err
 	}
-	read, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+	read, err := call(ctx, s, func() ([]*client.ResolvedEvent, error) {
 		return readAllOf(c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Forwards, From: client.Revision(from)}, uint64(limit)))
 	}, nil)
 	if code(err) == client.ErrorCodeResourceNotFound {
@@ -301,7 +334,7 @@ func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
 	if err != nil {
 		return eventstore.Head{}, err
 	}
-	read, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+	read, err := call(ctx, s, func() ([]*client.ResolvedEvent, error) {
 		return readAllOf(c.ReadAll(ctx, client.ReadAllOptions{Direction: client.Backwards, From: client.End{}}, 1))
 	}, nil)
 	if err = s.failed(c, err); err != nil {

@@ -31,7 +31,7 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, f event
 		if err != nil {
 			return nil, err
 		}
-		sub, err = call(ctx, func() (*client.Subscription, error) {
+		sub, err = call(ctx, s, func() (*client.Subscription, error) {
 			return c.SubscribeToStream(ctx, stream, client.SubscribeToStreamOptions{From: start, ResolveLinkTos: true})
 		}, closeSub)
 		if err = s.failed(c, err); err != nil {
@@ -42,7 +42,7 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, f event
 		if !from.IsStart() {
 			start = client.Position{Commit: from.Commit, Prepare: from.Prepare}
 		}
-		sub, err = call(ctx, func() (*client.Subscription, error) {
+		sub, err = call(ctx, s, func() (*client.Subscription, error) {
 			return c.SubscribeToAll(ctx, client.SubscribeToAllOptions{
 				From: start, Filter: serverFilter(f),
 				MaxSearchWindow: s.cfg.MaxSearchWindow, CheckpointInterval: s.cfg.CheckpointInterval,
@@ -92,7 +92,7 @@ func (s *Store) categoryStart(ctx context.Context, c *client.Client, stream stri
 	const page = 500
 	var at client.StreamPosition = client.End{}
 	for {
-		read, err := call(ctx, func() ([]*client.ResolvedEvent, error) {
+		read, err := call(ctx, s, func() ([]*client.ResolvedEvent, error) {
 			return readAllOf(c.ReadStream(ctx, stream, client.ReadStreamOptions{Direction: client.Backwards, From: at, ResolveLinkTos: true}, page))
 		}, nil)
 		if code(err) == client.ErrorCodeResourceNotFound {
