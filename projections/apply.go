@@ -7,14 +7,24 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sightlinehq/sightline/eventstore"
 )
 
 // apply applies one batch in one transaction: the read-model writes, the
-// per-stream revisions and the checkpoint commit together or not at all.
-func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position) error {
+// per-stream revisions, the parked events and the checkpoint commit
+// together or not at all.
+//
+// The batch goes to the projection in one Apply call. When that fails on
+// the events rather than the infrastructure, apply returns a handlerError
+// and the batch is applied again with isolate set: in savepoints, halving
+// the set of streams until each failing stream is alone, then that stream's
+// events one at a time, each retried with backoff and finally parked with
+// the rest of its stream held behind it. Every other stream is applied and
+// the checkpoint advances all the same.
+func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, isolate bool) error {
 	start := time.Now()
 	streams := byStream(events, r.p.Filter())
 
@@ -32,12 +42,16 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 
 	// One round trip: lock the checkpoint row, so that batches of the same
-	// projection never interleave, and read the streams' last revisions.
+	// projection (and parked-event retries) never interleave, and read the
+	// streams' last revisions and which of them are held.
 	revsTable := pgx.Identifier{r.reg.schema, "_stream_revisions"}.Sanitize()
 	read := &pgx.Batch{}
 	read.Queue(`SELECT commit_position, prepare_position FROM sightline.checkpoints
 		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), r.reg.generation)
 	read.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams.order)
+	read.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
+		WHERE projection = $1 AND generation = $2 AND state IN ('parked', 'held') AND stream_id = ANY($3)
+		GROUP BY stream_id`, r.p.Name(), r.reg.generation, streams.order)
 	res := tx.SendBatch(ctx, read)
 	var commit, prepare int64
 	if err := res.QueryRow().Scan(&commit, &prepare); err != nil {
@@ -51,12 +65,10 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		r.mu.Unlock()
 		return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
 	}
-	last := make(map[string]int64, len(streams.order))
-	rows, err := res.Query()
+	last, err := readRevisions(res)
+	var held map[string]int64
 	if err == nil {
-		var id string
-		var rev int64
-		_, err = pgx.ForEachRow(rows, []any{&id, &rev}, func() error { last[id] = rev; return nil })
+		held, err = readRevisions(res)
 	}
 	if cerr := res.Close(); err == nil {
 		err = cerr
@@ -65,58 +77,263 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		return fmt.Errorf("read stream revisions: %w", err)
 	}
 
-	plan, err := r.plan(ctx, streams, last)
+	plan, err := r.plan(ctx, streams, last, held)
 	if err != nil {
 		return err
 	}
-	b := &Batch{Tx: tx, Schema: r.reg.schema, Events: plan.apply, queue: &pgx.Batch{}}
-	if len(plan.apply) > 0 {
-		if err := r.p.Apply(ctx, b); err != nil {
-			return fmt.Errorf("apply %d events: %w", len(plan.apply), err)
+	if isolate {
+		if err := r.isolate(ctx, tx, plan.live(), true); err != nil {
+			return err
+		}
+	} else if toApply := plan.live(); len(toApply) > 0 {
+		if err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, eventsOf(toApply), false); err != nil {
+			return err
 		}
 	}
-	if len(plan.revStreams) > 0 {
-		b.queue.Queue(`INSERT INTO `+revsTable+` (stream_id, revision)
+
+	parked, err := r.park(ctx, tx, plan)
+	if err != nil {
+		return err
+	}
+	queue := &pgx.Batch{}
+	if streams, revs := plan.revisions(); len(streams) > 0 {
+		queue.Queue(`INSERT INTO `+revsTable+` (stream_id, revision)
 			SELECT * FROM unnest($1::text[], $2::bigint[])
-			ON CONFLICT (stream_id) DO UPDATE SET revision = excluded.revision`, plan.revStreams, plan.revValues)
+			ON CONFLICT (stream_id) DO UPDATE SET revision = excluded.revision`, streams, revs)
 	}
 	for _, g := range plan.gaps {
-		b.queue.Queue(`INSERT INTO sightline.gaps (projection, generation, stream_id, from_revision, to_revision)
+		queue.Queue(`INSERT INTO sightline.gaps (projection, generation, stream_id, from_revision, to_revision)
 			VALUES ($1, $2, $3, $4, $5)`, r.p.Name(), r.reg.generation, g.stream, int64(g.from), int64(g.to))
 	}
 	newPosition := expected
 	if expected.Before(checkpoint) {
 		newPosition = checkpoint
-		b.queue.Queue(`UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
+		queue.Queue(`UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
 			WHERE projection = $1 AND generation = $2`, r.p.Name(), r.reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare))
 	}
-	if err := tx.SendBatch(ctx, b.queue).Close(); err != nil {
-		return fmt.Errorf("write batch: %w", err)
+	if err := tx.SendBatch(ctx, queue).Close(); err != nil {
+		return fmt.Errorf("write revisions and checkpoint: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("commit: %w", err)
 	}
 
 	now := time.Now()
+	applied := plan.applied()
 	r.mu.Lock()
 	r.setPositionLocked(newPosition)
-	r.state.applied += uint64(len(plan.apply))
+	r.state.applied += uint64(len(applied))
 	r.state.lastProgress = now
 	r.mu.Unlock()
-	r.m.applied.Add(float64(len(plan.apply)))
+	r.m.applied.Add(float64(len(applied)))
 	r.m.duplicate.Add(float64(plan.duplicates))
 	r.m.gapUnfilled.Add(float64(plan.unfilled))
 	r.m.gapsRepaired.Add(float64(plan.repaired))
 	r.m.batchDuration.Observe(now.Sub(start).Seconds())
 	r.m.batchEvents.Observe(float64(len(events)))
-	for _, e := range plan.apply {
+	for _, e := range applied {
 		r.m.endToEnd.Observe(now.Sub(e.CreatedAt).Seconds())
 	}
 	for _, g := range plan.gaps {
 		r.log.Warn("revisions missing from the store; going on without them",
 			"stream", g.stream, "from_revision", g.from, "to_revision", g.to)
 	}
+	if len(parked) > 0 {
+		r.logParked(parked)
+		r.refreshParked(ctx)
+	}
 	return nil
+}
+
+func readRevisions(res pgx.BatchResults) (map[string]int64, error) {
+	revs := map[string]int64{}
+	rows, err := res.Query()
+	if err != nil {
+		return nil, err
+	}
+	var id string
+	var rev int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &rev}, func() error { revs[id] = rev; return nil })
+	return revs, err
+}
+
+// savepoint is the name of the savepoint isolating one attempt.
+const savepoint = "sightline_attempt"
+
+// applyInSavepoint hands events to p's Apply and sends what it queued. With
+// inSavepoint, all of it happens inside a savepoint that a failure rolls
+// back, leaving tx usable. The error is a handlerError when the events may
+// be at fault.
+func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema string, events []eventstore.RecordedEvent, inSavepoint bool) error {
+	if inSavepoint {
+		if _, err := tx.Exec(ctx, `SAVEPOINT `+savepoint); err != nil {
+			return err
+		}
+	}
+	b := &Batch{Tx: tx, Schema: schema, Events: events, queue: &pgx.Batch{}}
+	err := p.Apply(ctx, b)
+	if err == nil && b.queue.Len() > 0 {
+		err = tx.SendBatch(ctx, b.queue).Close()
+	}
+	if err != nil {
+		err = classify(ctx, tx.Conn(), err)
+		if inSavepoint {
+			if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT `+savepoint); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+		}
+	}
+	if inSavepoint {
+		if _, rerr := tx.Exec(ctx, `RELEASE SAVEPOINT `+savepoint); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
+// isolate applies streams in savepoints, splitting the set in halves while
+// it fails, down to single events; an event that fails its last attempt is
+// parked with the rest of its stream. failing says the set is known to fail
+// already. It returns only errors no event caused.
+func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, streams []*streamPlan, failing bool) error {
+	if len(streams) == 0 {
+		return nil
+	}
+	if !failing {
+		err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, eventsOf(streams), true)
+		if herr := (*handlerError)(nil); err == nil || !errors.As(err, &herr) {
+			return err
+		}
+	}
+	if len(streams) > 1 {
+		mid := len(streams) / 2
+		if err := r.isolate(ctx, tx, streams[:mid], false); err != nil {
+			return err
+		}
+		return r.isolate(ctx, tx, streams[mid:], false)
+	}
+	s := streams[0]
+	for i, e := range s.events {
+		retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(r.cfg.RetryInitialInterval),
+			backoff.WithMaxInterval(r.cfg.RetryMaxInterval), backoff.WithMaxElapsedTime(0)) // jittered by default
+		for attempt := 1; ; attempt++ {
+			err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, s.events[i:i+1], true)
+			if err == nil {
+				break
+			}
+			if herr := (*handlerError)(nil); !errors.As(err, &herr) {
+				return err
+			}
+			if attempt >= r.cfg.MaxAttempts || IsPermanent(err) {
+				s.failed, s.failedAt, s.attempts = err, i, attempt
+				return nil
+			}
+			r.m.handlerRetries.Inc()
+			d := retry.NextBackOff()
+			r.log.Warn("handler failed; trying the event again",
+				"stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type,
+				"attempt", attempt, "error", err, "in", d)
+			if !sleep(r.soft, d) {
+				return fmt.Errorf("stopping while retrying an event: %w", r.soft.Err())
+			}
+		}
+	}
+	return nil // each event passed alone: the failure did not recur
+}
+
+// parkedRow is a row park wrote, for the log.
+type parkedRow struct {
+	id       int64
+	event    eventstore.RecordedEvent
+	state    string
+	attempts int
+	err      string
+}
+
+// park writes the events of held streams, and of streams that failed in
+// this batch, to sightline.parked.
+func (r *Runner) park(ctx context.Context, tx pgx.Tx, plan batchPlan) ([]parkedRow, error) {
+	var rows []parkedRow
+	for _, s := range plan.streams {
+		from := len(s.events)
+		switch {
+		case s.held:
+			from = 0
+		case s.failed != nil:
+			from = s.failedAt
+			rows = append(rows, parkedRow{event: s.events[from], state: ParkedStateParked, attempts: s.attempts, err: s.failed.Error()})
+			from++
+		}
+		for _, e := range s.events[from:] {
+			rows = append(rows, parkedRow{event: e, state: ParkedStateHeld})
+		}
+	}
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	n := len(rows)
+	var (
+		streams, eventIDs, types, states = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		errs                             = make([]*string, n)
+		revisions, commits, prepares     = make([]int64, n), make([]int64, n), make([]int64, n)
+		attempts                         = make([]int32, n)
+		data, metadata                   = make([][]byte, n), make([][]byte, n)
+		created                          = make([]time.Time, n)
+	)
+	for i, row := range rows {
+		e := row.event
+		streams[i], eventIDs[i], types[i], states[i] = e.StreamID, e.EventID, e.Type, row.state
+		revisions[i], commits[i], prepares[i] = int64(e.Revision), int64(e.Position.Commit), int64(e.Position.Prepare)
+		data[i], metadata[i], created[i], attempts[i] = e.Data, e.Metadata, e.CreatedAt, int32(row.attempts)
+		if data[i] == nil {
+			data[i] = []byte{}
+		}
+		if row.err != "" {
+			errs[i] = &rows[i].err
+		}
+	}
+	ids, err := tx.Query(ctx, `INSERT INTO sightline.parked (projection, generation, stream_id, revision, event_id, type,
+			data, metadata, commit_position, prepare_position, created_at, state, attempts, error)
+		SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bytea[], $8::bytea[],
+			$9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[], $13::int[], $14::text[])
+		ON CONFLICT (projection, generation, stream_id, revision) DO NOTHING
+		RETURNING id, stream_id, revision`,
+		r.p.Name(), r.reg.generation, streams, revisions, eventIDs, types, data, metadata, commits, prepares, created, states, attempts, errs)
+	if err != nil {
+		return nil, fmt.Errorf("park events: %w", err)
+	}
+	type key struct {
+		stream string
+		rev    int64
+	}
+	index := make(map[key]int, n)
+	for i := range rows {
+		index[key{streams[i], revisions[i]}] = i
+	}
+	var id, rev int64
+	var stream string
+	if _, err := pgx.ForEachRow(ids, []any{&id, &stream, &rev}, func() error {
+		rows[index[key{stream, rev}]].id = id
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("park events: %w", err)
+	}
+	return rows, nil
+}
+
+func (r *Runner) logParked(rows []parkedRow) {
+	for _, row := range rows {
+		e := row.event
+		if row.state == ParkedStateParked {
+			r.m.parked.Inc()
+			r.log.Error("event parked; its stream is held until the event is retried or skipped",
+				"parked_id", row.id, "stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type,
+				"attempts", row.attempts, "error", row.err)
+			continue
+		}
+		r.log.Warn("event held behind a parked event of its stream",
+			"parked_id", row.id, "stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type)
+	}
 }
 
 // streamEvents groups a batch by stream, in the order streams first appear.
@@ -144,19 +361,96 @@ type gap struct {
 	from, to uint64 // inclusive
 }
 
+// streamPlan is what a batch does with one stream.
+type streamPlan struct {
+	stream string
+	// events to apply, or to park when the stream is held: in revision
+	// order, without duplicates, gaps filled from the store.
+	events []eventstore.RecordedEvent
+	// next is the revision the stream expected when the batch began;
+	// through is the last revision the batch covers, applied or recorded
+	// as a gap (next-1 when it covers none).
+	next, through uint64
+	// held: the stream has parked events, so its events park behind them.
+	held bool
+	// failed is set when events[failedAt] failed its last attempt.
+	failed   error
+	failedAt int
+	attempts int
+}
+
 // batchPlan is what a batch does once revisions are checked.
 type batchPlan struct {
-	apply                          []eventstore.RecordedEvent
-	revStreams                     []string
-	revValues                      []int64
+	streams                        []*streamPlan
 	gaps                           []gap
 	duplicates, unfilled, repaired int
 }
 
-// plan checks each stream's events against its last applied revision:
-// at or below it is a duplicate or late arrival, skipped; above last+1 is a
-// gap, filled from the store first, or recorded when the store cannot.
-func (r *Runner) plan(ctx context.Context, s streamEvents, last map[string]int64) (batchPlan, error) {
+// live is the streams whose events are applied, not parked.
+func (p batchPlan) live() []*streamPlan {
+	var out []*streamPlan
+	for _, s := range p.streams {
+		if !s.held && len(s.events) > 0 {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// applied is the events the batch applies.
+func (p batchPlan) applied() []eventstore.RecordedEvent {
+	var out []eventstore.RecordedEvent
+	for _, s := range p.streams {
+		switch {
+		case s.held:
+		case s.failed != nil:
+			out = append(out, s.events[:s.failedAt]...)
+		default:
+			out = append(out, s.events...)
+		}
+	}
+	return out
+}
+
+// revisions is the new last applied revision of each stream the batch
+// moves. A held stream does not move; a stream that failed moves to just
+// before its parked event.
+func (p batchPlan) revisions() ([]string, []int64) {
+	var streams []string
+	var revs []int64
+	for _, s := range p.streams {
+		through := s.through
+		switch {
+		case s.held:
+			continue
+		case s.failed != nil:
+			failed := s.events[s.failedAt].Revision
+			if failed == s.next {
+				continue // it failed first: nothing moved
+			}
+			through = failed - 1 // the events before it applied, the gaps before it recorded
+		}
+		if through+1 > s.next {
+			streams = append(streams, s.stream)
+			revs = append(revs, int64(through))
+		}
+	}
+	return streams, revs
+}
+
+func eventsOf(streams []*streamPlan) []eventstore.RecordedEvent {
+	var out []eventstore.RecordedEvent
+	for _, s := range streams {
+		out = append(out, s.events...)
+	}
+	return out
+}
+
+// plan checks each stream's events against its last applied (or parked)
+// revision: at or below it is a duplicate or late arrival, skipped; above
+// the next one is a gap, filled from the store first, or recorded when the
+// store cannot.
+func (r *Runner) plan(ctx context.Context, s streamEvents, last, held map[string]int64) (batchPlan, error) {
 	var p batchPlan
 	for _, stream := range s.order {
 		events := s.events[stream]
@@ -165,34 +459,37 @@ func (r *Runner) plan(ctx context.Context, s streamEvents, last map[string]int64
 		if rev, ok := last[stream]; ok {
 			next = uint64(rev) + 1
 		}
-		start := next
+		sp := &streamPlan{stream: stream}
+		if rev, ok := held[stream]; ok {
+			sp.held = true
+			next = max(next, uint64(rev)+1)
+		}
+		sp.next = next
 		for _, e := range events {
 			switch {
 			case e.Revision < next:
 				p.duplicates++
 				continue
 			case e.Revision > next:
-				if err := r.fillGap(ctx, &p, stream, next, e.Revision); err != nil {
+				if err := r.fillGap(ctx, &p, sp, next, e.Revision); err != nil {
 					return batchPlan{}, err
 				}
 			}
-			p.apply = append(p.apply, e)
+			sp.events = append(sp.events, e)
 			next = e.Revision + 1
 		}
-		if next != start {
-			p.revStreams = append(p.revStreams, stream)
-			p.revValues = append(p.revValues, int64(next-1))
-		}
+		sp.through = next - 1
+		p.streams = append(p.streams, sp)
 	}
 	return p, nil
 }
 
-// fillGap reads revisions [from, to) of stream from the store and plans
+// fillGap reads revisions [from, to) of a stream from the store and plans
 // them; what the store does not have is recorded as a gap.
-func (r *Runner) fillGap(ctx context.Context, p *batchPlan, stream string, from, to uint64) error {
-	got, err := r.store.ReadStream(ctx, stream, from, int(to-from))
+func (r *Runner) fillGap(ctx context.Context, p *batchPlan, sp *streamPlan, from, to uint64) error {
+	got, err := r.store.ReadStream(ctx, sp.stream, from, int(to-from))
 	if err != nil && !errors.Is(err, eventstore.ErrStreamNotFound) {
-		return fmt.Errorf("read back revisions %d..%d of %s: %w", from, to-1, stream, err)
+		return fmt.Errorf("read back revisions %d..%d of %s: %w", from, to-1, sp.stream, err)
 	}
 	next := from
 	filter := r.p.Filter()
@@ -201,16 +498,16 @@ func (r *Runner) fillGap(ctx context.Context, p *batchPlan, stream string, from,
 			continue
 		}
 		if e.Revision > next {
-			p.gaps = append(p.gaps, gap{stream, next, e.Revision - 1})
+			p.gaps = append(p.gaps, gap{sp.stream, next, e.Revision - 1})
 			p.unfilled += int(e.Revision - next)
 		}
 		if filter.Matches(e.StreamID, e.Type) {
-			p.apply = append(p.apply, e)
+			sp.events = append(sp.events, e)
 		}
 		next = e.Revision + 1
 	}
 	if next < to {
-		p.gaps = append(p.gaps, gap{stream, next, to - 1})
+		p.gaps = append(p.gaps, gap{sp.stream, next, to - 1})
 		p.unfilled += int(to - next)
 	}
 	if next > from {

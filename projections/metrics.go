@@ -16,6 +16,9 @@ type Metrics struct {
 	BatchEvents      *prometheus.HistogramVec
 	EndToEnd         *prometheus.HistogramVec
 	Parked           *prometheus.GaugeVec
+	EventsParked     *prometheus.CounterVec
+	HandlerRetries   *prometheus.CounterVec
+	BatchRetries     *prometheus.CounterVec
 	RebuildProgress  *prometheus.GaugeVec
 	SourceReconnects *prometheus.CounterVec
 }
@@ -25,6 +28,8 @@ const (
 	SkipDuplicate   = "duplicate"
 	SkipGapUnfilled = "gap_unfilled"
 	SkipDeletedLink = "deleted_link"
+	// SkipParkedEvent counts parked events an operator skipped.
+	SkipParkedEvent = "parked"
 )
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -49,7 +54,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		EndToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name("end_to_end_seconds"),
 			Help: "Time from an event's write to its visibility in the read model.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, p),
 		Parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("parked_events"),
-			Help: "Events parked in the dead-letter table."}, p),
+			Help: "Events in the dead-letter table not yet retried or skipped: those that failed and those held behind them."}, p),
+		EventsParked: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("events_parked_total"),
+			Help: "Events parked after their handler failed its last attempt (each holds its stream)."}, p),
+		HandlerRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("handler_retries_total"),
+			Help: "Failed handler attempts on one event that were tried again before parking."}, p),
+		BatchRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("batch_retries_total"),
+			Help: "Batches retried whole from the checkpoint after a failure no event caused (connection lost, server restarting, serialization failure)."}, p),
 		RebuildProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("rebuild_progress_ratio"),
 			Help: "Progress of a running rebuild, 0 to 1."}, p),
 		SourceReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("source_reconnects_total"),
@@ -57,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.EventsApplied, m.EventsSkipped, m.GapsRepaired, m.Lag, m.CaughtUp, m.BatchDuration,
-			m.BatchEvents, m.EndToEnd, m.Parked, m.RebuildProgress, m.SourceReconnects)
+			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects)
 	}
 	return m
 }
@@ -65,27 +76,32 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // forProjection resolves the label values once per projector.
 type projectionMetrics struct {
 	applied, duplicate, gapUnfilled, gapsRepaired prometheus.Counter
-	deletedLink                                   prometheus.Counter
-	lag, caughtUp                                 prometheus.Gauge
+	deletedLink, skippedParked                    prometheus.Counter
+	parked, handlerRetries, batchRetries          prometheus.Counter
+	lag, caughtUp, parkedNow                      prometheus.Gauge
 	batchDuration, batchEvents, endToEnd          prometheus.Observer
 	reconnects                                    prometheus.Counter
 }
 
 func (m *Metrics) forProjection(name, source string) projectionMetrics {
 	pm := projectionMetrics{
-		applied:       m.EventsApplied.WithLabelValues(name),
-		duplicate:     m.EventsSkipped.WithLabelValues(name, SkipDuplicate),
-		gapUnfilled:   m.EventsSkipped.WithLabelValues(name, SkipGapUnfilled),
-		deletedLink:   m.EventsSkipped.WithLabelValues(name, SkipDeletedLink),
-		gapsRepaired:  m.GapsRepaired.WithLabelValues(name),
-		lag:           m.Lag.WithLabelValues(name),
-		caughtUp:      m.CaughtUp.WithLabelValues(name),
-		batchDuration: m.BatchDuration.WithLabelValues(name),
-		batchEvents:   m.BatchEvents.WithLabelValues(name),
-		endToEnd:      m.EndToEnd.WithLabelValues(name),
-		reconnects:    m.SourceReconnects.WithLabelValues(source),
+		applied:        m.EventsApplied.WithLabelValues(name),
+		duplicate:      m.EventsSkipped.WithLabelValues(name, SkipDuplicate),
+		gapUnfilled:    m.EventsSkipped.WithLabelValues(name, SkipGapUnfilled),
+		deletedLink:    m.EventsSkipped.WithLabelValues(name, SkipDeletedLink),
+		skippedParked:  m.EventsSkipped.WithLabelValues(name, SkipParkedEvent),
+		parked:         m.EventsParked.WithLabelValues(name),
+		handlerRetries: m.HandlerRetries.WithLabelValues(name),
+		batchRetries:   m.BatchRetries.WithLabelValues(name),
+		parkedNow:      m.Parked.WithLabelValues(name),
+		gapsRepaired:   m.GapsRepaired.WithLabelValues(name),
+		lag:            m.Lag.WithLabelValues(name),
+		caughtUp:       m.CaughtUp.WithLabelValues(name),
+		batchDuration:  m.BatchDuration.WithLabelValues(name),
+		batchEvents:    m.BatchEvents.WithLabelValues(name),
+		endToEnd:       m.EndToEnd.WithLabelValues(name),
+		reconnects:     m.SourceReconnects.WithLabelValues(source),
 	}
-	m.Parked.WithLabelValues(name)
 	m.RebuildProgress.WithLabelValues(name)
 	return pm
 }

@@ -21,6 +21,9 @@ const (
 	StatusIntervalDefault = time.Second
 	LiveLagDefault        = time.Second
 	SourceDefault         = "postgres"
+	MaxAttemptsDefault    = 5
+	RetryInitialDefault   = 100 * time.Millisecond
+	RetryMaxDefault       = 2 * time.Second
 )
 
 // Config configures a Runner.
@@ -41,6 +44,14 @@ type Config struct {
 	LiveLag time.Duration
 	// Source names the event source in metrics. Defaults to SourceDefault.
 	Source string
+	// MaxAttempts is how many times an event whose handler fails is tried
+	// before it is parked; errors marked Permanent park it at once.
+	// Defaults to MaxAttemptsDefault.
+	MaxAttempts int
+	// RetryInitialInterval and RetryMaxInterval bound the jittered
+	// exponential backoff between an event's attempts. Default to
+	// RetryInitialDefault and RetryMaxDefault.
+	RetryInitialInterval, RetryMaxInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Metrics defaults to a set registered nowhere.
@@ -54,6 +65,9 @@ func (c Config) WithDefaults() Config {
 	c.StatusInterval = cmp.Or(c.StatusInterval, StatusIntervalDefault)
 	c.LiveLag = cmp.Or(c.LiveLag, LiveLagDefault)
 	c.Source = cmp.Or(c.Source, SourceDefault)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
+	c.RetryInitialInterval = cmp.Or(c.RetryInitialInterval, RetryInitialDefault)
+	c.RetryMaxInterval = cmp.Or(c.RetryMaxInterval, RetryMaxDefault)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -64,8 +78,9 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 {
-		return errors.New("projections: BatchSize, StallAfter, StatusInterval and LiveLag must be positive")
+	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 ||
+		c.MaxAttempts < 1 || c.RetryInitialInterval <= 0 || c.RetryMaxInterval < c.RetryInitialInterval {
+		return errors.New("projections: BatchSize, StallAfter, StatusInterval, LiveLag, MaxAttempts and the retry intervals must be positive, the maximum interval at least the initial one")
 	}
 	return nil
 }
@@ -89,8 +104,10 @@ type Status struct {
 	Head            eventstore.Position
 	Lag             time.Duration
 	EventsPerSecond float64
-	LastError       string
-	UpdatedAt       time.Time
+	// Parked counts the events parked or held behind them.
+	Parked    int
+	LastError string
+	UpdatedAt time.Time
 }
 
 // Runner keeps one projection up to date: it subscribes from the
@@ -127,6 +144,7 @@ type runState struct {
 	lastProgress time.Time
 	failing      bool
 	lastError    string
+	parked       int
 	applied      uint64
 	rate         float64
 	updatedAt    time.Time
@@ -255,7 +273,7 @@ func (r *Runner) Status() Status {
 	return Status{
 		Name: r.p.Name(), Version: r.p.Version(), Status: r.statusLocked(now),
 		Position: r.position, Head: head, Lag: r.lagLocked(now),
-		EventsPerSecond: r.state.rate, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
+		EventsPerSecond: r.state.rate, Parked: r.state.parked, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
 	}
 }
 
@@ -394,9 +412,12 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) 
 	return events, checkpoint, taken
 }
 
-// applyWithRetry applies a batch, retrying with backoff while it fails:
-// each attempt is a fresh transaction that re-reads the revisions, so a
-// retry can never apply anything twice.
+// applyWithRetry applies a batch, retrying with backoff while it fails on
+// the infrastructure (or on anything no event caused): each attempt is a
+// fresh transaction that re-reads the checkpoint and the revisions, so a
+// retry can never apply anything twice. When the events cause the failure,
+// the batch is applied again at once, isolating the failing events to park
+// them.
 func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint eventstore.Position) error {
 	r.mu.Lock()
 	if len(events) > 0 {
@@ -409,8 +430,14 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 	}
 	r.mu.Unlock()
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	isolate := false
 	for {
-		err := r.apply(r.hard, events, checkpoint)
+		err := r.apply(r.hard, events, checkpoint, isolate)
+		if herr := (*handlerError)(nil); !isolate && errors.As(err, &herr) {
+			r.log.Warn("batch failed on its events; finding the failing ones", "events", len(events), "error", err)
+			isolate = true
+			continue
+		}
 		if err == nil {
 			r.mu.Lock()
 			r.state.oldest = time.Time{}
@@ -424,6 +451,7 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 		r.mu.Lock()
 		r.state.failing, r.state.lastError = true, err.Error()
 		r.mu.Unlock()
+		r.m.batchRetries.Inc()
 		d := retry.NextBackOff()
 		r.log.Error("batch failed; retrying", "events", len(events), "error", err, "in", d)
 		if !sleep(r.soft, d) {

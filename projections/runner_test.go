@@ -2,7 +2,7 @@ package projections_test
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -239,7 +240,7 @@ func (s gatedSub) Recv(ctx context.Context) (eventstore.Message, error) {
 	return msg, err
 }
 
-// flaky fails every batch until healed.
+// flaky fails every batch as a lost connection would, until healed.
 type flaky struct {
 	readmodel.DailySales
 	healed atomic.Bool
@@ -248,15 +249,15 @@ type flaky struct {
 func (f *flaky) Name() string { return "flaky" }
 func (f *flaky) Apply(ctx context.Context, b *projections.Batch) error {
 	if !f.healed.Load() {
-		return errors.New("handler failure")
+		return fmt.Errorf("look up: %w", &pgconn.PgError{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"})
 	}
 	return f.DailySales.Apply(ctx, b)
 }
 
-// TestStalledWhileBatchesFail: a projection whose batches keep failing is
-// stalled, says why, applies nothing, and recovers on its own once the
-// batches succeed.
-func TestStalledWhileBatchesFail(t *testing.T) {
+// TestStalledWhileBatchesFailTransiently: a projection whose batches keep
+// failing on the infrastructure is stalled, says why, applies nothing,
+// parks nothing, and recovers on its own once the batches succeed.
+func TestStalledWhileBatchesFailTransiently(t *testing.T) {
 	t.Parallel()
 	ctx, b := setup(t)
 	p := &flaky{}
@@ -265,13 +266,17 @@ func TestStalledWhileBatchesFail(t *testing.T) {
 	r := d.Runner("flaky")
 	require.Eventually(t, func() bool {
 		st := r.Status()
-		return st.Status == projections.StatusStalled && strings.Contains(st.LastError, "handler failure") && st.Lag > 0
+		return st.Status == projections.StatusStalled && strings.Contains(st.LastError, "administrator command") && st.Lag > 0
 	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
 	var rows int
 	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM sl_flaky_g1.daily_sales`).Scan(&rows))
 	require.Zero(t, rows, "nothing applied while failing")
+	require.Positive(t, testutil.ToFloat64(b.metrics.BatchRetries.WithLabelValues("flaky")))
 	p.healed.Store(true)
 	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "flaky")
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked`).Scan(&rows))
+	require.Zero(t, rows, "a transient failure parks nothing")
+	require.Equal(t, 1, int(testutil.ToFloat64(b.metrics.EventsApplied.WithLabelValues("flaky"))))
 	require.Eventually(t, func() bool {
 		st := r.Status()
 		return st.Status == projections.StatusLive && st.LastError == ""

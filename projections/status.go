@@ -115,6 +115,7 @@ func (r *Runner) reportStatus() {
 		} else {
 			r.m.caughtUp.Set(0)
 		}
+		r.refreshParked(r.soft)
 		r.writeStatus(r.soft)
 		select {
 		case <-tick.C:

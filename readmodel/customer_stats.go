@@ -2,7 +2,6 @@ package readmodel
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/jackc/pgx/v5"
 
@@ -96,7 +95,7 @@ func (CustomerStats) Apply(ctx context.Context, b *projections.Batch) error {
 				return err
 			}
 			if customer == "" {
-				return fmt.Errorf("%w: %s %s: payment for order %s, which was never placed", ErrBadEvent, e.Type, e.EventID, OrderID(e.StreamID))
+				return bad(e, "payment for order %s, which was never placed", OrderID(e.StreamID))
 			}
 			add(customer).total += v.Amount
 		case TypeOrderCancelled:
@@ -104,7 +103,7 @@ func (CustomerStats) Apply(ctx context.Context, b *projections.Batch) error {
 				return err
 			}
 			if customer == "" {
-				return fmt.Errorf("%w: %s %s: cancellation of order %s, which was never placed", ErrBadEvent, e.Type, e.EventID, OrderID(e.StreamID))
+				return bad(e, "cancellation of order %s, which was never placed", OrderID(e.StreamID))
 			}
 			add(customer).cancelled++
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/projections"
 )
 
 // Event types of the example domain. Streams are "order-<id>"; amounts are
@@ -55,7 +56,8 @@ type OrderCancelled struct {
 	Reason string `json:"reason"`
 }
 
-// ErrBadEvent is wrapped by every decoding error.
+// ErrBadEvent is wrapped by every decoding error. Such errors are
+// projections.Permanent: the projector parks the event at once.
 var ErrBadEvent = errors.New("bad event")
 
 // OrderID is the order id of an order stream: its name without "order-".
@@ -67,7 +69,7 @@ func OrderID(stream string) string { return strings.TrimPrefix(stream, OrderStre
 func decode(e eventstore.RecordedEvent, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(e.Data))
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %s %s (%s revision %d): %v", ErrBadEvent, e.Type, e.EventID, e.StreamID, e.Revision, err)
+		return projections.Permanent(fmt.Errorf("%w: %s %s (%s revision %d): %v", ErrBadEvent, e.Type, e.EventID, e.StreamID, e.Revision, err))
 	}
 	if dec.More() {
 		return bad(e, "data after the JSON object")
@@ -76,7 +78,7 @@ func decode(e eventstore.RecordedEvent, v any) error {
 }
 
 func bad(e eventstore.RecordedEvent, format string, args ...any) error {
-	return fmt.Errorf("%w: %s %s (%s revision %d): %s", ErrBadEvent, e.Type, e.EventID, e.StreamID, e.Revision, fmt.Sprintf(format, args...))
+	return projections.Permanent(fmt.Errorf("%w: %s %s (%s revision %d): %s", ErrBadEvent, e.Type, e.EventID, e.StreamID, e.Revision, fmt.Sprintf(format, args...)))
 }
 
 // DecodeOrderPlaced decodes and checks an OrderPlaced event.

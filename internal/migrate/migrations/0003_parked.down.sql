@@ -1,0 +1,13 @@
+DROP VIEW readmodel.projection_status;
+CREATE VIEW readmodel.projection_status AS
+SELECT p.name AS projection,
+       p.version,
+       p.status,
+       CASE WHEN c.commit_position = c.prepare_position THEN c.commit_position::text
+            ELSE c.commit_position::text || '/' || c.prepare_position::text END AS position,
+       p.head,
+       p.lag_ms,
+       greatest(p.updated_at, c.updated_at) AS updated_at
+FROM sightline.projections p
+LEFT JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation;
+DROP TABLE sightline.parked;
