@@ -89,6 +89,8 @@ func New(cfg Config) *Server {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
 	e.GET("/v1/projections", s.listProjections)
 	e.GET("/v1/projections/:name", s.getProjection)
+	e.GET("/v1/projections/:name/parked", s.listParked)
+	e.GET("/v1/projections/:name/parked/:id", s.getParked)
 
 	e.GET("/v1/orders/:id", s.getOrder, s.fresh("orders"))
 	e.GET("/v1/orders", s.listOrders, s.fresh("orders"))
@@ -98,6 +100,8 @@ func New(cfg Config) *Server {
 	// Writing routes: the token (when set) and a body limit, per route, so
 	// that unknown paths still answer 404.
 	e.POST("/v1/streams/:stream", s.appendEvents, s.requireToken, s.limitBody)
+	e.POST("/v1/projections/:name/parked/:id/retry", s.retryParked, s.requireToken, s.limitBody)
+	e.POST("/v1/projections/:name/parked/:id/skip", s.skipParked, s.requireToken, s.limitBody)
 	return s
 }
 
@@ -202,13 +206,15 @@ type ProjectionStatus struct {
 	Head            string  `json:"head"`
 	LagMs           int64   `json:"lag_ms"`
 	EventsPerSecond float64 `json:"events_per_second"`
-	LastError       string  `json:"last_error,omitempty"`
+	// Parked counts the events parked or held behind them.
+	Parked    int    `json:"parked"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 func statusJSON(st projections.Status) ProjectionStatus {
 	return ProjectionStatus{
 		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
-		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, LastError: st.LastError,
+		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, LastError: st.LastError,
 	}
 }
 

@@ -14,6 +14,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sightlinehq/sightline/api"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/projections/declarative"
+	"github.com/sightlinehq/sightline/readmodel"
 )
 
 // DatabaseURLDefault is the database sightline uses unless told otherwise;
@@ -32,6 +35,7 @@ type config struct {
 	LogLevel    string `yaml:"log_level"`
 	LogFormat   string `yaml:"log_format"`
 	BatchSize   int    `yaml:"batch_size"`
+	MaxAttempts int    `yaml:"max_attempts"`
 	Projections string `yaml:"projections"`
 
 	file   string
@@ -59,7 +63,7 @@ func (c *config) bind(flags *pflag.FlagSet) {
 	for _, s := range c.settings() {
 		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
 	}
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, projections")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, projections")
 }
 
 // load resolves the configuration for cmd.
@@ -141,4 +145,21 @@ func (c *config) checkListen() error {
 		return nil
 	}
 	return usagef("refusing to listen on %s without SIGHTLINE_API_TOKEN: set a token, listen on 127.0.0.1, or pass --insecure", c.HTTPAddr)
+}
+
+// projections are the projections the configuration runs: the examples,
+// and the declarative ones in the --projections directory.
+func (c *config) projections() ([]projections.Projection, error) {
+	ps := readmodel.All()
+	if c.Projections == "" {
+		return ps, nil
+	}
+	more, err := declarative.LoadDir(c.Projections)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if len(more) == 0 {
+		return nil, usagef("no *.yaml projections in %s", c.Projections)
+	}
+	return append(ps, more...), nil
 }

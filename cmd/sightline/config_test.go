@@ -25,6 +25,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		"unsupported source":     {"run", "--source", "kafka://x"},
 		"negative orders":        {"simulate", "--orders", "-5"},
 		"bad esdb connection":    {"run", "--source", "esdb://127.0.0.1:2113?tls=maybe"},
+		"retry without an id":    {"parked", "retry"},
+		"skip with a bad id":     {"parked", "skip", "x"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			require.Equal(t, exitUsage, run(context.Background(), args), "%v", args)

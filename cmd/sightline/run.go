@@ -14,8 +14,6 @@ import (
 	"github.com/sightlinehq/sightline/api"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
-	"github.com/sightlinehq/sightline/projections/declarative"
-	"github.com/sightlinehq/sightline/readmodel"
 )
 
 // Grace periods of a stop: the batch in flight and the requests in flight
@@ -64,19 +62,12 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ps := readmodel.All()
-	if c.Projections != "" {
-		more, err := declarative.LoadDir(c.Projections)
-		if err != nil {
-			return usageError{err}
-		}
-		if len(more) == 0 {
-			return usagef("no *.yaml projections in %s", c.Projections)
-		}
-		ps = append(ps, more...)
+	ps, err := c.projections()
+	if err != nil {
+		return err
 	}
 	daemon, err := projections.NewDaemon(a.pool, a.store, ps, projections.Config{
-		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize, Source: a.sourceName,
+		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts, Source: a.sourceName,
 	})
 	if err != nil {
 		return err

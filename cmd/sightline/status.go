@@ -19,13 +19,14 @@ type statusRow struct {
 	Head       string    `json:"head"`
 	LagMs      int64     `json:"lag_ms"`
 	UpdatedAt  time.Time `json:"updated_at"`
+	Parked     int64     `json:"parked"`
 }
 
 func newStatusCmd(c *config) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show each projection's status, position, head and lag (from readmodel.projection_status)",
+		Short: "Show each projection's status, position, head, lag and parked events (from readmodel.projection_status)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			pool, err := openDatabase(cmd.Context(), c)
@@ -33,7 +34,7 @@ func newStatusCmd(c *config) *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			rows, err := pool.Query(cmd.Context(), `SELECT projection, version, status, coalesce(position, '0'), head, lag_ms, updated_at
+			rows, err := pool.Query(cmd.Context(), `SELECT projection, version, status, coalesce(position, '0'), head, lag_ms, updated_at, parked
 				FROM readmodel.projection_status ORDER BY projection`)
 			if err != nil {
 				return err
@@ -52,10 +53,10 @@ func newStatusCmd(c *config) *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tUPDATED")
+			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tUPDATED")
 			for _, r := range list {
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s ago\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
-					(time.Duration(r.LagMs) * time.Millisecond).String(), time.Since(r.UpdatedAt).Round(time.Second))
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s ago\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
+					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, time.Since(r.UpdatedAt).Round(time.Second))
 			}
 			return w.Flush()
 		},
