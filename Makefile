@@ -1,9 +1,19 @@
 # The tests need a PostgreSQL server they may create databases on:
 # TEST_DATABASE_URL, by default postgres://postgres@127.0.0.1:5432/postgres.
-.PHONY: test build demo vet lint
+.PHONY: test fuzz drill build demo vet lint
 
+# test runs every test, then a short fuzzing run of the example
+# projections' event decoding, then the PostgreSQL restart drill, which
+# restarts the server the other tests use and so runs alone, last.
 test:
 	go test -race -count=1 ./...
+	$(MAKE) fuzz drill
+
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./readmodel/
+
+drill:
+	go test -race -count=1 -tags pgrestart -run '^TestPostgresRestartUnderLoad$$' ./readmodel/
 
 build:
 	go build -o bin/sightline ./cmd/sightline
@@ -13,6 +23,7 @@ demo:
 
 vet:
 	go vet ./...
+	go vet -tags pgrestart ./readmodel/
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -21,7 +21,8 @@ import (
 // TestConnectionsKilledUnderLoad terminates every connection of the
 // projector (pg_terminate_backend: its batches, its sequencer and its
 // notification listener) again and again while orders are appended, and
-// proves the projector recovers by itself and the read models stay exact.
+// proves the projector recovers by itself, parks nothing, and the read
+// models stay exact.
 func TestConnectionsKilledUnderLoad(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -72,6 +73,9 @@ func TestConnectionsKilledUnderLoad(t *testing.T) {
 	require.Positive(t, killed)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
+	var parked int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked`).Scan(&parked))
+	require.Zero(t, parked, "a terminated connection parks nothing")
 	require.Positive(t, testutil.ToFloat64(metrics.SourceReconnects.WithLabelValues("postgres")), "subscriptions were lost and reopened")
 	t.Logf("terminated %d projector connections", killed)
 	require.NoError(t, d.Stop(ctx))

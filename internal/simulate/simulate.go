@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
 	"golang.org/x/time/rate"
 
@@ -216,15 +217,30 @@ func newOrder(cfg Config, n int) *order {
 
 func (o *order) done() bool { return o.next >= len(o.events) }
 
+// retryFor is how long an append is retried while the store is unreachable.
+const retryFor = time.Minute
+
 // appendNext appends the order's next event with the exact expected
-// revision; a retry of an append that did go through is answered by the
-// store's idempotency.
+// revision. An append that fails for want of the store (a lost connection,
+// a restarting server) is tried again with backoff, with the same event
+// ID: if the first try did go through, the store's idempotency answers the
+// retry. The store's refusals (a wrong revision, a bad event) end the run.
 func (o *order) appendNext(ctx context.Context, store eventstore.Store) error {
 	expected := eventstore.NoStream
 	if o.next > 0 {
 		expected = eventstore.Exact(uint64(o.next - 1))
 	}
-	if _, err := store.Append(ctx, o.stream, expected, o.events[o.next]); err != nil {
+	try := func() error {
+		_, err := store.Append(ctx, o.stream, expected, o.events[o.next])
+		if errors.Is(err, eventstore.ErrWrongExpectedRevision) || errors.Is(err, eventstore.ErrIdempotency) ||
+			errors.Is(err, eventstore.ErrInvalidEvent) || errors.Is(err, eventstore.ErrClosed) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	policy := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxInterval(time.Second),
+		backoff.WithMaxElapsedTime(retryFor))
+	if err := backoff.Retry(try, backoff.WithContext(policy, ctx)); err != nil {
 		return fmt.Errorf("simulate: %w", err)
 	}
 	o.next++

@@ -1,0 +1,79 @@
+//go:build pgrestart
+
+package readmodel_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/internal/testdb"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
+	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
+)
+
+// TestPostgresRestartUnderLoad restarts the PostgreSQL server
+// (pg_ctlcluster … restart) twice in the middle of live traffic and proves
+// the projector recovers by itself, parks nothing (a restart is not a
+// poison event), and leaves every read model exact.
+//
+// It restarts the server every other test uses, so it is built only with
+// the pgrestart tag and run alone, after the other tests (make test).
+func TestPostgresRestartUnderLoad(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cluster := clusterVersion(t)
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer store.Close()
+	metrics := projections.NewMetrics(prometheus.NewRegistry())
+	d, err := projections.NewDaemon(db.Pool, store, readmodel.All(), projections.Config{BatchSize: 100, Metrics: metrics})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(ctx) //nolint:errcheck
+
+	traffic := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(ctx, store, simulate.Config{Orders: 800, Customers: 60, Writers: 4, Rate: 600, Seed: 31})
+		traffic <- err
+	}()
+	for range 2 {
+		time.Sleep(1500 * time.Millisecond)
+		out, err := exec.CommandContext(ctx, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart").CombinedOutput()
+		require.NoError(t, err, "pg_ctlcluster restart: %s", out)
+		t.Log("PostgreSQL restarted")
+	}
+	require.NoError(t, <-traffic, "the writers retry through the restarts")
+
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, db.Pool)
+	var parked int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked`).Scan(&parked))
+	require.Zero(t, parked, "a restart parks nothing")
+	require.Positive(t, testutil.ToFloat64(metrics.SourceReconnects.WithLabelValues("postgres")), "the subscriptions were lost and reopened")
+	require.NoError(t, d.Stop(ctx))
+}
+
+// clusterVersion is the PostgreSQL cluster version under /etc/postgresql.
+func clusterVersion(t *testing.T) string {
+	t.Helper()
+	entries, err := os.ReadDir("/etc/postgresql")
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("this drill restarts the local PostgreSQL with pg_ctlcluster and needs exactly one cluster under /etc/postgresql: %v", err)
+	}
+	if _, err := exec.LookPath("pg_ctlcluster"); err != nil {
+		t.Fatal("this drill needs pg_ctlcluster (postgresql-common)")
+	}
+	return strings.TrimSpace(entries[0].Name())
+}
