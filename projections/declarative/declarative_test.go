@@ -7,10 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
@@ -95,4 +98,67 @@ func TestParametersKeepCastsAndLiterals(t *testing.T) {
 	// The compiled statement, run the way the projector queues it.
 	require.NoError(t, db.Pool.QueryRow(ctx, declarative.DeclarativeSQL(t, p, "E"), int64(7), `{"k":"v"}`).Scan(&out))
 	require.Equal(t, "7:revision:datav7", out)
+}
+
+// TestFailingStatementParksItsEvent: a handler statement that PostgreSQL
+// rejects for one event's data parks that event and holds its stream; the
+// statements of the other events in the batch still apply, and a skip
+// releases the stream.
+func TestFailingStatementParksItsEvent(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	spec := filepath.Join(t.TempDir(), "amounts.yaml")
+	require.NoError(t, os.WriteFile(spec, []byte(`name: amounts
+version: 1
+streams: [acct-]
+tables:
+  amounts: |
+    CREATE TABLE amounts (stream_id text, revision bigint, amount bigint NOT NULL, PRIMARY KEY (stream_id, revision))
+handlers:
+  Deposited: |
+    INSERT INTO amounts VALUES (:stream_id, :revision, (:data->>'amount')::bigint)
+`), 0o600))
+	p, err := declarative.Load(spec)
+	require.NoError(t, err)
+
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer store.Close()
+	deposit := func(amount string) eventstore.EventData {
+		return storetest.Event("Deposited", `{"amount":`+amount+`}`)
+	}
+	_, err = store.Append(ctx, "acct-1", eventstore.NoStream, deposit("10"), deposit(`"ten"`), deposit("30"))
+	require.NoError(t, err)
+	_, err = store.Append(ctx, "acct-2", eventstore.NoStream, deposit("1"), deposit("2"))
+	require.NoError(t, err)
+	d, err := projections.NewDaemon(db.Pool, store, []projections.Projection{p}, projections.Config{})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(ctx) //nolint:errcheck
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, "amounts")
+
+	sum := func() map[string]int64 {
+		rows, err := db.Pool.Query(ctx, `SELECT stream_id, sum(amount)::bigint FROM readmodel.amounts GROUP BY 1`)
+		require.NoError(t, err)
+		out := map[string]int64{}
+		var id string
+		var n int64
+		_, err = pgx.ForEachRow(rows, []any{&id, &n}, func() error { out[id] = n; return nil })
+		require.NoError(t, err)
+		return out
+	}
+	require.Equal(t, map[string]int64{"acct-1": 10, "acct-2": 3}, sum())
+	list, err := projections.ListParked(ctx, db.Pool, projections.ListOptions{Projection: "amounts"})
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	require.Equal(t, uint64(1), list[0].Event.Revision)
+	require.Contains(t, list[0].Error, "22P02", "PostgreSQL's own error, which says the data is bad")
+	require.Equal(t, 1, list[0].Attempts, "bad data is not tried again")
+
+	_, err = d.Runner("amounts").Skip(ctx, list[0].ID)
+	require.NoError(t, err)
+	require.Equal(t, map[string]int64{"acct-1": 40, "acct-2": 3}, sum())
+	require.NoError(t, d.Stop(ctx))
 }
