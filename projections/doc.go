@@ -10,8 +10,14 @@
 // sightline.gaps), hands the rest to the Projection's Apply, and writes the
 // revisions and the checkpoint before committing. Metrics follow the commit.
 //
-// It owns the sightline.projections, sightline.checkpoints and sightline.gaps
-// rows of its projections, the sl_<name>_g<generation> schemas and the
+// When Apply fails, errors.go decides whose fault it is. An infrastructure
+// failure retries the batch whole. Otherwise apply.go isolates the failing
+// events in savepoints, retries each with backoff, and parks the last
+// failure with the rest of its stream in sightline.parked; parked.go lists
+// and releases parked events under the same checkpoint-row lock as batches.
+//
+// It owns the sightline.projections, sightline.checkpoints, sightline.gaps
+// and sightline.parked rows of its projections, the sl_<name>_g<generation> schemas and the
 // readmodel views that point at them. It must not touch the event store's
 // tables: everything it reads from the store goes through eventstore.Store.
 package projections
