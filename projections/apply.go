@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -171,7 +172,7 @@ func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema strin
 		}
 	}
 	b := &Batch{Tx: tx, Schema: schema, Events: events, queue: &pgx.Batch{}}
-	err := p.Apply(ctx, b)
+	err := safeApply(ctx, p, b)
 	if err == nil && b.queue.Len() > 0 {
 		err = tx.SendBatch(ctx, b.queue).Close()
 	}
@@ -189,6 +190,17 @@ func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema strin
 		}
 	}
 	return err
+}
+
+// safeApply calls p.Apply, turning a panic into an error, so that a handler
+// that panics on some event parks that event instead of ending the process.
+func safeApply(ctx context.Context, p Projection, b *Batch) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%s panicked: %v\n%s", p.Name(), v, debug.Stack())
+		}
+	}()
+	return p.Apply(ctx, b)
 }
 
 // isolate applies streams in savepoints, splitting the set in halves while

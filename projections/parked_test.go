@@ -73,6 +73,9 @@ func (t *tally) Apply(ctx context.Context, b *projections.Batch) error {
 			return projections.Permanent(err)
 		}
 		switch {
+		case v.Fail == "panic" && t.failing("panic"):
+			var m map[string]int
+			m["boom"]++ // a handler bug
 		case v.Fail == "badsql" && t.failing("badsql"):
 			b.Queue(`SELECT 'not a number'::bigint`)
 		case v.Fail != "" && t.failing(v.Fail) && strings.HasPrefix(v.Fail, "permanent"):
@@ -256,7 +259,8 @@ func TestPoisonEventHoldsOnlyItsStream(t *testing.T) {
 }
 
 // TestSkipReleasesTheStream: an event that is certain to fail (Permanent,
-// or rejected by PostgreSQL as bad data) is parked on its first attempt;
+// or rejected by PostgreSQL as bad data) is parked on its first attempt, one
+// whose handler panics after its tries;
 // skipping it applies what waited behind it, and skipping again changes
 // nothing. A held event that fails when released becomes the parked one.
 func TestSkipReleasesTheStream(t *testing.T) {
@@ -265,12 +269,15 @@ func TestSkipReleasesTheStream(t *testing.T) {
 	appendOrder(t, ctx, b.store, "t-a", tallyEvent(1, ""), tallyEvent(2, "permanent"), tallyEvent(4, ""), tallyEvent(8, "later"), tallyEvent(16, ""))
 	appendOrder(t, ctx, b.store, "t-b", tallyEvent(1, "badsql"), tallyEvent(2, ""))
 	appendOrder(t, ctx, b.store, "t-c", tallyEvent(1, ""), tallyEvent(2, ""))
-	r := b.startTally(t, ctx, newTally("permanent", "later", "badsql"))
+	appendOrder(t, ctx, b.store, "t-d", tallyEvent(1, "panic"))
+	r := b.startTally(t, ctx, newTally("permanent", "later", "badsql", "panic"))
 	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
-	require.Zero(t, testutil.ToFloat64(b.metrics.HandlerRetries.WithLabelValues("tally")), "certain failures are not tried again")
+	require.Equal(t, 2.0, testutil.ToFloat64(b.metrics.HandlerRetries.WithLabelValues("tally")), "only the panic is tried again")
 
 	list := parked(t, ctx, b)
-	require.Len(t, list, 6) // t-a: 1 parked, 3 held; t-b: 1 parked, 1 held
+	require.Len(t, list, 7) // t-a: 1 parked, 3 held; t-b: 1 parked, 1 held; t-d: 1 parked
+	require.Contains(t, list[6].Error, "tally panicked: assignment to entry in nil map", "a panicking handler parks its event; the process lives on")
+	require.Equal(t, 3, list[6].Attempts)
 	byStream := map[string][]projections.ParkedEvent{}
 	for _, p := range list {
 		byStream[p.Event.StreamID] = append(byStream[p.Event.StreamID], p)
@@ -306,7 +313,9 @@ func TestSkipReleasesTheStream(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, rel.Applied, 1)
 	require.Equal(t, tallyRow{1, 2, 1}, tallies(t, ctx, b)["t-b"])
-	require.Equal(t, 3.0, testutil.ToFloat64(b.metrics.EventsSkipped.WithLabelValues("tally", projections.SkipParkedEvent)))
+	_, err = r.Skip(ctx, list[6].ID)
+	require.NoError(t, err)
+	require.Equal(t, 4.0, testutil.ToFloat64(b.metrics.EventsSkipped.WithLabelValues("tally", projections.SkipParkedEvent)))
 	require.Empty(t, parked(t, ctx, b))
 	require.Equal(t, foldTally(t, ctx, b), tallies(t, ctx, b))
 
