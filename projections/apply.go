@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -20,12 +19,14 @@ import (
 //
 // The batch goes to the projection in one Apply call. When that fails on
 // the events rather than the infrastructure, apply returns a handlerError
-// and the batch is applied again with isolate set: in savepoints, halving
+// and the batch is applied again with an isolation: in savepoints, halving
 // the set of streams until each failing stream is alone, then that stream's
-// events one at a time, each retried with backoff and finally parked with
-// the rest of its stream held behind it. Every other stream is applied and
-// the checkpoint advances all the same.
-func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, isolate bool) error {
+// events one at a time. An event that fails its last attempt is parked with
+// the rest of its stream held behind it, and every other stream is applied
+// and the checkpoint advances all the same; one that has attempts left
+// rolls the transaction back with an eventRetryError, so that the backoff
+// before its next attempt holds no transaction open.
+func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, iso *isolation) error {
 	start := time.Now()
 	streams := byStream(events, r.p.Filter())
 
@@ -82,8 +83,12 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	if err != nil {
 		return err
 	}
-	if isolate {
-		if err := r.isolate(ctx, tx, plan.live(), true); err != nil {
+	if iso != nil {
+		live := plan.live()
+		for _, s := range live {
+			iso.recall(s)
+		}
+		if err := r.isolate(ctx, tx, iso, live, true); err != nil {
 			return err
 		}
 	} else if toApply := plan.live(); len(toApply) > 0 {
@@ -203,52 +208,93 @@ func safeApply(ctx context.Context, p Projection, b *Batch) (err error) {
 	return p.Apply(ctx, b)
 }
 
+// isolation is what isolating a failing batch remembers between its
+// transactions: how many times each event has failed, and which are to be
+// parked, so that a transaction rolled back for another event's retry
+// does not try them again.
+type isolation struct {
+	attempts map[eventKey]int
+	parks    map[eventKey]error
+}
+
+func newIsolation() *isolation {
+	return &isolation{attempts: map[eventKey]int{}, parks: map[eventKey]error{}}
+}
+
+// recall marks the first event of s already due to be parked.
+func (iso *isolation) recall(s *streamPlan) {
+	for i, e := range s.events {
+		k := eventKey{e.StreamID, e.Revision}
+		if err, ok := iso.parks[k]; ok {
+			s.failed, s.failedAt, s.attempts = err, i, iso.attempts[k]
+			return
+		}
+	}
+}
+
+type eventKey struct {
+	stream   string
+	revision uint64
+}
+
+// eventRetryError rolls back a batch so that an event that failed can be
+// tried again after a backoff.
+type eventRetryError struct {
+	event   eventstore.RecordedEvent
+	attempt int
+	err     error
+}
+
+func (e *eventRetryError) Error() string {
+	return fmt.Sprintf("%s revision %d failed (attempt %d): %v", e.event.StreamID, e.event.Revision, e.attempt, e.err)
+}
+func (e *eventRetryError) Unwrap() error { return e.err }
+
 // isolate applies streams in savepoints, splitting the set in halves while
-// it fails, down to single events; an event that fails its last attempt is
-// parked with the rest of its stream. failing says the set is known to fail
-// already. It returns only errors no event caused.
-func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, streams []*streamPlan, failing bool) error {
+// it fails, down to single events. An event that fails its last attempt
+// (or fails for certain: IsPermanent) is marked to be parked with the rest
+// of its stream; one with attempts left ends the transaction with an
+// eventRetryError. failing says the set is known to fail already. Other
+// errors are not the events' doing.
+func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams []*streamPlan, failing bool) error {
 	if len(streams) == 0 {
 		return nil
 	}
 	if !failing {
-		err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, eventsOf(streams), true)
+		events := eventsOf(streams)
+		if len(events) == 0 {
+			return nil
+		}
+		err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, events, true)
 		if herr := (*handlerError)(nil); err == nil || !errors.As(err, &herr) {
 			return err
 		}
 	}
 	if len(streams) > 1 {
 		mid := len(streams) / 2
-		if err := r.isolate(ctx, tx, streams[:mid], false); err != nil {
+		if err := r.isolate(ctx, tx, iso, streams[:mid], false); err != nil {
 			return err
 		}
-		return r.isolate(ctx, tx, streams[mid:], false)
+		return r.isolate(ctx, tx, iso, streams[mid:], false)
 	}
 	s := streams[0]
-	for i, e := range s.events {
-		retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(r.cfg.RetryInitialInterval),
-			backoff.WithMaxInterval(r.cfg.RetryMaxInterval), backoff.WithMaxElapsedTime(0)) // jittered by default
-		for attempt := 1; ; attempt++ {
-			err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, s.events[i:i+1], true)
-			if err == nil {
-				break
-			}
-			if herr := (*handlerError)(nil); !errors.As(err, &herr) {
-				return err
-			}
-			if attempt >= r.cfg.MaxAttempts || IsPermanent(err) {
-				s.failed, s.failedAt, s.attempts = err, i, attempt
-				return nil
-			}
-			r.m.handlerRetries.Inc()
-			d := retry.NextBackOff()
-			r.log.Warn("handler failed; trying the event again",
-				"stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type,
-				"attempt", attempt, "error", err, "in", d)
-			if !sleep(r.soft, d) {
-				return fmt.Errorf("stopping while retrying an event: %w", r.soft.Err())
-			}
+	for i, e := range s.pending() {
+		err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, s.events[i:i+1], true)
+		if err == nil {
+			continue
 		}
+		if herr := (*handlerError)(nil); !errors.As(err, &herr) {
+			return err
+		}
+		k := eventKey{e.StreamID, e.Revision}
+		iso.attempts[k]++
+		attempt := iso.attempts[k]
+		if attempt >= r.cfg.MaxAttempts || IsPermanent(err) {
+			s.failed, s.failedAt, s.attempts = err, i, attempt
+			iso.parks[k] = err
+			return nil
+		}
+		return &eventRetryError{event: e, attempt: attempt, err: err}
 	}
 	return nil // each event passed alone: the failure did not recur
 }
@@ -450,10 +496,19 @@ func (p batchPlan) revisions() ([]string, []int64) {
 	return streams, revs
 }
 
+// pending is the events of s still to try: those before the one to be
+// parked, if any.
+func (s *streamPlan) pending() []eventstore.RecordedEvent {
+	if s.failed != nil {
+		return s.events[:s.failedAt]
+	}
+	return s.events
+}
+
 func eventsOf(streams []*streamPlan) []eventstore.RecordedEvent {
 	var out []eventstore.RecordedEvent
 	for _, s := range streams {
-		out = append(out, s.events...)
+		out = append(out, s.pending()...)
 	}
 	return out
 }

@@ -367,3 +367,34 @@ func TestRetryWhileTrafficFlows(t *testing.T) {
 	require.Equal(t, foldTally(t, ctx, b), got)
 	require.Equal(t, int64(2+3*75), got["t-hot"].events, "every event of the hot stream applied once")
 }
+
+// TestRetriesHoldNoTransactionOpen: the backoff between an event's attempts
+// is spent outside any transaction. With PostgreSQL ending sessions idle in
+// a transaction for 300 ms and 400 ms between attempts, the event is still
+// tried three times and parked, and the healthy stream is applied.
+func TestRetriesHoldNoTransactionOpen(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	_, err := b.db.Pool.Exec(ctx, `ALTER DATABASE `+pgx.Identifier{b.db.Name}.Sanitize()+` SET idle_in_transaction_session_timeout = '300ms'`)
+	require.NoError(t, err)
+	b.db.Pool.Reset() // new connections take the setting
+	appendOrder(t, ctx, b.store, "t-1", tallyEvent(1, "poison"))
+	appendOrder(t, ctx, b.store, "t-2", tallyEvent(2, ""))
+
+	d, err := projections.NewDaemon(b.db.Pool, b.store, []projections.Projection{newTally("poison")}, projections.Config{
+		Metrics: b.metrics, MaxAttempts: 3, RetryInitialInterval: 400 * time.Millisecond, RetryMaxInterval: 400 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.Background()) //nolint:errcheck
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+
+	list := parked(t, ctx, b)
+	require.Len(t, list, 1)
+	require.Equal(t, 3, list[0].Attempts)
+	require.Equal(t, map[string]tallyRow{"t-2": {1, 2, 0}}, tallies(t, ctx, b))
+	var setting string
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SHOW idle_in_transaction_session_timeout`).Scan(&setting))
+	require.Equal(t, "300ms", setting, "the timeout was in force")
+	require.NoError(t, d.Stop(ctx))
+}

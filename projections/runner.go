@@ -430,12 +430,27 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 	}
 	r.mu.Unlock()
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
-	isolate := false
+	var iso *isolation // set once the batch has failed on its events
+	var eventRetry backoff.BackOff
 	for {
-		err := r.apply(r.hard, events, checkpoint, isolate)
-		if herr := (*handlerError)(nil); !isolate && errors.As(err, &herr) {
+		err := r.apply(r.hard, events, checkpoint, iso)
+		if herr := (*handlerError)(nil); iso == nil && errors.As(err, &herr) {
 			r.log.Warn("batch failed on its events; finding the failing ones", "events", len(events), "error", err)
-			isolate = true
+			iso = newIsolation()
+			eventRetry = backoff.NewExponentialBackOff(backoff.WithInitialInterval(r.cfg.RetryInitialInterval),
+				backoff.WithMaxInterval(r.cfg.RetryMaxInterval), backoff.WithMaxElapsedTime(0)) // jittered by default
+			continue
+		}
+		if rerr := (*eventRetryError)(nil); errors.As(err, &rerr) {
+			r.m.handlerRetries.Inc()
+			d := eventRetry.NextBackOff()
+			e := rerr.event
+			r.log.Warn("handler failed; trying the event again",
+				"stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type,
+				"attempt", rerr.attempt, "error", rerr.err, "in", d)
+			if !sleep(r.soft, d) {
+				return r.soft.Err()
+			}
 			continue
 		}
 		if err == nil {
