@@ -38,17 +38,28 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &pg) && len(pg.Code) == 5 && pg.Code[:2] == "22"
 }
 
-// transientClasses are SQLSTATE classes that say nothing about the event:
-// connection exceptions, transaction rollbacks (serialization failures,
-// deadlocks), insufficient resources, the object being unavailable, the
-// operator intervening (shutdown, restart, terminated backend) and system
-// errors.
-var transientClasses = map[string]bool{"08": true, "40": true, "53": true, "55": true, "57": true, "58": true}
+// transientClasses are SQLSTATE classes that say nothing about the event.
+// The infrastructure: connection exceptions (08), invalid transaction state
+// such as a session ended for idling (25), transaction rollbacks such as
+// serialization failures and deadlocks (40), insufficient resources (53),
+// objects in use (55), the operator intervening: shutdown, restart,
+// terminated backend, statement timeout (57), system and internal errors
+// (58, XX), configuration file errors (F0). And the schema: a table or
+// column missing or renamed, a privilege revoked (42), a cached plan gone
+// stale after an ALTER (0A), an unknown database or schema (3D, 3F). Those
+// fail every event alike until someone fixes the schema; parking would
+// hold every stream and need a retry for each.
+var transientClasses = map[string]bool{
+	"08": true, "25": true, "40": true, "53": true, "55": true, "57": true, "58": true, "XX": true, "F0": true,
+	"42": true, "0A": true, "3D": true, "3F": true,
+}
 
-// IsTransient reports whether err comes from the infrastructure rather than
-// from the event: a lost or refused connection, a server shutting down or
-// restarting, a serialization failure or deadlock, a timeout. A batch that
-// fails with one is retried whole from the checkpoint and parks nothing.
+// IsTransient reports whether err comes from the infrastructure or the
+// schema rather than from the event: a lost or refused connection, a
+// server shutting down or restarting, a serialization failure or deadlock,
+// a timeout, a missing table or privilege. A batch that fails with one is
+// retried whole from the checkpoint, parks nothing, and shows the
+// projection stalled until it succeeds.
 func IsTransient(err error) bool {
 	if err == nil {
 		return false

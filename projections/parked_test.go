@@ -398,3 +398,31 @@ func TestRetriesHoldNoTransactionOpen(t *testing.T) {
 	require.Equal(t, "300ms", setting, "the timeout was in force")
 	require.NoError(t, d.Stop(ctx))
 }
+
+// TestMissingTableStallsAndParksNothing: a read-model table renamed under
+// the projector fails every event alike. That is the schema's fault, not
+// the events': nothing is parked, the projection is stalled and says why,
+// and it recovers by itself once the table is back.
+func TestMissingTableStallsAndParksNothing(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	r := b.startTally(t, ctx, newTally())
+	appendOrder(t, ctx, b.store, "t-0", tallyEvent(1, ""))
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+	_, err := b.db.Pool.Exec(ctx, `ALTER TABLE sl_tally_g1.tally RENAME TO tally_away`)
+	require.NoError(t, err)
+	for s := range 5 {
+		appendOrder(t, ctx, b.store, fmt.Sprintf("t-%d", s), tallyEvent(s, ""))
+	}
+	require.Eventually(t, func() bool {
+		st := r.Status()
+		return st.Status == projections.StatusStalled && strings.Contains(st.LastError, "42P01")
+	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status())
+	require.Empty(t, parked(t, ctx, b))
+	_, err = b.db.Pool.Exec(ctx, `ALTER TABLE sl_tally_g1.tally_away RENAME TO tally`)
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+	require.Empty(t, parked(t, ctx, b))
+	require.Equal(t, foldTally(t, ctx, b), tallies(t, ctx, b))
+	require.Len(t, tallies(t, ctx, b), 5)
+}
