@@ -21,6 +21,7 @@ import (
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
 )
 
 // AddrDefault is where the API listens unless told otherwise.
@@ -89,10 +90,8 @@ func New(cfg Config) *Server {
 	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
 	e.GET("/v1/projections", s.listProjections)
 	e.GET("/v1/projections/:name", s.getProjection)
-	e.GET("/v1/projections/:name/parked", s.listParked)
-	e.GET("/v1/projections/:name/parked/:id", s.getParked)
 
-	e.GET("/v1/orders/:id", s.getOrder, s.fresh("orders"))
+	e.GET("/v1/orders/:id", s.getOrder, s.fresh("orders", func(c echo.Context) string { return readmodel.OrderStreamPrefix + c.Param("id") }))
 	e.GET("/v1/orders", s.listOrders, s.fresh("orders"))
 	e.GET("/v1/customers/:id/stats", s.customerStats, s.fresh("customer_stats"))
 	e.GET("/v1/sales/daily", s.dailySales, s.fresh("daily_sales"))
@@ -100,6 +99,9 @@ func New(cfg Config) *Server {
 	// Writing routes: the token (when set) and a body limit, per route, so
 	// that unknown paths still answer 404.
 	e.POST("/v1/streams/:stream", s.appendEvents, s.requireToken, s.limitBody)
+	// Dead letters carry whole events (data, metadata, errors): admin only.
+	e.GET("/v1/projections/:name/parked", s.listParked, s.requireToken)
+	e.GET("/v1/projections/:name/parked/:id", s.getParked, s.requireToken)
 	e.POST("/v1/projections/:name/parked/:id/retry", s.retryParked, s.requireToken, s.limitBody)
 	e.POST("/v1/projections/:name/parked/:id/skip", s.skipParked, s.requireToken, s.limitBody)
 	return s

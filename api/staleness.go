@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -21,6 +22,10 @@ const (
 	HeaderStatus      = "Projection-Status"       // live, catching-up, rebuilding, stalled, failed or stopped
 	HeaderMinPosition = "Projection-Min-Position" // read your writes: wait until this position is applied
 	HeaderWaitMs      = "Projection-Wait-Ms"      // how long to wait for it
+	// HeaderStreamParked, on reads of one stream's row, names the parked
+	// event holding that stream: from its revision on, the stream's events
+	// are not in the read model, whatever the position says.
+	HeaderStreamParked = "Projection-Stream-Parked"
 )
 
 // Bounds of a read-your-writes wait.
@@ -32,8 +37,11 @@ const (
 // fresh serves a read model of the named projection: it waits for the
 // position the client asked for, if any, and sets the staleness headers
 // from the projection's state before the query runs, so the data is at
-// least as fresh as the headers say.
-func (s *Server) fresh(projection string) echo.MiddlewareFunc {
+// least as fresh as the headers say. stream, when given, names the one
+// stream the request reads: if a parked event holds it, the response says
+// so, and a read-your-writes request whose position is among the held
+// events is answered 409 rather than with data that lacks the write.
+func (s *Server) fresh(projection string, stream ...func(echo.Context) string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			r := s.runner(projection)
@@ -56,9 +64,30 @@ func (s *Server) fresh(projection string) echo.MiddlewareFunc {
 				}
 			}
 			s.stalenessHeaders(c, r)
+			if len(stream) > 0 {
+				if err := s.checkHeld(c, r, projection, stream[0](c), want); err != nil {
+					return err
+				}
+			}
 			return next(c)
 		}
 	}
+}
+
+// checkHeld sets HeaderStreamParked when a parked event holds stream, and
+// refuses a read-your-writes request that the held events cover.
+func (s *Server) checkHeld(c echo.Context, r *projections.Runner, projection, stream string, want eventstore.Position) error {
+	hold, err := r.Held(c.Request().Context(), stream, want)
+	if err != nil || hold.ParkedID == 0 {
+		return err
+	}
+	c.Response().Header().Set(HeaderStreamParked, strconv.FormatInt(hold.ParkedID, 10))
+	if want.IsStart() || !hold.Covers {
+		return nil
+	}
+	return &Problem{Status: http.StatusConflict, Title: "Stream held by a parked event",
+		Detail: fmt.Sprintf("%s is held from revision %d by parked event %d of %s, so position %s is not in the read model; see /v1/projections/%s/parked/%d",
+			stream, hold.From, hold.ParkedID, projection, want, projection, hold.ParkedID)}
 }
 
 // waitFor waits for r to reach pos, until ctx ends or the server stops.

@@ -274,6 +274,36 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	return out, nil
 }
 
+// Hold says whether a stream is held and whether it holds back a write.
+type Hold struct {
+	// ParkedID is the parked event holding the stream; 0 when it is not held.
+	ParkedID int64
+	// From is the first revision not in the read model.
+	From uint64
+	// Covers is set when an event at or before the position asked about
+	// waits: a write at that position is not in the read model.
+	Covers bool
+}
+
+// Held reports whether stream is held in the runner's projection, and
+// whether an event at or before upTo is among those waiting. A read that
+// the checkpoint says is fresh is not, for a held stream.
+func (r *Runner) Held(ctx context.Context, stream string, upTo eventstore.Position) (Hold, error) {
+	var h Hold
+	var from int64
+	err := r.pool.QueryRow(ctx, `SELECT
+			(array_agg(id ORDER BY revision))[1], min(revision),
+			coalesce(bool_or((commit_position, prepare_position) <= ($4::bigint, $5::bigint)), false)
+		FROM sightline.parked
+		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND state IN ('parked', 'held')
+		HAVING count(*) > 0`, r.p.Name(), r.reg.generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).Scan(&h.ParkedID, &from, &h.Covers)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Hold{}, nil
+	}
+	h.From = uint64(from)
+	return h, err
+}
+
 // Retry is RetryParked for the runner's projection, with its metrics and
 // log.
 func (r *Runner) Retry(ctx context.Context, id int64) (Release, error) {
