@@ -204,7 +204,15 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	}
 	switch {
 	case target.State == ParkedStateApplied && !skip, target.State == ParkedStateSkipped && skip:
-		return Release{Event: target}, tx.Commit(ctx) // done before: nothing to do
+		// Done before: nothing to do, but say what holds the stream now.
+		out := Release{Event: target}
+		for _, w := range waiting {
+			if w.State == ParkedStateParked {
+				out.Parked = &w
+				break
+			}
+		}
+		return out, tx.Commit(ctx)
 	case !target.Unresolved():
 		return Release{}, fmt.Errorf("%w: %d was %s", ErrParkedResolved, id, target.State)
 	case target.State == ParkedStateHeld:
@@ -333,8 +341,11 @@ func (r *Runner) noteRelease(rel Release, err error, action string) {
 	if len(rel.Applied) > 0 || rel.Skipped {
 		r.log.Info("parked events released", "action", action, "parked_id", rel.Event.ID, "stream", e.StreamID, "applied", len(rel.Applied))
 	}
-	if p := rel.Parked; p != nil {
-		r.log.Error("parked event failed again; its stream stays held",
+	if p := rel.Parked; p != nil && (len(rel.Applied) > 0 || rel.Skipped || p.ID == rel.Event.ID) {
+		if p.ID != rel.Event.ID {
+			r.m.parked.Inc() // a held event, parked in its turn
+		}
+		r.log.Error("parked event failed; its stream stays held",
 			"action", action, "parked_id", p.ID, "stream", p.Event.StreamID, "revision", p.Event.Revision,
 			"event_id", p.Event.EventID, "type", p.Event.Type, "attempts", p.Attempts, "error", p.Error)
 	}
@@ -342,8 +353,11 @@ func (r *Runner) noteRelease(rel Release, err error, action string) {
 }
 
 // refreshParked counts the projection's waiting events for its status and
-// the parked gauge.
+// the parked gauge. Counts are taken one at a time, so an older count never
+// overwrites a newer one.
 func (r *Runner) refreshParked(ctx context.Context) {
+	r.parkedMu.Lock()
+	defer r.parkedMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var n int
@@ -353,6 +367,6 @@ func (r *Runner) refreshParked(ctx context.Context) {
 	}
 	r.mu.Lock()
 	r.state.parked = n
-	r.mu.Unlock()
 	r.m.parkedNow.Set(float64(n))
+	r.mu.Unlock()
 }

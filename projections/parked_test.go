@@ -300,6 +300,9 @@ func TestSkipReleasesTheStream(t *testing.T) {
 	require.NoError(t, err, "a skip is idempotent")
 	require.False(t, again.Skipped)
 	require.Equal(t, projections.ParkedStateSkipped, again.Event.State)
+	require.NotNil(t, again.Parked, "a repeated skip still says what holds the stream")
+	require.Equal(t, rel.Parked.ID, again.Parked.ID)
+	require.Equal(t, 4.0, testutil.ToFloat64(b.metrics.EventsParked.WithLabelValues("tally")), "three parked by the projector, one in its turn by the skip")
 	_, err = r.Retry(ctx, byStream["t-a"][0].ID)
 	require.ErrorIs(t, err, projections.ErrParkedResolved, "a skipped event is not retried")
 

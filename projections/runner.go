@@ -128,6 +128,8 @@ type Runner struct {
 	done                   chan struct{}
 	startOnce, stopOnce    sync.Once
 
+	parkedMu sync.Mutex // serializes refreshParked
+
 	mu       sync.Mutex
 	position eventstore.Position // the committed checkpoint
 	advanced chan struct{}       // closed, and replaced, whenever position moves

@@ -152,10 +152,17 @@ func newParkedReleaseCmd(c *config, action string) *cobra.Command {
 				fmt.Printf("applied %d event(s) of %s to %s, through revision %d\n", len(rel.Applied), e.Event.StreamID, p.Name(),
 					rel.Applied[len(rel.Applied)-1].Revision)
 			}
-			if still := rel.Parked; still != nil {
-				return exitError{code: exitFailure, msg: fmt.Sprintf("parked event %d (%s revision %d) failed (attempt %d) and holds its stream: %s",
+			still := rel.Parked
+			switch {
+			case still == nil:
+				return nil
+			case still.ID == id: // the event asked about failed again, as the API's 422
+				return exitError{code: exitFailure, msg: fmt.Sprintf("parked event %d (%s revision %d) failed again (attempt %d) and holds its stream: %s",
 					still.ID, still.Event.StreamID, still.Event.Revision, still.Attempts, still.Error)}
 			}
+			// Done as asked; a later event of the stream holds it now.
+			fmt.Fprintf(os.Stderr, "sightline: %s is held again, by parked event %d (revision %d, attempt %d): %s\n",
+				still.Event.StreamID, still.ID, still.Event.Revision, still.Attempts, still.Error)
 			return nil
 		},
 	}
