@@ -73,9 +73,6 @@ func TestConnectionsKilledUnderLoad(t *testing.T) {
 	require.Positive(t, killed)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
-	var parked int
-	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked`).Scan(&parked))
-	require.Zero(t, parked, "a terminated connection parks nothing")
 	require.Positive(t, testutil.ToFloat64(metrics.SourceReconnects.WithLabelValues("postgres")), "subscriptions were lost and reopened")
 	t.Logf("terminated %d projector connections", killed)
 	require.NoError(t, d.Stop(ctx))

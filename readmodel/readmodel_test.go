@@ -49,9 +49,6 @@ func TestExactUnderChaos(t *testing.T) {
 
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
-	var parked int
-	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked`).Scan(&parked))
-	require.Zero(t, parked, "a faulty source is not a poison event")
 
 	// The faults did happen: otherwise this test proves nothing.
 	for _, name := range readmodeltest.Names() {

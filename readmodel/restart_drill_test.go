@@ -4,12 +4,14 @@ package readmodel_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -58,16 +60,19 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
-	var parked int
-	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked`).Scan(&parked))
-	require.Zero(t, parked, "a restart parks nothing")
 	require.Positive(t, testutil.ToFloat64(metrics.SourceReconnects.WithLabelValues("postgres")), "the subscriptions were lost and reopened")
 	require.NoError(t, d.Stop(ctx))
 }
 
-// clusterVersion is the PostgreSQL cluster version under /etc/postgresql.
+// clusterVersion is the PostgreSQL cluster version under /etc/postgresql,
+// after checking that the tests' server is this machine's.
 func clusterVersion(t *testing.T) string {
 	t.Helper()
+	cfg, err := pgconn.ParseConfig(testdb.AdminURL())
+	require.NoError(t, err)
+	if ip := net.ParseIP(cfg.Host); cfg.Host != "localhost" && !strings.HasPrefix(cfg.Host, "/") && (ip == nil || !ip.IsLoopback()) {
+		t.Fatalf("this drill restarts the local PostgreSQL, but TEST_DATABASE_URL points at %s: run it against the local server, or run the other tests alone (go test -race ./...)", cfg.Host)
+	}
 	entries, err := os.ReadDir("/etc/postgresql")
 	if err != nil || len(entries) != 1 {
 		t.Fatalf("this drill restarts the local PostgreSQL with pg_ctlcluster and needs exactly one cluster under /etc/postgresql: %v", err)
