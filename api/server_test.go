@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -362,9 +363,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, api.Config{})
 	get(t, b.url+"/v1/orders/1")
-	r := get(t, b.url+"/metrics")
-	require.Equal(t, http.StatusOK, r.StatusCode)
-	for _, want := range []string{
+	wants := []string{
 		`sightline_events_applied_total{projection="orders"} 2`,
 		`sightline_events_applied_total{projection="customer_stats"} 2`,
 		`sightline_events_skipped_total{projection="orders",reason="duplicate"} 0`,
@@ -381,7 +380,20 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		`sightline_source_reconnects_total{source="postgres"} 0`,
 		`sightline_http_requests_total{code="200",host=`,
 		`sightline_http_request_duration_seconds_bucket{`,
-	} {
+	}
+	// Lag, caught-up and parked gauges follow the status tick, not the commit.
+	var r response
+	assert.Eventually(t, func() bool {
+		r = get(t, b.url+"/metrics")
+		for _, want := range wants {
+			if !strings.Contains(r.body, want) {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 20*time.Millisecond)
+	require.Equal(t, http.StatusOK, r.StatusCode)
+	for _, want := range wants {
 		require.True(t, strings.Contains(r.body, want), "missing %q in\n%s", want, r.body)
 	}
 }
