@@ -99,24 +99,22 @@ type tallyRow struct{ events, sum, revision int64 }
 
 func tallies(t *testing.T, ctx context.Context, b *bundle) map[string]tallyRow {
 	t.Helper()
-	rows, err := b.db.Pool.Query(ctx, `SELECT stream_id, events, sum, revision FROM readmodel.tally`)
-	require.NoError(t, err)
-	out := map[string]tallyRow{}
-	var id string
-	var r tallyRow
-	_, err = pgx.ForEachRow(rows, []any{&id, &r.events, &r.sum, &r.revision}, func() error { out[id] = r; return nil })
-	require.NoError(t, err)
-	return out
+	return queryTallies(t, ctx, b, `SELECT stream_id, events, sum, revision FROM readmodel.tally`)
 }
 
 // foldTally is tally computed from sightline.events, leaving out the events
 // the projection has parked, held or skipped.
 func foldTally(t *testing.T, ctx context.Context, b *bundle) map[string]tallyRow {
 	t.Helper()
-	rows, err := b.db.Pool.Query(ctx, `SELECT stream_id, count(*), sum((data->>'n')::bigint)::bigint, max(revision) FROM sightline.events e
+	return queryTallies(t, ctx, b, `SELECT stream_id, count(*), sum((data->>'n')::bigint)::bigint, max(revision) FROM sightline.events e
 		WHERE stream_id LIKE 't-%' AND NOT EXISTS (SELECT FROM sightline.parked k
 			WHERE k.projection = 'tally' AND k.stream_id = e.stream_id AND k.revision = e.revision AND k.state <> 'applied')
 		GROUP BY stream_id`)
+}
+
+func queryTallies(t *testing.T, ctx context.Context, b *bundle, sql string) map[string]tallyRow {
+	t.Helper()
+	rows, err := b.db.Pool.Query(ctx, sql)
 	require.NoError(t, err)
 	out := map[string]tallyRow{}
 	var id string

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,9 +52,7 @@ func newParkedListCmd(c *config) *cobra.Command {
 				for _, p := range list {
 					out = append(out, api.ParkedJSON(p))
 				}
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"parked": out})
+				return printJSON(map[string]any{"parked": out})
 			}
 			if len(list) == 0 {
 				fmt.Println("no parked events")

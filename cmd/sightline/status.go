@@ -44,9 +44,7 @@ func newStatusCmd(c *config) *cobra.Command {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(os.Stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"projections": list})
+				return printJSON(map[string]any{"projections": list})
 			}
 			if len(list) == 0 {
 				fmt.Println("no projections yet: start one with 'sightline run'")
@@ -63,4 +61,11 @@ func newStatusCmd(c *config) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// printJSON prints v as indented JSON on stdout.
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
