@@ -185,13 +185,15 @@ func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema strin
 		err = classify(ctx, tx.Conn(), err)
 		if inSavepoint {
 			if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT `+savepoint); rerr != nil {
-				return errors.Join(err, rerr)
+				// The transaction is lost, whatever the events did: not
+				// their failure (%v keeps err from being taken for one).
+				return fmt.Errorf("roll back to savepoint after %v: %w", err, rerr)
 			}
 		}
 	}
 	if inSavepoint {
 		if _, rerr := tx.Exec(ctx, `RELEASE SAVEPOINT `+savepoint); rerr != nil {
-			return errors.Join(err, rerr)
+			return fmt.Errorf("release savepoint: %w", rerr)
 		}
 	}
 	return err
