@@ -191,11 +191,10 @@ func (s *Server) release(c echo.Context, do func(*projections.Runner, context.Co
 	return c.JSON(http.StatusOK, out)
 }
 
+// namedRunner is the runner of the projection the route names, or a 404.
 func (s *Server) namedRunner(c echo.Context) (*projections.Runner, error) {
-	if s.cfg.Daemon != nil {
-		if r := s.cfg.Daemon.Runner(c.Param("name")); r != nil {
-			return r, nil
-		}
+	if r := s.runner(c.Param("name")); r != nil {
+		return r, nil
 	}
 	return nil, &Problem{Status: http.StatusNotFound, Title: "Projection not found", Detail: "no projection named " + c.Param("name")}
 }

@@ -231,12 +231,9 @@ func (s *Server) listProjections(c echo.Context) error {
 }
 
 func (s *Server) getProjection(c echo.Context) error {
-	var r *projections.Runner
-	if s.cfg.Daemon != nil {
-		r = s.cfg.Daemon.Runner(c.Param("name"))
-	}
-	if r == nil {
-		return problem(c, http.StatusNotFound, "projection not found", "no projection named "+c.Param("name"))
+	r, err := s.namedRunner(c)
+	if err != nil {
+		return err
 	}
 	return c.JSON(http.StatusOK, statusJSON(r.Status()))
 }
