@@ -52,7 +52,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), r.reg.generation)
 	read.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams.order)
 	read.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND state IN ('parked', 'held') AND stream_id = ANY($3)
+		WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
 		GROUP BY stream_id`, r.p.Name(), r.reg.generation, streams.order)
 	res := tx.SendBatch(ctx, read)
 	var commit, prepare int64

@@ -27,6 +27,10 @@ const (
 	ParkedStateSkipped = "skipped"
 )
 
+// waitingRows selects the rows of events still parked or held; it is the
+// predicate of the partial index sightline.parked_unresolved.
+const waitingRows = `state IN ('parked', 'held')`
+
 // Errors of the parked-event operations.
 var (
 	ErrParkedNotFound = errors.New("no such parked event")
@@ -100,7 +104,7 @@ func ListParked(ctx context.Context, db Querier, opts ListOptions) ([]ParkedEven
 	}
 	rows, err := db.Query(ctx, `SELECT `+parkedColumns+` FROM sightline.parked k
 		WHERE ($1 = '' OR projection = $1) AND id > $2
-		  AND ($3 OR (state IN ('parked', 'held')
+		  AND ($3 OR (`+waitingRows+`
 		       AND generation = (SELECT generation FROM sightline.projections WHERE name = k.projection)))
 		ORDER BY id LIMIT $4`, opts.Projection, opts.AfterID, opts.All, opts.Limit)
 	if err != nil {
@@ -188,7 +192,7 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 		return Release{}, fmt.Errorf("lock checkpoint: %w", err)
 	}
 	rows, err := tx.Query(ctx, `SELECT `+parkedColumns+` FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND (state IN ('parked', 'held') OR id = $4)
+		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND (`+waitingRows+` OR id = $4)
 		ORDER BY revision`, p.Name(), gen, target.Event.StreamID, id)
 	if err != nil {
 		return Release{}, err
@@ -303,7 +307,7 @@ func (r *Runner) Held(ctx context.Context, stream string, upTo eventstore.Positi
 			(array_agg(id ORDER BY revision))[1], min(revision),
 			coalesce(bool_or((commit_position, prepare_position) <= ($4::bigint, $5::bigint)), false)
 		FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND state IN ('parked', 'held')
+		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND `+waitingRows+`
 		HAVING count(*) > 0`, r.p.Name(), r.reg.generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).Scan(&h.ParkedID, &from, &h.Covers)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Hold{}, nil
@@ -362,7 +366,7 @@ func (r *Runner) refreshParked(ctx context.Context) {
 	defer cancel()
 	var n int
 	if err := r.pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND state IN ('parked', 'held')`, r.p.Name(), r.reg.generation).Scan(&n); err != nil {
+		WHERE projection = $1 AND generation = $2 AND `+waitingRows, r.p.Name(), r.reg.generation).Scan(&n); err != nil {
 		return // the next status tick tries again
 	}
 	r.mu.Lock()
