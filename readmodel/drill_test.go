@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
-	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -43,11 +41,7 @@ func TestConnectionsKilledUnderLoad(t *testing.T) {
 	require.NoError(t, err)
 	defer projStore.Close()
 
-	metrics := projections.NewMetrics(prometheus.NewRegistry())
-	d, err := projections.NewDaemon(projPool, projStore, readmodel.All(), projections.Config{BatchSize: 100, Metrics: metrics})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	defer d.Stop(ctx) //nolint:errcheck
+	d, metrics := startExamples(t, ctx, projPool, projStore, projections.Config{BatchSize: 100})
 
 	traffic := make(chan error, 1)
 	go func() {

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -33,11 +32,7 @@ func TestBadEventsAreParked(t *testing.T) {
 	store, err := pgstore.New(db.Pool, pgstore.Config{})
 	require.NoError(t, err)
 	defer store.Close()
-	metrics := projections.NewMetrics(prometheus.NewRegistry())
-	d, err := projections.NewDaemon(db.Pool, store, readmodel.All(), projections.Config{BatchSize: 50, Metrics: metrics, StatusInterval: 50 * time.Millisecond})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	defer d.Stop(ctx) //nolint:errcheck
+	d, metrics := startExamples(t, ctx, db.Pool, store, projections.Config{BatchSize: 50, StatusInterval: 50 * time.Millisecond})
 
 	traffic := make(chan error, 1)
 	go func() {

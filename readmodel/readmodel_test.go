@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
-	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -36,12 +34,7 @@ func TestExactUnderChaos(t *testing.T) {
 	require.NoError(t, err)
 
 	chaotic := chaos.Wrap(store, chaos.Config{Seed: 7, Duplicate: 0.05, Reorder: 0.05, Late: 0.03, Drop: 0.05, MaxDelay: time.Millisecond, Fail: 0.02})
-	reg := prometheus.NewRegistry()
-	metrics := projections.NewMetrics(reg)
-	d, err := projections.NewDaemon(db.Pool, chaotic, readmodel.All(), projections.Config{BatchSize: 50, Metrics: metrics, StatusInterval: 50 * time.Millisecond})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	defer d.Stop(ctx) //nolint:errcheck
+	d, metrics := startExamples(t, ctx, db.Pool, chaotic, projections.Config{BatchSize: 50, StatusInterval: 50 * time.Millisecond})
 
 	// Live traffic while it projects.
 	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 300, Customers: 40, Writers: 8, Seed: 2})

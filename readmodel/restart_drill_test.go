@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -20,7 +19,6 @@ import (
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
-	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -39,11 +37,7 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	store, err := pgstore.New(db.Pool, pgstore.Config{})
 	require.NoError(t, err)
 	defer store.Close()
-	metrics := projections.NewMetrics(prometheus.NewRegistry())
-	d, err := projections.NewDaemon(db.Pool, store, readmodel.All(), projections.Config{BatchSize: 100, Metrics: metrics})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	defer d.Stop(ctx) //nolint:errcheck
+	d, metrics := startExamples(t, ctx, db.Pool, store, projections.Config{BatchSize: 100})
 
 	traffic := make(chan error, 1)
 	go func() {
