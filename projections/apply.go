@@ -31,7 +31,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	streams := byStream(events, r.p.Filter())
 
 	r.mu.Lock()
-	expected := r.position
+	expected, reg := r.position, r.reg
 	r.mu.Unlock()
 	if len(streams.order) == 0 && !expected.Before(checkpoint) {
 		return nil // nothing to apply and nothing to record
@@ -46,19 +46,39 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	// One round trip: lock the checkpoint row, so that batches of the same
 	// projection (and parked-event retries) never interleave, and read the
 	// streams' last revisions and which of them are held.
-	revsTable := pgx.Identifier{r.reg.schema, "_stream_revisions"}.Sanitize()
+	revsTable := pgx.Identifier{reg.schema, "_stream_revisions"}.Sanitize()
 	read := &pgx.Batch{}
-	read.Queue(`SELECT commit_position, prepare_position FROM sightline.checkpoints
-		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), r.reg.generation)
+	if r.build != nil {
+		// A rebuild's batches may be lost in a server crash without harm: a
+		// lost commit loses its checkpoint with its rows, and nobody reads
+		// the generation before it takes over.
+		read.Queue(`SET LOCAL synchronous_commit = off`)
+	}
+	read.Queue(`SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
+		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), reg.generation)
 	read.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams.order)
 	read.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
 		WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
-		GROUP BY stream_id`, r.p.Name(), r.reg.generation, streams.order)
+		GROUP BY stream_id`, r.p.Name(), reg.generation, streams.order)
 	res := tx.SendBatch(ctx, read)
+	if r.build != nil {
+		if _, err := res.Exec(); err != nil {
+			res.Close()
+			return err
+		}
+	}
 	var commit, prepare int64
-	if err := res.QueryRow().Scan(&commit, &prepare); err != nil {
+	var superseded bool
+	if err := res.QueryRow().Scan(&commit, &prepare, &superseded); err != nil {
 		res.Close()
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("%w: generation %d of %s is gone", errSuperseded, reg.generation, r.p.Name())
+		}
 		return fmt.Errorf("lock checkpoint: %w", err)
+	}
+	if superseded {
+		res.Close()
+		return fmt.Errorf("%w: generation %d of %s was replaced", errSuperseded, reg.generation, r.p.Name())
 	}
 	if stored := (eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}); stored != expected {
 		res.Close()
@@ -92,7 +112,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 			return err
 		}
 	} else if toApply := plan.live(); len(toApply) > 0 {
-		if err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, eventsOf(toApply), false); err != nil {
+		if err := applyInSavepoint(ctx, tx, r.p, reg.schema, eventsOf(toApply), false); err != nil {
 			return err
 		}
 	}
@@ -109,13 +129,13 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	}
 	for _, g := range plan.gaps {
 		queue.Queue(`INSERT INTO sightline.gaps (projection, generation, stream_id, from_revision, to_revision)
-			VALUES ($1, $2, $3, $4, $5)`, r.p.Name(), r.reg.generation, g.stream, int64(g.from), int64(g.to))
+			VALUES ($1, $2, $3, $4, $5)`, r.p.Name(), reg.generation, g.stream, int64(g.from), int64(g.to))
 	}
 	newPosition := expected
 	if expected.Before(checkpoint) {
 		newPosition = checkpoint
 		queue.Queue(`UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
-			WHERE projection = $1 AND generation = $2`, r.p.Name(), r.reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare))
+			WHERE projection = $1 AND generation = $2`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare))
 	}
 	if err := tx.SendBatch(ctx, queue).Close(); err != nil {
 		return fmt.Errorf("write revisions and checkpoint: %w", err)
@@ -262,12 +282,13 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 	if len(streams) == 0 {
 		return nil
 	}
+	reg := r.registration()
 	if !failing {
 		events := eventsOf(streams)
 		if len(events) == 0 {
 			return nil
 		}
-		err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, events, true)
+		err := applyInSavepoint(ctx, tx, r.p, reg.schema, events, true)
 		if herr := (*handlerError)(nil); err == nil || !errors.As(err, &herr) {
 			return err
 		}
@@ -281,7 +302,7 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 	}
 	s := streams[0]
 	for i, e := range s.pending() {
-		err := applyInSavepoint(ctx, tx, r.p, r.reg.schema, s.events[i:i+1], true)
+		err := applyInSavepoint(ctx, tx, r.p, reg.schema, s.events[i:i+1], true)
 		if err == nil {
 			continue
 		}
@@ -331,6 +352,7 @@ func (r *Runner) park(ctx context.Context, tx pgx.Tx, plan batchPlan) ([]parkedR
 	if len(rows) == 0 {
 		return nil, nil
 	}
+	reg := r.registration()
 	n := len(rows)
 	var (
 		streams, eventIDs, types, states = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -358,7 +380,7 @@ func (r *Runner) park(ctx context.Context, tx pgx.Tx, plan batchPlan) ([]parkedR
 			$9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[], $13::int[], $14::text[])
 		ON CONFLICT (projection, generation, stream_id, revision) DO NOTHING
 		RETURNING id, stream_id, revision`,
-		r.p.Name(), r.reg.generation, streams, revisions, eventIDs, types, data, metadata, commits, prepares, created, states, attempts, errs)
+		r.p.Name(), reg.generation, streams, revisions, eventIDs, types, data, metadata, commits, prepares, created, states, attempts, errs)
 	if err != nil {
 		return nil, fmt.Errorf("park events: %w", err)
 	}

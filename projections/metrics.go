@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BatchRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("batch_retries_total"),
 			Help: "Batches retried whole from the checkpoint after a failure no event caused (connection lost, server restarting, serialization failure)."}, p),
 		RebuildProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("rebuild_progress_ratio"),
-			Help: "Progress of a running rebuild, 0 to 1."}, p),
+			Help: "Progress of the rebuild under way, by position, 0 to 1; 1 when none is."}, p),
 		SourceReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("source_reconnects_total"),
 			Help: "Subscriptions to the event source opened again after a failure."}, []string{"source"}),
 	}
@@ -78,7 +78,7 @@ type projectionMetrics struct {
 	applied, duplicate, gapUnfilled, gapsRepaired prometheus.Counter
 	deletedLink, skippedParked                    prometheus.Counter
 	parked, handlerRetries, batchRetries          prometheus.Counter
-	lag, caughtUp, parkedNow                      prometheus.Gauge
+	lag, caughtUp, parkedNow, rebuildProgress     prometheus.Gauge
 	batchDuration, batchEvents, endToEnd          prometheus.Observer
 	reconnects                                    prometheus.Counter
 }
@@ -101,7 +101,9 @@ func (m *Metrics) forProjection(name, source string) projectionMetrics {
 		batchEvents:    m.BatchEvents.WithLabelValues(name),
 		endToEnd:       m.EndToEnd.WithLabelValues(name),
 		reconnects:     m.SourceReconnects.WithLabelValues(source),
+
+		rebuildProgress: m.RebuildProgress.WithLabelValues(name),
 	}
-	m.RebuildProgress.WithLabelValues(name)
+	pm.rebuildProgress.Set(1) // no rebuild running: the read model is whole
 	return pm
 }

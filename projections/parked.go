@@ -90,10 +90,11 @@ func scanParked(row pgx.CollectableRow) (ParkedEvent, error) {
 	return p, err
 }
 
-// Querier is what the parked-event reads need: a pool, a connection or a
-// transaction.
+// Querier is what the reads of this package need: a pool, a connection or
+// a transaction.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // ListParked returns parked events in id order. Without All it returns only
@@ -188,8 +189,13 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	}
 	// The runner's batches take this lock too: from here on the stream's
 	// revision and its parked rows stay as read.
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM sightline.checkpoints WHERE projection = $1 AND generation = $2 FOR UPDATE`, p.Name(), gen); err != nil {
+	var superseded bool
+	if err := tx.QueryRow(ctx, `SELECT superseded FROM sightline.checkpoints WHERE projection = $1 AND generation = $2 FOR UPDATE`,
+		p.Name(), gen).Scan(&superseded); err != nil {
 		return Release{}, fmt.Errorf("lock checkpoint: %w", err)
+	}
+	if superseded { // replaced while we waited for the lock
+		return Release{}, fmt.Errorf("%w: generation %d of %s was just replaced", ErrParkedInactive, gen, p.Name())
 	}
 	rows, err := tx.Query(ctx, `SELECT `+parkedColumns+` FROM sightline.parked
 		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND (`+waitingRows+` OR id = $4)
@@ -308,7 +314,7 @@ func (r *Runner) Held(ctx context.Context, stream string, upTo eventstore.Positi
 			coalesce(bool_or((commit_position, prepare_position) <= ($4::bigint, $5::bigint)), false)
 		FROM sightline.parked
 		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND `+waitingRows+`
-		HAVING count(*) > 0`, r.p.Name(), r.reg.generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).Scan(&h.ParkedID, &from, &h.Covers)
+		HAVING count(*) > 0`, r.p.Name(), r.registration().generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).Scan(&h.ParkedID, &from, &h.Covers)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Hold{}, nil
 	}
@@ -366,7 +372,7 @@ func (r *Runner) refreshParked(ctx context.Context) {
 	defer cancel()
 	var n int
 	if err := r.pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND `+waitingRows, r.p.Name(), r.reg.generation).Scan(&n); err != nil {
+		WHERE projection = $1 AND generation = $2 AND `+waitingRows, r.p.Name(), r.registration().generation).Scan(&n); err != nil {
 		return // the next status tick tries again
 	}
 	r.mu.Lock()

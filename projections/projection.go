@@ -31,6 +31,16 @@ type Projection interface {
 	Apply(ctx context.Context, b *Batch) error
 }
 
+// Indexer is implemented by projections with secondary indexes that are
+// cheaper to build once, after a rebuild's bulk load, than to keep up row by
+// row during it. Setup creates the tables with their primary keys; the
+// statements Indexes returns create the rest. They run on an empty first
+// generation right after Setup, and on a rebuilt one once it has caught up,
+// before it takes over.
+type Indexer interface {
+	Indexes(schema string) []string
+}
+
 // Batch is the work of one transaction. Events are those the projection has
 // not applied yet: each stream's events in revision order with no
 // duplicates and no gaps the store could fill; streams appear in the order

@@ -24,6 +24,8 @@ const (
 	MaxAttemptsDefault    = 5
 	RetryInitialDefault   = 100 * time.Millisecond
 	RetryMaxDefault       = 2 * time.Second
+	RebuildBatchDefault   = 10000
+	RetiredGraceDefault   = 10 * time.Minute
 )
 
 // Config configures a Runner.
@@ -52,6 +54,12 @@ type Config struct {
 	// exponential backoff between an event's attempts. Default to
 	// RetryInitialDefault and RetryMaxDefault.
 	RetryInitialInterval, RetryMaxInterval time.Duration
+	// RebuildBatchSize is how many events one transaction of a rebuild (or a
+	// verify's replay) applies at most. Defaults to RebuildBatchDefault.
+	RebuildBatchSize int
+	// RetiredGrace is how long a generation replaced by a rebuild keeps its
+	// tables before they are dropped. Defaults to RetiredGraceDefault.
+	RetiredGrace time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Metrics defaults to a set registered nowhere.
@@ -68,6 +76,8 @@ func (c Config) WithDefaults() Config {
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
 	c.RetryInitialInterval = cmp.Or(c.RetryInitialInterval, RetryInitialDefault)
 	c.RetryMaxInterval = cmp.Or(c.RetryMaxInterval, RetryMaxDefault)
+	c.RebuildBatchSize = cmp.Or(c.RebuildBatchSize, RebuildBatchDefault)
+	c.RetiredGrace = cmp.Or(c.RetiredGrace, RetiredGraceDefault)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -79,8 +89,9 @@ func (c Config) WithDefaults() Config {
 
 func (c Config) validate() error {
 	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 ||
-		c.MaxAttempts < 1 || c.RetryInitialInterval <= 0 || c.RetryMaxInterval < c.RetryInitialInterval {
-		return errors.New("projections: BatchSize, StallAfter, StatusInterval, LiveLag, MaxAttempts and the retry intervals must be positive, the maximum interval at least the initial one")
+		c.MaxAttempts < 1 || c.RetryInitialInterval <= 0 || c.RetryMaxInterval < c.RetryInitialInterval ||
+		c.RebuildBatchSize < 1 || c.RetiredGrace < 0 {
+		return errors.New("projections: BatchSize, RebuildBatchSize, StallAfter, StatusInterval, LiveLag, MaxAttempts and the retry intervals must be positive, the maximum interval at least the initial one, RetiredGrace not negative")
 	}
 	return nil
 }
@@ -108,6 +119,8 @@ type Status struct {
 	Parked    int
 	LastError string
 	UpdatedAt time.Time
+	// Rebuild is the rebuild under way, if any.
+	Rebuild *RebuildStatus
 }
 
 // Runner keeps one projection up to date: it subscribes from the
@@ -121,7 +134,8 @@ type Runner struct {
 	m     projectionMetrics
 	log   *slog.Logger
 
-	reg registration // set by Start
+	build *buildState    // set on the runners that build a generation beside the active one
+	wg    sync.WaitGroup // the builder goroutine
 
 	soft, hard             context.Context // soft: stop taking batches; hard: abandon the one in flight
 	softCancel, hardCancel context.CancelFunc
@@ -130,10 +144,15 @@ type Runner struct {
 
 	parkedMu sync.Mutex // serializes refreshParked
 
-	mu       sync.Mutex
-	position eventstore.Position // the committed checkpoint
-	advanced chan struct{}       // closed, and replaced, whenever position moves
-	state    runState
+	mu         sync.Mutex
+	reg        registration            // the generation applied, or while not serving, the active one
+	serving    bool                    // the code's version is the active one's: this runner applies it
+	pipeCancel context.CancelCauseFunc // ends the current attachment to a generation
+	builder    *Runner                 // the rebuild running in this process, if any
+	rebuild    *RebuildStatus          // the rebuild under way, as last read
+	position   eventstore.Position     // the committed checkpoint
+	advanced   chan struct{}           // closed, and replaced, whenever position moves
+	state      runState
 }
 
 type runState struct {
@@ -141,6 +160,7 @@ type runState struct {
 	oldest       time.Time  // write time of the oldest event being applied
 	behind       []sighting // heads seen beyond the position, oldest first
 	live         bool       // the last message forwarded said the source is live
+	caughtUp     bool       // the last message forwarded had reached the head, or was live
 	pending      int        // messages forwarded and not yet committed
 	head         eventstore.Head
 	lastProgress time.Time
@@ -196,7 +216,7 @@ func (r *Runner) Start(ctx context.Context) error {
 			close(r.done)
 			return
 		}
-		r.reg = reg
+		r.reg, r.serving = reg, reg.version == r.p.Version()
 		r.position = reg.checkpoint
 		r.state = runState{lastProgress: time.Now()}
 		r.soft, r.softCancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -272,11 +292,16 @@ func (r *Runner) Status() Status {
 	if head.Before(r.position) {
 		head = r.position // the head was read before the events we have applied
 	}
-	return Status{
-		Name: r.p.Name(), Version: r.p.Version(), Status: r.statusLocked(now),
+	st := Status{
+		Name: r.p.Name(), Version: cmp.Or(r.reg.version, r.p.Version()), Status: r.statusLocked(now),
 		Position: r.position, Head: head, Lag: r.lagLocked(now),
 		EventsPerSecond: r.state.rate, Parked: r.state.parked, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
 	}
+	if r.rebuild != nil {
+		rb := *r.rebuild
+		st.Rebuild = &rb
+	}
+	return st
 }
 
 func (r *Runner) run() {
@@ -287,8 +312,19 @@ func (r *Runner) run() {
 
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	for r.soft.Err() == nil {
-		err := r.pipeline()
+		err := r.serve()
 		if r.soft.Err() != nil {
+			break
+		}
+		if errors.Is(err, errSuperseded) {
+			retry.Reset()
+			continue // attach to the generation that took over
+		}
+		if errors.Is(err, ErrVersionChanged) {
+			r.log.Error("a newer version of the projection took over; this process stops projecting it", "error", err)
+			r.mu.Lock()
+			r.state.lastError = err.Error()
+			r.mu.Unlock()
 			break
 		}
 		d := retry.NextBackOff()
@@ -298,7 +334,9 @@ func (r *Runner) run() {
 	r.mu.Lock()
 	r.state.stopped = true
 	r.mu.Unlock()
+	r.softCancel() // ends the status loop and a builder, also when the loop ended by itself
 	<-statusDone
+	r.wg.Wait()
 	r.writeStatus(context.Background()) // the final "stopped"
 }
 
@@ -307,15 +345,70 @@ func (r *Runner) run() {
 // from the database's checkpoint.
 var errCheckpointMoved = errors.New("checkpoint moved under the projector")
 
-// pipeline reads from the committed checkpoint and applies batches until the
-// soft context ends or a batch cannot be applied from where the reader is.
-func (r *Runner) pipeline() error {
-	ctx, cancel := context.WithCancel(r.soft)
+// errSuperseded says the generation a projector applies has been replaced
+// (or a build cancelled): it attaches to the active one again.
+var errSuperseded = errors.New("generation superseded")
+
+// serve attaches to the active generation and applies it; while the code's
+// version is newer than the active one's, it waits instead for the
+// generation being built (here or elsewhere) to take over. It returns
+// errSuperseded when a swap ends the attachment.
+func (r *Runner) serve() error {
+	ctx, cancel := context.WithCancelCause(r.soft)
+	defer cancel(nil)
+	reg, err := register(ctx, r.pool, r.p)
+	if err != nil {
+		return err
+	}
+	serving := reg.version == r.p.Version()
+	r.mu.Lock()
+	if reg.generation != r.reg.generation {
+		r.log.Info("attached to a new generation", "generation", reg.generation, "version", reg.version, "position", reg.checkpoint.String())
+	}
+	r.reg, r.serving, r.pipeCancel = reg, serving, cancel
+	r.setPositionLocked(reg.checkpoint)
+	r.mu.Unlock()
+	if !serving {
+		r.log.Info("the active version is older than the code's; serving it while the new version is built",
+			"active_version", reg.version, "version", r.p.Version())
+		r.maybeBuild()
+		<-ctx.Done() // a swap, seen by the status loop or the builder, ends the wait
+		return context.Cause(ctx)
+	}
+	err = r.pipeline(ctx)
+	if cause := context.Cause(ctx); errors.Is(cause, errSuperseded) {
+		return cause
+	}
+	return err
+}
+
+// supersede ends the current attachment, so that the runner attaches to
+// the generation that took over.
+func (r *Runner) supersede() {
+	r.mu.Lock()
+	cancel := r.pipeCancel
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel(errSuperseded)
+	}
+}
+
+// registration is the generation the runner attaches to.
+func (r *Runner) registration() registration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reg
+}
+
+// pipeline reads from the committed checkpoint and applies batches until
+// parent ends or a batch cannot be applied from where the reader is.
+func (r *Runner) pipeline(parent context.Context) error {
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	msgs := make(chan eventstore.Message, 4) // bounds memory: a few reads ahead
 	r.mu.Lock()
 	from := r.position
-	r.state.live, r.state.pending = false, 0
+	r.state.live, r.state.caughtUp, r.state.pending = false, false, 0
 	r.state.oldest = time.Time{} // a batch abandoned by the last pipeline is read again
 	r.mu.Unlock()
 	go r.read(ctx, from, msgs)
@@ -331,12 +424,19 @@ func (r *Runner) pipeline() error {
 			return ctx.Err()
 		}
 		events, checkpoint, taken := collect(first, msgs, r.cfg.BatchSize)
-		if err := r.applyWithRetry(events, checkpoint); err != nil {
+		reached := false
+		if r.build != nil && r.build.until != nil {
+			events, checkpoint, reached = r.build.truncate(events, checkpoint)
+		}
+		if err := r.applyWithRetry(ctx, events, checkpoint); err != nil {
 			return err
 		}
 		r.mu.Lock()
 		r.state.pending -= taken
 		r.mu.Unlock()
+		if reached {
+			return errReachedUntil
+		}
 	}
 }
 
@@ -376,6 +476,7 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 		r.mu.Lock()
 		r.state.pending++
 		r.state.live = msg.Live
+		r.state.caughtUp = msg.CaughtUp || msg.Live
 		r.mu.Unlock()
 		select {
 		case out <- msg:
@@ -420,7 +521,7 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) 
 // retry can never apply anything twice. When the events cause the failure,
 // the batch is applied again at once, isolating the failing events to park
 // them.
-func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint eventstore.Position) error {
+func (r *Runner) applyWithRetry(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position) error {
 	r.mu.Lock()
 	if len(events) > 0 {
 		r.state.oldest = events[0].CreatedAt
@@ -450,8 +551,8 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 			r.log.Warn("handler failed; trying the event again",
 				"stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type,
 				"attempt", rerr.attempt, "error", rerr.err, "in", d)
-			if !sleep(r.soft, d) {
-				return r.soft.Err()
+			if !sleep(ctx, d) {
+				return ctx.Err()
 			}
 			continue
 		}
@@ -462,7 +563,7 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 			r.mu.Unlock()
 			return nil
 		}
-		if errors.Is(err, errCheckpointMoved) || r.hard.Err() != nil {
+		if errors.Is(err, errCheckpointMoved) || errors.Is(err, errSuperseded) || r.hard.Err() != nil {
 			return err
 		}
 		r.mu.Lock()
@@ -471,8 +572,8 @@ func (r *Runner) applyWithRetry(events []eventstore.RecordedEvent, checkpoint ev
 		r.m.batchRetries.Inc()
 		d := retry.NextBackOff()
 		r.log.Error("batch failed; retrying", "events", len(events), "error", err, "in", d)
-		if !sleep(r.soft, d) {
-			return r.soft.Err() // stopping: the batch rolled back whole and will be read again
+		if !sleep(ctx, d) {
+			return ctx.Err() // stopping: the batch rolled back whole and will be read again
 		}
 	}
 }

@@ -139,22 +139,6 @@ func TestTwoProjectorsNeverApplyTwice(t *testing.T) {
 	readmodeltest.RequireExact(t, ctx, b.db.Pool)
 }
 
-// TestVersionChangeIsRefused: a projection whose code version differs from
-// the active read model's does not silently write into it.
-func TestVersionChangeIsRefused(t *testing.T) {
-	t.Parallel()
-	ctx, b := setup(t)
-	d := b.start(t, ctx, readmodel.DailySales{})
-	require.NoError(t, d.Stop(ctx))
-	d2, err := projections.NewDaemon(b.db.Pool, b.store, []projections.Projection{v2{}}, projections.Config{})
-	require.NoError(t, err)
-	require.ErrorIs(t, d2.Start(ctx), projections.ErrVersionChanged)
-}
-
-type v2 struct{ readmodel.DailySales }
-
-func (v2) Version() int { return 2 }
-
 func TestStopBeforeStartReturns(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t)

@@ -69,6 +69,8 @@ func (r *Runner) statusLocked(now time.Time) string {
 	switch {
 	case r.state.stopped:
 		return StatusStopped
+	case !r.serving:
+		return StatusRebuilding // the code's version is not the one served yet
 	case r.state.failing || (behind && !r.idleLiveLocked() && r.stalledLocked(now)):
 		return StatusStalled
 	case !behind || r.lagLocked(now) < r.cfg.LiveLag:
@@ -116,7 +118,10 @@ func (r *Runner) reportStatus() {
 			r.m.caughtUp.Set(0)
 		}
 		r.refreshParked(r.soft)
+		r.refreshRebuild(r.soft)
+		r.refreshActive(r.soft)
 		r.writeStatus(r.soft)
+		r.dropExpired(r.soft)
 		select {
 		case <-tick.C:
 		case <-r.soft.Done():
@@ -125,14 +130,55 @@ func (r *Runner) reportStatus() {
 	}
 }
 
-// writeStatus writes the status row that readmodel.projection_status shows.
+// writeStatus writes the status row that readmodel.projection_status
+// shows. A runner waiting for a rebuild to take over leaves the row to a
+// runner serving the active version, if one writes it.
 func (r *Runner) writeStatus(ctx context.Context) {
 	st := r.Status()
+	r.mu.Lock()
+	serving := r.serving
+	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := r.pool.Exec(ctx, `UPDATE sightline.projections SET status = $2, head = $3, lag_ms = $4, updated_at = now() WHERE name = $1`,
-		r.p.Name(), st.Status, st.Head.String(), st.Lag.Milliseconds()); err != nil && ctx.Err() == nil {
+	if _, err := r.pool.Exec(ctx, `UPDATE sightline.projections SET status = $2, head = $3, lag_ms = $4, updated_at = now()
+		WHERE name = $1 AND ($5 OR updated_at < now() - $6::interval)`,
+		r.p.Name(), st.Status, st.Head.String(), st.Lag.Milliseconds(), serving, 3*r.cfg.StatusInterval); err != nil && ctx.Err() == nil {
 		r.log.Warn("write projection status", "error", err)
+	}
+}
+
+// refreshActive notices a generation that took over, built by another
+// process, and ends the attachment to the one it replaced. While not
+// serving, it follows the active generation's checkpoint, which a process
+// running the older version may still move.
+func (r *Runner) refreshActive(ctx context.Context) {
+	reg := r.registration()
+	var gen int
+	var commit, prepare int64
+	if err := r.pool.QueryRow(ctx, `SELECT p.generation, c.commit_position, c.prepare_position
+		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
+		WHERE p.name = $1`, r.p.Name()).Scan(&gen, &commit, &prepare); err != nil {
+		return // the next status tick tries again
+	}
+	if gen != reg.generation {
+		r.supersede()
+		return
+	}
+	r.mu.Lock()
+	if !r.serving {
+		r.setPositionLocked(eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)})
+	}
+	r.mu.Unlock()
+}
+
+// dropExpired drops the projection's generations whose time is up.
+func (r *Runner) dropExpired(ctx context.Context) {
+	dropped, err := dropExpired(ctx, r.pool, r.p.Name())
+	for _, gen := range dropped {
+		r.log.Info("replaced generation dropped", "generation", gen)
+	}
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn("could not drop a replaced generation yet", "error", err)
 	}
 }
 

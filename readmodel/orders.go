@@ -14,7 +14,10 @@ import (
 // Orders keeps readmodel.orders: one row per order with its processing state.
 type Orders struct{}
 
-var _ projections.Projection = Orders{}
+var (
+	_ projections.Projection = Orders{}
+	_ projections.Indexer    = Orders{}
+)
 
 func (Orders) Name() string     { return "orders" }
 func (Orders) Version() int     { return 1 }
@@ -35,10 +38,18 @@ func (Orders) Setup(ctx context.Context, tx pgx.Tx, schema string) error {
 			placed_at   timestamptz,
 			updated_at  timestamptz NOT NULL,
 			revision    bigint NOT NULL
-		);
-		CREATE INDEX ON `+t+` (status, id);
-		CREATE INDEX ON `+t+` (customer_id, id);`)
+		)`)
 	return err
+}
+
+// Indexes are the orders listing's indexes, built after a rebuild's bulk
+// load.
+func (Orders) Indexes(schema string) []string {
+	t := pgx.Identifier{schema, "orders"}.Sanitize()
+	return []string{
+		`CREATE INDEX orders_status_id ON ` + t + ` (status, id)`,
+		`CREATE INDEX orders_customer_id ON ` + t + ` (customer_id, id)`,
+	}
 }
 
 // Order statuses, in the order an order moves through them; cancelled ends

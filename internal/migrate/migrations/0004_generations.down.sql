@@ -1,0 +1,2 @@
+ALTER TABLE sightline.checkpoints DROP COLUMN superseded;
+DROP TABLE sightline.generations;

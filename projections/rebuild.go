@@ -1,0 +1,573 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/eventstore"
+)
+
+// A rebuild replays the store from the start into a new generation of a
+// projection (schema sl_<name>_g<N>) while the active generation keeps
+// serving, and live projecting when its version is the code's. The builder
+// is a runner of its own, with large batches, holding a session lock so
+// that one process builds at a time; whoever holds no lock may resume a
+// build its builder left. Once the builder has caught up, it creates the
+// deferred indexes and takes over in one transaction: it freezes the
+// active generation (its checkpoint row lock stops its batches), waits
+// until the build has applied as far, marks the active one superseded and
+// retired, and points the readmodel views at the new tables. The replaced
+// runner finds its generation superseded at its next batch (or status
+// tick) and attaches to the new one, whose checkpoint is at least its own.
+
+// Rebuild errors.
+var (
+	// ErrRebuildRunning: a process is building the projection already.
+	ErrRebuildRunning = errors.New("a rebuild is already running")
+	// ErrNoRebuild: there is no rebuild of the code's version to build.
+	ErrNoRebuild = errors.New("no rebuild to build")
+	// ErrNotRegistered: the projection has never run, so there is nothing
+	// to rebuild; its first run builds it from the start.
+	ErrNotRegistered = errors.New("projection has never run")
+	// ErrRebuildCancelled: the generation being built was replaced by a
+	// build of a newer version.
+	ErrRebuildCancelled = errors.New("rebuild cancelled")
+)
+
+// takeOverWait bounds how long a take-over keeps the active generation's
+// batches waiting for the build to apply as far as it has.
+const takeOverWait = 5 * time.Second
+
+// Rebuild is a generation being built beside the active one.
+type Rebuild struct {
+	Projection string
+	Generation int
+	Version    int
+	Reason     string
+	// Resumed says the generation was half built already, by a process
+	// that stopped; this request resumes it.
+	Resumed bool
+}
+
+// RebuildStatus is the progress of a rebuild.
+type RebuildStatus struct {
+	Generation int
+	Version    int
+	Reason     string
+	// State is building until the generation takes over (active); a build
+	// replaced by one of a newer version is cancelled.
+	State     string
+	StartedAt time.Time
+	// Position is how far the build has applied; Head is the newest
+	// position of the store, as last seen.
+	Position, Head eventstore.Position
+	// Progress is Position over Head, from 0 to 1.
+	Progress float64
+	// Rate is how fast Position moves, in positions per second (events,
+	// on the embedded store), and ETA when it reaches Head at that rate;
+	// both zero until measured.
+	Rate float64
+	ETA  time.Duration
+	// Building: a process holds the build (this one, when Here); when
+	// false the build waits for a process to resume it.
+	Building, Here bool
+
+	observed time.Time // when Position was read, to measure Rate
+}
+
+// RequestRebuild starts a rebuild of p: a new generation built from the
+// start of the store beside the active one, by a runner of p (which picks
+// it up within a status interval) or by RunRebuild. A build left half done
+// by a process that stopped is resumed rather than started again; one that
+// a process is building is ErrRebuildRunning.
+func RequestRebuild(ctx context.Context, pool *pgxpool.Pool, p Projection) (Rebuild, error) {
+	tx, err := beginLocked(ctx, pool, p.Name())
+	if err != nil {
+		return Rebuild{}, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	var version int
+	err = tx.QueryRow(ctx, `SELECT version FROM sightline.projections WHERE name = $1`, p.Name()).Scan(&version)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return Rebuild{}, fmt.Errorf("%w: %s; its first run builds it from the start", ErrNotRegistered, p.Name())
+	case err != nil:
+		return Rebuild{}, err
+	case version > p.Version():
+		return Rebuild{}, fmt.Errorf("%w: %s is at version %d in the database and %d in code", ErrVersionChanged, p.Name(), version, p.Version())
+	}
+	var gen, building int
+	var free bool
+	err = tx.QueryRow(ctx, `SELECT generation, version, pg_try_advisory_xact_lock($2) FROM sightline.generations
+		WHERE projection = $1 AND state = 'building'`, p.Name(), buildKey(p.Name())).Scan(&gen, &building, &free)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return Rebuild{}, err
+	case !free:
+		return Rebuild{}, fmt.Errorf("%w: generation %d (version %d) of %s is being built; its progress is in the projection's status",
+			ErrRebuildRunning, gen, building, p.Name())
+	}
+	gen, created, err := ensureBuild(ctx, tx, p, ReasonRequested)
+	if err != nil {
+		return Rebuild{}, err
+	}
+	rb := Rebuild{Projection: p.Name(), Generation: gen, Version: p.Version(), Resumed: !created}
+	if err := tx.QueryRow(ctx, `SELECT reason FROM sightline.generations WHERE projection = $1 AND generation = $2`,
+		p.Name(), gen).Scan(&rb.Reason); err != nil {
+		return Rebuild{}, err
+	}
+	return rb, tx.Commit(ctx)
+}
+
+// RunRebuild builds, in this process, the rebuild of p's version that was
+// requested (or that a version change started), until it takes over or ctx
+// ends; it returns nil once it has taken over. ErrRebuildRunning when
+// another process builds it, ErrNoRebuild when there is none.
+func RunRebuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config) error {
+	if err := validate(p); err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	b, err := claimBuild(ctx, pool, store, p, cfg)
+	if err != nil {
+		return err
+	}
+	return b.runBuild(ctx)
+}
+
+// ReadRebuild reads the progress of generation gen of the named projection
+// as a rebuild, against the store's head.
+func ReadRebuild(ctx context.Context, db Querier, store eventstore.Store, name string, gen int) (RebuildStatus, error) {
+	st, err := readGeneration(ctx, db, name, gen)
+	if err != nil {
+		return st, err
+	}
+	if h, err := store.Head(ctx); err == nil {
+		st.Head = h.Position
+	}
+	st.Progress = progress(st.Position, st.Head)
+	return st, nil
+}
+
+// readGeneration reads generation gen of the named projection as a
+// rebuild, without the head.
+func readGeneration(ctx context.Context, db Querier, name string, gen int) (RebuildStatus, error) {
+	var st RebuildStatus
+	var commit, prepare int64
+	err := db.QueryRow(ctx, `SELECT g.generation, g.version, g.reason, g.state, g.created_at,
+			coalesce(c.commit_position, 0), coalesce(c.prepare_position, 0), pg_try_advisory_xact_lock($3)
+		FROM sightline.generations g LEFT JOIN sightline.checkpoints c USING (projection, generation)
+		WHERE g.projection = $1 AND g.generation = $2`, name, gen, buildKey(name)).
+		Scan(&st.Generation, &st.Version, &st.Reason, &st.State, &st.StartedAt, &commit, &prepare, &st.Building)
+	if err != nil {
+		return RebuildStatus{}, fmt.Errorf("read generation %d of %s: %w", gen, name, err)
+	}
+	st.Building = !st.Building && st.State == genBuilding // the lock was not free: a builder holds it
+	st.Position = eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
+	return st, nil
+}
+
+// readBuilding reads the rebuild under way of the named projection; nil
+// when there is none.
+func readBuilding(ctx context.Context, db Querier, name string) (*RebuildStatus, error) {
+	var gen int
+	err := db.QueryRow(ctx, `SELECT generation FROM sightline.generations WHERE projection = $1 AND state = 'building'`, name).Scan(&gen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := readGeneration(ctx, db, name, gen)
+	return &st, err
+}
+
+// progress is how far pos is towards head, from 0 to 1.
+func progress(pos, head eventstore.Position) float64 {
+	if head.Commit == 0 || !pos.Before(head) {
+		return 1
+	}
+	return float64(pos.Commit) / float64(head.Commit)
+}
+
+// Rebuild requests a rebuild of the runner's projection (see
+// RequestRebuild) and starts building it in this process, unless another
+// process holds it.
+func (r *Runner) Rebuild(ctx context.Context) (Rebuild, error) {
+	rb, err := RequestRebuild(ctx, r.pool, r.p)
+	if err != nil {
+		return rb, err
+	}
+	r.log.Info("rebuild requested", "generation", rb.Generation, "version", rb.Version, "resumed", rb.Resumed)
+	r.maybeBuild()
+	r.refreshRebuild(ctx)
+	return rb, nil
+}
+
+// maybeBuild starts building here the generation of the code's version
+// being built, if there is one and no process builds it yet.
+func (r *Runner) maybeBuild() {
+	r.mu.Lock()
+	busy := r.builder != nil || r.state.stopped
+	r.mu.Unlock()
+	if busy || r.soft.Err() != nil {
+		return
+	}
+	b, err := claimBuild(r.soft, r.pool, r.store, r.p, r.cfg)
+	if err != nil {
+		if !errors.Is(err, ErrNoRebuild) && !errors.Is(err, ErrRebuildRunning) && r.soft.Err() == nil {
+			r.log.Warn("could not take up the rebuild", "error", err)
+		}
+		return
+	}
+	r.mu.Lock()
+	r.builder = b
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		err := b.runBuild(r.soft)
+		r.mu.Lock()
+		r.builder = nil
+		r.mu.Unlock()
+		switch {
+		case err == nil:
+			r.supersede()
+		case r.soft.Err() != nil:
+		default:
+			r.log.Warn("rebuild stopped", "generation", b.reg.generation, "error", err)
+		}
+	}()
+}
+
+// refreshRebuild reads the rebuild under way for the status, measures its
+// rate, sets the progress metric, and takes the build up if nobody builds
+// it.
+func (r *Runner) refreshRebuild(ctx context.Context) {
+	st, err := readBuilding(ctx, r.pool, r.p.Name())
+	if err != nil {
+		return // the next status tick tries again
+	}
+	now := time.Now()
+	r.mu.Lock()
+	prev := r.rebuild
+	if st != nil {
+		st.Head = r.state.head.Position
+		st.Progress = progress(st.Position, st.Head)
+		st.Here = r.builder != nil
+		st.Building = st.Building || st.Here
+		if prev != nil && prev.Generation == st.Generation && st.measuredAt(prev, now) {
+			st.Rate = 0.5*prev.Rate + 0.5*st.Rate
+		} else if prev != nil && prev.Generation == st.Generation {
+			st.Rate = prev.Rate
+		}
+		if st.Rate > 0 && st.Position.Before(st.Head) {
+			st.ETA = time.Duration(float64(st.Head.Commit-st.Position.Commit) / st.Rate * float64(time.Second))
+		}
+		st.observed = now
+	}
+	r.rebuild = st
+	r.mu.Unlock()
+	if st == nil {
+		r.m.rebuildProgress.Set(1)
+		return
+	}
+	r.m.rebuildProgress.Set(st.Progress)
+	if !st.Building && st.Version == r.p.Version() {
+		r.maybeBuild()
+	}
+}
+
+// measuredAt sets st.Rate from the movement since prev; false when too
+// little time passed to tell.
+func (st *RebuildStatus) measuredAt(prev *RebuildStatus, now time.Time) bool {
+	secs := now.Sub(prev.observed).Seconds()
+	if prev.observed.IsZero() || secs < 0.1 || st.Position.Commit < prev.Position.Commit {
+		return false
+	}
+	st.Rate = float64(st.Position.Commit-prev.Position.Commit) / secs
+	return true
+}
+
+// buildState is what a runner building a generation has beside a runner.
+type buildState struct {
+	claim   *pgx.Conn // holds the build lock; nil for a verify's scratch copy
+	indexed bool
+	// until, for a verify's replay, is the position not to apply beyond.
+	until *eventstore.Position
+}
+
+// errReachedUntil ends a replay that has reached its until position.
+var errReachedUntil = errors.New("replay reached its position")
+
+// truncate drops the events beyond until; reached says the batch gets
+// there.
+func (bs *buildState) truncate(events []eventstore.RecordedEvent, checkpoint eventstore.Position) ([]eventstore.RecordedEvent, eventstore.Position, bool) {
+	until := *bs.until
+	if checkpoint.Before(until) {
+		return events, checkpoint, false
+	}
+	n := 0
+	for n < len(events) && !until.Before(events[n].Position) {
+		n++
+	}
+	return events[:n], until, true
+}
+
+// claimBuild takes the build lock of p and returns a runner for the
+// generation of p's version being built.
+func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config) (*Runner, error) {
+	conn, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, err
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, buildKey(p.Name())).Scan(&ok); err != nil || !ok {
+		conn.Close(context.WithoutCancel(ctx))
+		if err == nil {
+			err = fmt.Errorf("%w: another process builds %s", ErrRebuildRunning, p.Name())
+		}
+		return nil, err
+	}
+	var gen int
+	err = conn.QueryRow(ctx, `SELECT generation FROM sightline.generations WHERE projection = $1 AND state = 'building' AND version = $2`,
+		p.Name(), p.Version()).Scan(&gen)
+	var reg registration
+	if err == nil {
+		reg, err = readRegistration(ctx, conn, p.Name(), gen)
+	}
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		if errors.Is(err, pgx.ErrNoRows) {
+			err = fmt.Errorf("%w: no generation of %s version %d is being built", ErrNoRebuild, p.Name(), p.Version())
+		}
+		return nil, err
+	}
+	return newBuilder(pool, store, p, cfg, reg, &buildState{claim: conn}), nil
+}
+
+// newBuilder returns a runner that applies generation reg, which is not
+// the active one, in large batches; its metrics are its own, so the
+// active generation's are not counted twice.
+func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config, reg registration, bs *buildState) *Runner {
+	cfg.BatchSize = cfg.RebuildBatchSize
+	cfg.Metrics = NewMetrics(nil)
+	b := &Runner{
+		pool: pool, store: store, p: p, cfg: cfg,
+		m:     cfg.Metrics.forProjection(p.Name(), cfg.Source),
+		log:   cfg.Logger.With("projection", p.Name(), "generation", reg.generation),
+		done:  make(chan struct{}),
+		build: bs,
+
+		advanced: make(chan struct{}),
+		reg:      reg,
+		serving:  true,
+		position: reg.checkpoint,
+		state:    runState{lastProgress: time.Now()},
+	}
+	b.startOnce.Do(func() {}) // never Started: it runs by runBuild or replay
+	return b
+}
+
+// runBuild applies the generation being built until it has caught up and
+// taken over, or ctx ends; nil once it has taken over.
+func (b *Runner) runBuild(ctx context.Context) error {
+	defer close(b.done)
+	defer b.build.claim.Close(context.WithoutCancel(ctx)) // ends the session: releases the build lock
+	b.soft, b.softCancel = context.WithCancel(ctx)
+	b.hard, b.hardCancel = b.soft, b.softCancel
+	defer b.softCancel()
+	b.log.Info("building", "version", b.reg.version, "from", b.position.String())
+
+	tookOver := make(chan error, 1)
+	go func() {
+		err := b.takeOver()
+		b.softCancel()
+		tookOver <- err
+	}()
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	var cancelled error
+	for b.soft.Err() == nil {
+		err := b.pipeline(b.soft)
+		if b.soft.Err() != nil {
+			break
+		}
+		if errors.Is(err, errSuperseded) {
+			cancelled = fmt.Errorf("%w: %v", ErrRebuildCancelled, err)
+			b.softCancel()
+			break
+		}
+		d := retry.NextBackOff()
+		b.log.Warn("rebuild restarting from its checkpoint", "error", err, "in", d)
+		sleep(b.soft, d)
+	}
+	err := <-tookOver
+	switch {
+	case err == nil:
+		return nil
+	case cancelled != nil:
+		return cancelled
+	case errors.Is(err, errSuperseded):
+		return fmt.Errorf("%w: %v", ErrRebuildCancelled, err)
+	}
+	return err
+}
+
+// takeOver waits until the build has caught up with the source, then
+// swaps it in; it tries again while the active generation is ahead.
+func (b *Runner) takeOver() error {
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(0))
+	for {
+		for {
+			b.mu.Lock()
+			caughtUp := b.state.caughtUp
+			b.mu.Unlock()
+			if caughtUp {
+				break
+			}
+			if !sleep(b.soft, 100*time.Millisecond) {
+				return b.soft.Err()
+			}
+		}
+		done, err := b.swap(b.soft)
+		switch {
+		case done:
+			return nil
+		case errors.Is(err, errSuperseded):
+			return err
+		case err != nil && b.soft.Err() == nil:
+			b.log.Warn("taking over failed; trying again", "error", err)
+		}
+		if !sleep(b.soft, retry.NextBackOff()) {
+			return b.soft.Err()
+		}
+	}
+}
+
+// index creates the generation's deferred indexes, once.
+func (b *Runner) index(ctx context.Context) error {
+	if b.build.indexed {
+		return nil
+	}
+	start := time.Now()
+	tx, err := b.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	var indexed bool
+	if err := tx.QueryRow(ctx, `SELECT indexed FROM sightline.generations WHERE projection = $1 AND generation = $2 FOR UPDATE`,
+		b.p.Name(), b.reg.generation).Scan(&indexed); err != nil {
+		return err
+	}
+	if !indexed {
+		if err := createIndexes(ctx, tx, b.p, b.reg.schema); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE sightline.generations SET indexed = true WHERE projection = $1 AND generation = $2`,
+			b.p.Name(), b.reg.generation); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	if !indexed {
+		if _, ok := b.p.(Indexer); ok {
+			b.log.Info("indexes built after the bulk load", "took", time.Since(start).Round(time.Millisecond))
+		}
+	}
+	b.build.indexed = true
+	return nil
+}
+
+// swap makes the generation built the active one, in one transaction; false
+// when the build did not catch up with the active generation in time.
+func (b *Runner) swap(ctx context.Context) (bool, error) {
+	if err := b.index(ctx); err != nil {
+		return false, err
+	}
+	name, gen := b.p.Name(), b.reg.generation
+	tx, err := beginLocked(ctx, b.pool, name)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	var state string
+	if err := tx.QueryRow(ctx, `SELECT state FROM sightline.generations WHERE projection = $1 AND generation = $2`, name, gen).Scan(&state); err != nil {
+		return false, err
+	}
+	if state != genBuilding {
+		return false, fmt.Errorf("%w: generation %d of %s is %s", errSuperseded, gen, name, state)
+	}
+	var active int
+	if err := tx.QueryRow(ctx, `SELECT generation FROM sightline.projections WHERE name = $1 FOR UPDATE`, name).Scan(&active); err != nil {
+		return false, err
+	}
+	// Freeze the active generation: its batches wait from here to the end
+	// of this transaction.
+	frozen, err := lockCheckpoint(ctx, tx, name, active)
+	if err != nil {
+		return false, err
+	}
+	wait, cancel := context.WithTimeout(ctx, takeOverWait)
+	err = b.WaitFor(wait, frozen)
+	cancel()
+	if err != nil {
+		b.mu.Lock()
+		pos := b.position
+		b.mu.Unlock()
+		b.log.Info("not caught up with the active generation yet", "active_position", frozen.String(), "position", pos.String())
+		return false, ctx.Err()
+	}
+	built, err := lockCheckpoint(ctx, tx, name, gen) // the build's batches wait too: its position is final
+	if err != nil {
+		return false, err
+	}
+	if built.Before(frozen) {
+		return false, nil
+	}
+	if err := retire(ctx, tx, name, active, genRetired, b.cfg.RetiredGrace); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE sightline.generations SET state = 'active', activated_at = now() WHERE projection = $1 AND generation = $2`, name, gen); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE sightline.projections SET generation = $2, version = $3, updated_at = now() WHERE name = $1`,
+		name, gen, b.p.Version()); err != nil {
+		return false, err
+	}
+	// Readers of the views wait for this lock; do not keep them waiting
+	// long behind a long query: give up and try again.
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
+		return false, err
+	}
+	if err := pointViews(ctx, tx, b.p, b.reg.schema); err != nil {
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, err
+	}
+	b.log.Info("rebuilt generation took over", "replaced", active, "position", built.String(), "replaced_dropped_in", b.cfg.RetiredGrace)
+	return true, nil
+}
+
+// lockCheckpoint locks a generation's checkpoint row and reads it.
+func lockCheckpoint(ctx context.Context, tx pgx.Tx, name string, gen int) (eventstore.Position, error) {
+	var commit, prepare int64
+	if err := tx.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints
+		WHERE projection = $1 AND generation = $2 FOR UPDATE`, name, gen).Scan(&commit, &prepare); err != nil {
+		return eventstore.Position{}, fmt.Errorf("lock checkpoint of %s generation %d: %w", name, gen, err)
+	}
+	return eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, nil
+}

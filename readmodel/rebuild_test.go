@@ -1,0 +1,104 @@
+package readmodel_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/internal/testdb"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
+)
+
+// TestRebuildOrdersUnderTrafficWhileReadersQuery rebuilds orders while
+// orders keep coming and readers query readmodel.orders in a loop: no read
+// fails, none sees fewer orders or less paid than the read before it (an
+// empty or partly built table would), and after the swap the read model
+// equals the fold of sightline.events.
+func TestRebuildOrdersUnderTrafficWhileReadersQuery(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, pgstore.Config{ReadBatch: 500})
+	require.NoError(t, err)
+	defer store.Close()
+	d, _ := startExamples(t, ctx, db.Pool, store, projections.Config{StatusInterval: 20 * time.Millisecond, RebuildBatchSize: 500})
+	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 2000, Customers: 100, Writers: 4, Seed: 41})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	var seeded int64
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM readmodel.orders`).Scan(&seeded))
+
+	traffic, stopTraffic := context.WithCancel(ctx)
+	defer stopTraffic()
+	trafficDone := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(traffic, store, simulate.Config{Orders: 1_000_000, Customers: 100, Writers: 4, Rate: 600, Seed: 42})
+		trafficDone <- err
+	}()
+
+	var reads, failures atomic.Int64
+	var failed sync.Once
+	var firstFailure error
+	fail := func(err error) {
+		failures.Add(1)
+		failed.Do(func() { firstFailure = err })
+	}
+	readers, stopReaders := context.WithCancel(ctx)
+	defer stopReaders()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lastCount, lastPaid := seeded, int64(0)
+			for readers.Err() == nil {
+				var count, paid int64
+				err := db.Pool.QueryRow(readers, `SELECT count(*), coalesce(sum(paid), 0) FROM readmodel.orders`).Scan(&count, &paid)
+				switch {
+				case readers.Err() != nil:
+					return
+				case err != nil:
+					fail(err)
+				case count < lastCount || paid < lastPaid:
+					fail(fmt.Errorf("read %d orders paid %d after %d orders paid %d", count, paid, lastCount, lastPaid))
+				default:
+					lastCount, lastPaid = count, paid
+					reads.Add(1)
+				}
+			}
+		}()
+	}
+
+	r := d.Runner("orders")
+	rb, err := r.Rebuild(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, rb.Generation)
+	require.Eventually(t, func() bool {
+		var gen int
+		return db.Pool.QueryRow(ctx, `SELECT generation FROM sightline.projections WHERE name = 'orders'`).Scan(&gen) == nil && gen == 2
+	}, time.Minute, 10*time.Millisecond, "%+v", r.Status())
+	readsAtSwap := reads.Load()
+	time.Sleep(300 * time.Millisecond) // traffic and reads go on after the swap
+	stopTraffic()
+	require.ErrorIs(t, <-trafficDone, context.Canceled)
+	stopReaders()
+	wg.Wait()
+
+	require.Zero(t, failures.Load(), "first failure: %v", firstFailure)
+	require.Greater(t, readsAtSwap, int64(20), "readers queried during the rebuild")
+	require.Greater(t, reads.Load(), readsAtSwap, "readers queried after the swap")
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, db.Pool)
+	st := r.Status()
+	require.Equal(t, projections.StatusLive, st.Status, "%+v", st)
+	require.Nil(t, st.Rebuild)
+}
