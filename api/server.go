@@ -104,6 +104,7 @@ func New(cfg Config) *Server {
 	e.GET("/v1/projections/:name/parked/:id", s.getParked, s.requireToken)
 	e.POST("/v1/projections/:name/parked/:id/retry", s.retryParked, s.requireToken, s.limitBody)
 	e.POST("/v1/projections/:name/parked/:id/skip", s.skipParked, s.requireToken, s.limitBody)
+	e.POST("/v1/projections/:name/rebuild", s.rebuildProjection, s.requireToken, s.limitBody)
 	return s
 }
 
@@ -211,12 +212,15 @@ type ProjectionStatus struct {
 	// Parked counts the events parked or held behind them.
 	Parked    int    `json:"parked"`
 	LastError string `json:"last_error,omitempty"`
+	// Rebuild is the rebuild under way; null when none is.
+	Rebuild *RebuildStatus `json:"rebuild"`
 }
 
 func statusJSON(st projections.Status) ProjectionStatus {
 	return ProjectionStatus{
 		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
 		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, LastError: st.LastError,
+		Rebuild: rebuildJSON(st.Rebuild),
 	}
 }
 

@@ -397,3 +397,70 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		require.True(t, strings.Contains(r.body, want), "missing %q in\n%s", want, r.body)
 	}
 }
+
+// stuckStore's subscriptions deliver nothing: a rebuild on it never ends.
+type stuckStore struct{ *pgstore.Store }
+
+func (stuckStore) Subscribe(context.Context, eventstore.Position, eventstore.Filter) (eventstore.Subscription, error) {
+	return stuckSub{}, nil
+}
+
+type stuckSub struct{}
+
+func (stuckSub) Recv(ctx context.Context) (eventstore.Message, error) {
+	<-ctx.Done()
+	return eventstore.Message{}, ctx.Err()
+}
+func (stuckSub) Close() error { return nil }
+
+func TestRebuildRoute(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t, api.Config{Token: token})
+	auth := []string{"Authorization", "Bearer " + token}
+	require.Equal(t, http.StatusUnauthorized, do(t, http.MethodPost, b.url+"/v1/projections/orders/rebuild", "").StatusCode)
+	require.Equal(t, http.StatusNotFound, do(t, http.MethodPost, b.url+"/v1/projections/nope/rebuild", "", auth...).StatusCode)
+
+	// Another process builds orders, and gets nowhere.
+	elsewhere, stopElsewhere := context.WithCancel(ctx)
+	built := make(chan error, 1)
+	go func() {
+		built <- projections.RunRebuild(elsewhere, b.pool, stuckStore{b.store}, readmodel.Orders{}, projections.Config{}, nil)
+	}()
+	require.Eventually(t, func() bool {
+		st := b.daemon.Runner("orders").Status().Rebuild
+		return st != nil && st.Building && !st.Here
+	}, 10*time.Second, 5*time.Millisecond)
+	r := do(t, http.MethodPost, b.url+"/v1/projections/orders/rebuild", "", auth...)
+	require.Equal(t, http.StatusConflict, r.StatusCode, r.body)
+	require.Contains(t, r.body, "generation 2 (version 1) of orders is being built")
+	var st api.ProjectionStatus
+	require.NoError(t, json.Unmarshal([]byte(get(t, b.url+"/v1/projections/orders").body), &st))
+	require.NotNil(t, st.Rebuild)
+	require.Equal(t, 2, st.Rebuild.Generation)
+	require.Equal(t, projections.StatusLive, st.Status, "the active generation serves and projects meanwhile")
+
+	// That process stops; a request here resumes the build and swaps it in.
+	stopElsewhere()
+	require.ErrorIs(t, <-built, context.Canceled)
+	r = do(t, http.MethodPost, b.url+"/v1/projections/orders/rebuild", "", auth...)
+	require.Equal(t, http.StatusAccepted, r.StatusCode, r.body)
+	require.Equal(t, "/v1/projections/orders", r.Header.Get("Location"))
+	var rb api.Rebuild
+	require.NoError(t, json.Unmarshal([]byte(r.body), &rb))
+	require.Equal(t, api.Rebuild{Projection: "orders", Generation: 2, Version: 1, Reason: projections.ReasonRequested, Resumed: true, Status: "/v1/projections/orders"}, rb)
+	require.Eventually(t, func() bool {
+		var st api.ProjectionStatus
+		return json.Unmarshal([]byte(get(t, b.url+"/v1/projections/orders").body), &st) == nil && st.Rebuild == nil && st.Status == projections.StatusLive
+	}, 20*time.Second, 10*time.Millisecond)
+	var gen int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT generation FROM sightline.projections WHERE name = 'orders'`).Scan(&gen))
+	require.Equal(t, 2, gen)
+	r = get(t, b.url+"/v1/orders/1")
+	require.Equal(t, http.StatusOK, r.StatusCode, r.body)
+	require.Contains(t, r.body, `"paid":250`)
+
+	// A new request builds generation 3.
+	r = do(t, http.MethodPost, b.url+"/v1/projections/orders/rebuild", "", auth...)
+	require.Equal(t, http.StatusAccepted, r.StatusCode, r.body)
+	require.Contains(t, r.body, `"generation":3`)
+}

@@ -87,13 +87,21 @@ type RebuildStatus struct {
 // by a process that stopped is resumed rather than started again; one that
 // a process is building is ErrRebuildRunning.
 func RequestRebuild(ctx context.Context, pool *pgxpool.Pool, p Projection) (Rebuild, error) {
-	tx, err := beginLocked(ctx, pool, p.Name())
+	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return Rebuild{}, err
 	}
+	return requestRebuild(ctx, tx, p)
+}
+
+// requestRebuild is RequestRebuild in tx, which it commits.
+func requestRebuild(ctx context.Context, tx pgx.Tx, p Projection) (Rebuild, error) {
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("sightline.projection/"+p.Name())); err != nil {
+		return Rebuild{}, err
+	}
 	var version int
-	err = tx.QueryRow(ctx, `SELECT version FROM sightline.projections WHERE name = $1`, p.Name()).Scan(&version)
+	err := tx.QueryRow(ctx, `SELECT version FROM sightline.projections WHERE name = $1`, p.Name()).Scan(&version)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return Rebuild{}, fmt.Errorf("%w: %s; its first run builds it from the start", ErrNotRegistered, p.Name())
@@ -126,11 +134,11 @@ func RequestRebuild(ctx context.Context, pool *pgxpool.Pool, p Projection) (Rebu
 	return rb, tx.Commit(ctx)
 }
 
-// RunRebuild builds, in this process, the rebuild of p's version that was
-// requested (or that a version change started), until it takes over or ctx
-// ends; it returns nil once it has taken over. ErrRebuildRunning when
-// another process builds it, ErrNoRebuild when there is none.
-func RunRebuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config) error {
+// RunRebuild requests a rebuild of p, as RequestRebuild does, and builds it
+// in this process until it takes over or ctx ends; it returns nil once it
+// has taken over. started, if not nil, is called once the build is this
+// process's. ErrRebuildRunning when another process builds p.
+func RunRebuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config, started func(Rebuild)) error {
 	if err := validate(p); err != nil {
 		return err
 	}
@@ -138,9 +146,13 @@ func RunRebuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	b, err := claimBuild(ctx, pool, store, p, cfg)
+	var rb Rebuild
+	b, err := claimBuild(ctx, pool, store, p, cfg, &rb)
 	if err != nil {
 		return err
+	}
+	if started != nil {
+		started(rb)
 	}
 	return b.runBuild(ctx)
 }
@@ -223,7 +235,7 @@ func (r *Runner) maybeBuild() {
 	if busy || r.soft.Err() != nil {
 		return
 	}
-	b, err := claimBuild(r.soft, r.pool, r.store, r.p, r.cfg)
+	b, err := claimBuild(r.soft, r.pool, r.store, r.p, r.cfg, nil)
 	if err != nil {
 		if !errors.Is(err, ErrNoRebuild) && !errors.Is(err, ErrRebuildRunning) && r.soft.Err() == nil {
 			r.log.Warn("could not take up the rebuild", "error", err)
@@ -325,8 +337,9 @@ func (bs *buildState) truncate(events []eventstore.RecordedEvent, checkpoint eve
 }
 
 // claimBuild takes the build lock of p and returns a runner for the
-// generation of p's version being built.
-func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config) (*Runner, error) {
+// generation of p's version being built. With request, it first requests
+// the rebuild, holding the lock already, and sets *request.
+func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config, request *Rebuild) (*Runner, error) {
 	conn, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
 	if err != nil {
 		return nil, err
@@ -338,6 +351,16 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 			err = fmt.Errorf("%w: another process builds %s", ErrRebuildRunning, p.Name())
 		}
 		return nil, err
+	}
+	if request != nil {
+		tx, err := conn.Begin(ctx)
+		if err == nil {
+			*request, err = requestRebuild(ctx, tx, p)
+		}
+		if err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, err
+		}
 	}
 	var gen int
 	err = conn.QueryRow(ctx, `SELECT generation FROM sightline.generations WHERE projection = $1 AND state = 'building' AND version = $2`,

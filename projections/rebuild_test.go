@@ -201,12 +201,12 @@ func TestRebuildIsRefusedWhileRunningAndResumesAfterItStops(t *testing.T) {
 	cfg := projections.Config{RebuildBatchSize: 40}
 	buildCtx, stopBuild := context.WithCancel(ctx)
 	built := make(chan error, 1)
-	go func() { built <- projections.RunRebuild(buildCtx, b.db.Pool, gate, readmodel.Orders{}, cfg) }()
+	go func() { built <- projections.RunRebuild(buildCtx, b.db.Pool, gate, readmodel.Orders{}, cfg, nil) }()
 	require.Eventually(t, func() bool { return checkpointOf(t, ctx, b, "orders", 2).Commit > 0 }, 10*time.Second, 5*time.Millisecond)
 
 	_, err = projections.RequestRebuild(ctx, b.db.Pool, readmodel.Orders{})
 	require.ErrorIs(t, err, projections.ErrRebuildRunning)
-	require.ErrorIs(t, projections.RunRebuild(ctx, b.db.Pool, b.store, readmodel.Orders{}, cfg), projections.ErrRebuildRunning)
+	require.ErrorIs(t, projections.RunRebuild(ctx, b.db.Pool, b.store, readmodel.Orders{}, cfg, nil), projections.ErrRebuildRunning)
 	st, err := projections.ReadRebuild(ctx, b.db.Pool, b.store, "orders", 2)
 	require.NoError(t, err)
 	require.True(t, st.Building)
