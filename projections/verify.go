@@ -32,15 +32,16 @@ const VerifyLimitDefault = 20
 
 // Drift is a row where the read model and a clean replay disagree.
 type Drift struct {
-	Table string
-	Kind  string
+	Table string `json:"table"`
+	Kind  string `json:"kind"`
 	// Key is the row's primary key, column by column.
-	Key map[string]any
+	Key map[string]any `json:"key"`
 	// Live and Replay are the row in the read model and in the replay; nil
 	// on the side that lacks it.
-	Live, Replay map[string]any
+	Live   map[string]any `json:"live"`
+	Replay map[string]any `json:"replay"`
 	// Columns are those whose values differ (for DriftDiffers).
-	Columns []string
+	Columns []string `json:"columns,omitempty"`
 }
 
 // VerifyReport is the outcome of a verify.

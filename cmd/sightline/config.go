@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -37,6 +39,10 @@ type config struct {
 	BatchSize   int    `yaml:"batch_size"`
 	MaxAttempts int    `yaml:"max_attempts"`
 	Projections string `yaml:"projections"`
+	// RebuildBatchSize bounds the events of one rebuild transaction;
+	// RebuildGrace is how long replaced tables are kept after a rebuild.
+	RebuildBatchSize int           `yaml:"rebuild_batch_size"`
+	RebuildGrace     time.Duration `yaml:"rebuild_grace"`
 
 	file   string
 	logger *slog.Logger
@@ -63,7 +69,7 @@ func (c *config) bind(flags *pflag.FlagSet) {
 	for _, s := range c.settings() {
 		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
 	}
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, projections")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, projections")
 }
 
 // load resolves the configuration for cmd.
@@ -145,6 +151,30 @@ func (c *config) checkListen() error {
 		return nil
 	}
 	return usagef("refusing to listen on %s without SIGHTLINE_API_TOKEN: set a token, listen on 127.0.0.1, or pass --insecure", c.HTTPAddr)
+}
+
+// projectorConfig is the projections.Config the configuration asks for.
+func (c *config) projectorConfig(metrics *projections.Metrics, source string) projections.Config {
+	return projections.Config{
+		Logger: c.logger, Metrics: metrics, Source: source, BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts,
+		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace,
+	}
+}
+
+// projection is the configured projection named name.
+func (c *config) projection(name string) (projections.Projection, error) {
+	ps, err := c.projections()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, p := range ps {
+		if p.Name() == name {
+			return p, nil
+		}
+		names = append(names, p.Name())
+	}
+	return nil, usagef("no projection named %q; there are: %s", name, strings.Join(names, ", "))
 }
 
 // projections are the projections the configuration runs: the examples,

@@ -66,9 +66,7 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 	if err != nil {
 		return err
 	}
-	daemon, err := projections.NewDaemon(a.pool, a.store, ps, projections.Config{
-		Logger: c.logger, Metrics: projections.NewMetrics(reg), BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts, Source: a.sourceName,
-	})
+	daemon, err := projections.NewDaemon(a.pool, a.store, ps, c.projectorConfig(projections.NewMetrics(reg), a.sourceName))
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,9 @@ type statusRow struct {
 	LagMs      int64     `json:"lag_ms"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	Parked     int64     `json:"parked"`
+	// The rebuild under way, if any: its generation and how far it is.
+	RebuildGeneration *int     `json:"rebuild_generation"`
+	RebuildPercent    *float64 `json:"rebuild_percent"`
 }
 
 func newStatusCmd(c *config) *cobra.Command {
@@ -34,8 +37,17 @@ func newStatusCmd(c *config) *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			rows, err := pool.Query(cmd.Context(), `SELECT projection, version, status, coalesce(position, '0'), head, lag_ms, updated_at, parked
-				FROM readmodel.projection_status ORDER BY projection`)
+			rows, err := pool.Query(cmd.Context(), `SELECT s.projection, s.version, s.status, coalesce(s.position, '0'), s.head, s.lag_ms, s.updated_at, s.parked,
+					b.generation, b.percent::float8
+				FROM readmodel.projection_status s
+				LEFT JOIN LATERAL (
+					SELECT g.generation, CASE WHEN h.head > 0 THEN round(100.0 * least(c.commit_position, h.head) / h.head, 1) ELSE 0 END AS percent
+					FROM sightline.generations g
+					JOIN sightline.checkpoints c USING (projection, generation),
+					LATERAL (SELECT split_part(s.head, '/', 1)::numeric AS head) h
+					WHERE g.projection = s.projection AND g.state = 'building'
+				) b ON true
+				ORDER BY s.projection`)
 			if err != nil {
 				return err
 			}
@@ -51,10 +63,14 @@ func newStatusCmd(c *config) *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tUPDATED")
+			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tREBUILD\tUPDATED")
 			for _, r := range list {
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s ago\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
-					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, time.Since(r.UpdatedAt).Round(time.Second))
+				rebuild := "-"
+				if r.RebuildGeneration != nil {
+					rebuild = fmt.Sprintf("generation %d at %.1f%%", *r.RebuildGeneration, *r.RebuildPercent)
+				}
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s ago\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
+					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, rebuild, time.Since(r.UpdatedAt).Round(time.Second))
 			}
 			return w.Flush()
 		},
