@@ -376,7 +376,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		`sightline_projection_lag_seconds{projection="orders"} 0`,
 		`sightline_projection_caught_up{projection="orders"} 1`,
 		`sightline_parked_events{projection="orders"} 0`,
-		`sightline_rebuild_progress_ratio{projection="orders"} 0`,
+		`sightline_rebuild_progress_ratio{projection="orders"} 1`, // no rebuild running
 		`sightline_source_reconnects_total{source="postgres"} 0`,
 		`sightline_http_requests_total{code="200",host=`,
 		`sightline_http_request_duration_seconds_bucket{`,

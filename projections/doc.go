@@ -16,8 +16,19 @@
 // failure with the rest of its stream in sightline.parked; parked.go lists
 // and releases parked events under the same checkpoint-row lock as batches.
 //
-// It owns the sightline.projections, sightline.checkpoints, sightline.gaps
-// and sightline.parked rows of its projections, the sl_<name>_g<generation> schemas and the
-// readmodel views that point at them. It must not touch the event store's
-// tables: everything it reads from the store goes through eventstore.Store.
+// Generations (generations.go, rebuild.go): each projection writes into a
+// schema per generation; sightline.projections names the active one, which
+// the readmodel views show. A rebuild builds the next generation beside it
+// with a second runner in large batches, then takes over in one transaction
+// that freezes the active generation's checkpoint row, waits for the build
+// to apply as far, marks the old one superseded and re-points the views. A
+// runner whose generation is superseded attaches to the new one. Verify
+// (verify.go) replays into a scratch generation and compares tables at one
+// position.
+//
+// It owns the sightline.projections, sightline.checkpoints,
+// sightline.generations, sightline.gaps and sightline.parked rows of its
+// projections, the sl_<name>_g<generation> schemas and the readmodel views
+// that point at them. It must not touch the event store's tables:
+// everything it reads from the store goes through eventstore.Store.
 package projections
