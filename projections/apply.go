@@ -301,6 +301,7 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 		return r.isolate(ctx, tx, iso, streams[mid:], false)
 	}
 	s := streams[0]
+	s.carried = nil // found again on every attempt
 	for i, e := range s.pending() {
 		err := applyInSavepoint(ctx, tx, r.p, reg.schema, s.events[i:i+1], true)
 		if err == nil {
@@ -308,6 +309,15 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 		}
 		if herr := (*handlerError)(nil); !errors.As(err, &herr) {
 			return err
+		}
+		if gen, ok, err := skippedBefore(ctx, tx, r.p.Name(), reg.generation, e); err != nil {
+			return err
+		} else if ok {
+			// An operator skipped it in an earlier generation: a rebuild (or
+			// a verify's replay) keeps that decision instead of holding the
+			// stream again.
+			s.carried = append(s.carried, carriedSkip{event: e, generation: gen, err: err})
+			continue
 		}
 		k := eventKey{e.StreamID, e.Revision}
 		iso.attempts[k]++
@@ -320,6 +330,27 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 		return &eventRetryError{event: e, attempt: attempt, err: err}
 	}
 	return nil // each event passed alone: the failure did not recur
+}
+
+// carriedSkip is an event skipped because an operator skipped it in an
+// earlier generation of the projection.
+type carriedSkip struct {
+	event      eventstore.RecordedEvent
+	generation int
+	err        error
+}
+
+// skippedBefore says whether an operator skipped e in an earlier generation
+// of the projection, and in which.
+func skippedBefore(ctx context.Context, tx pgx.Tx, name string, gen int, e eventstore.RecordedEvent) (int, bool, error) {
+	var skippedIn int
+	err := tx.QueryRow(ctx, `SELECT generation FROM sightline.parked
+		WHERE projection = $1 AND generation < $2 AND stream_id = $3 AND revision = $4 AND event_id = $5 AND state = 'skipped'
+		ORDER BY generation DESC LIMIT 1`, name, gen, e.StreamID, int64(e.Revision), e.EventID).Scan(&skippedIn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	return skippedIn, err == nil, err
 }
 
 // parkedRow is a row park wrote, for the log.
@@ -336,6 +367,10 @@ type parkedRow struct {
 func (r *Runner) park(ctx context.Context, tx pgx.Tx, plan batchPlan) ([]parkedRow, error) {
 	var rows []parkedRow
 	for _, s := range plan.streams {
+		for _, c := range s.carried {
+			rows = append(rows, parkedRow{event: c.event, state: ParkedStateSkipped, attempts: 1,
+				err: fmt.Sprintf("skipped, as it was skipped in generation %d", c.generation)})
+		}
 		from := len(s.events)
 		switch {
 		case s.held:
@@ -375,9 +410,10 @@ func (r *Runner) park(ctx context.Context, tx pgx.Tx, plan batchPlan) ([]parkedR
 		}
 	}
 	ids, err := tx.Query(ctx, `INSERT INTO sightline.parked (projection, generation, stream_id, revision, event_id, type,
-			data, metadata, commit_position, prepare_position, created_at, state, attempts, error)
-		SELECT $1, $2, * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bytea[], $8::bytea[],
+			data, metadata, commit_position, prepare_position, created_at, state, attempts, error, resolved_at)
+		SELECT $1, $2, *, CASE WHEN u.state = 'skipped' THEN now() END FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bytea[], $8::bytea[],
 			$9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[], $13::int[], $14::text[])
+			AS u (stream_id, revision, event_id, type, data, metadata, commit_position, prepare_position, created_at, state, attempts, error)
 		ON CONFLICT (projection, generation, stream_id, revision) DO NOTHING
 		RETURNING id, stream_id, revision`,
 		r.p.Name(), reg.generation, streams, revisions, eventIDs, types, data, metadata, commits, prepares, created, states, attempts, errs)
@@ -406,6 +442,11 @@ func (r *Runner) park(ctx context.Context, tx pgx.Tx, plan batchPlan) ([]parkedR
 func (r *Runner) logParked(rows []parkedRow) {
 	for _, row := range rows {
 		e := row.event
+		if row.state == ParkedStateSkipped {
+			r.m.skippedParked.Inc()
+			r.log.Warn("event skipped: "+row.err, "parked_id", row.id, "stream", e.StreamID, "revision", e.Revision, "event_id", e.EventID, "type", e.Type)
+			continue
+		}
 		if row.state == ParkedStateParked {
 			r.m.parked.Inc()
 			r.log.Error("event parked; its stream is held until the event is retried or skipped",
@@ -459,6 +500,8 @@ type streamPlan struct {
 	failed   error
 	failedAt int
 	attempts int
+	// carried are events skipped as an operator skipped them before.
+	carried []carriedSkip
 }
 
 // batchPlan is what a batch does once revisions are checked.
@@ -483,15 +526,26 @@ func (p batchPlan) live() []*streamPlan {
 func (p batchPlan) applied() []eventstore.RecordedEvent {
 	var out []eventstore.RecordedEvent
 	for _, s := range p.streams {
-		switch {
-		case s.held:
-		case s.failed != nil:
-			out = append(out, s.events[:s.failedAt]...)
-		default:
-			out = append(out, s.events...)
+		if s.held {
+			continue
+		}
+		for _, e := range s.pending() {
+			if !s.skips(e) {
+				out = append(out, e)
+			}
 		}
 	}
 	return out
+}
+
+// skips says whether e is one of the events s skips as skipped before.
+func (s *streamPlan) skips(e eventstore.RecordedEvent) bool {
+	for _, c := range s.carried {
+		if c.event.Revision == e.Revision {
+			return true
+		}
+	}
+	return false
 }
 
 // revisions is the new last applied revision of each stream the batch

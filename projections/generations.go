@@ -244,13 +244,15 @@ func dropGeneration(ctx context.Context, pool *pgxpool.Pool, name string, gen in
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '2s'`); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schemaName(name, gen)}.Sanitize()+` CASCADE`); err != nil {
-		return err
-	}
+	// The checkpoint row first, as batches lock it before the tables: a
+	// batch of the generation in flight finishes, and the next finds it gone.
 	for _, table := range []string{"sightline.checkpoints", "sightline.parked", "sightline.gaps"} {
 		if _, err := tx.Exec(ctx, `DELETE FROM `+table+` WHERE projection = $1 AND generation = $2`, name, gen); err != nil {
 			return err
 		}
+	}
+	if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+pgx.Identifier{schemaName(name, gen)}.Sanitize()+` CASCADE`); err != nil {
+		return err
 	}
 	if _, err := tx.Exec(ctx, `UPDATE sightline.generations SET state = 'dropped' WHERE projection = $1 AND generation = $2`, name, gen); err != nil {
 		return err
@@ -290,6 +292,23 @@ func lockKey(name string) int64 {
 
 // buildKey is the session lock a projection's builder holds.
 func buildKey(name string) int64 { return lockKey("sightline.build/" + name) }
+
+// buildHeld is SQL that says whether another session holds the build lock
+// whose halves are parameters classid and objid (see buildLockHalves). It
+// looks rather than trying the lock, so that asking never makes a
+// builder's claim fail.
+func buildHeld(classid, objid string) string {
+	return `EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid <> pg_backend_pid()
+		AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		AND classid = ` + classid + `::bigint::oid AND objid = ` + objid + `::bigint::oid)`
+}
+
+// buildLockHalves are the two halves of a bigint advisory lock key, as
+// pg_locks shows them.
+func buildLockHalves(name string) (int64, int64) {
+	k := uint64(buildKey(name))
+	return int64(k >> 32), int64(k & 0xffffffff)
+}
 
 // scratchKey is the SQL of the session lock a verify holds on its scratch
 // generation, from SQL expressions of the projection and the generation,

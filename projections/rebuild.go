@@ -8,6 +8,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -77,6 +78,9 @@ type RebuildStatus struct {
 	// Building: a process holds the build (this one, when Here); when
 	// false the build waits for a process to resume it.
 	Building, Here bool
+	// LastError is the last failure of the build's take-over, when it is
+	// built in this process.
+	LastError string
 
 	observed time.Time // when Position was read, to measure Rate
 }
@@ -111,14 +115,15 @@ func requestRebuild(ctx context.Context, tx pgx.Tx, p Projection) (Rebuild, erro
 		return Rebuild{}, fmt.Errorf("%w: %s is at version %d in the database and %d in code", ErrVersionChanged, p.Name(), version, p.Version())
 	}
 	var gen, building int
-	var free bool
-	err = tx.QueryRow(ctx, `SELECT generation, version, pg_try_advisory_xact_lock($2) FROM sightline.generations
-		WHERE projection = $1 AND state = 'building'`, p.Name(), buildKey(p.Name())).Scan(&gen, &building, &free)
+	var held bool
+	classid, objid := buildLockHalves(p.Name())
+	err = tx.QueryRow(ctx, `SELECT generation, version, `+buildHeld("$2", "$3")+` FROM sightline.generations
+		WHERE projection = $1 AND state = 'building'`, p.Name(), classid, objid).Scan(&gen, &building, &held)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
 		return Rebuild{}, err
-	case !free:
+	case held:
 		return Rebuild{}, fmt.Errorf("%w: generation %d (version %d) of %s is being built; its progress is in the projection's status",
 			ErrRebuildRunning, gen, building, p.Name())
 	}
@@ -176,15 +181,15 @@ func ReadRebuild(ctx context.Context, db Querier, store eventstore.Store, name s
 func readGeneration(ctx context.Context, db Querier, name string, gen int) (RebuildStatus, error) {
 	var st RebuildStatus
 	var commit, prepare int64
+	classid, objid := buildLockHalves(name)
 	err := db.QueryRow(ctx, `SELECT g.generation, g.version, g.reason, g.state, g.created_at,
-			coalesce(c.commit_position, 0), coalesce(c.prepare_position, 0), pg_try_advisory_xact_lock($3)
+			coalesce(c.commit_position, 0), coalesce(c.prepare_position, 0), g.state = 'building' AND `+buildHeld("$3", "$4")+`
 		FROM sightline.generations g LEFT JOIN sightline.checkpoints c USING (projection, generation)
-		WHERE g.projection = $1 AND g.generation = $2`, name, gen, buildKey(name)).
+		WHERE g.projection = $1 AND g.generation = $2`, name, gen, classid, objid).
 		Scan(&st.Generation, &st.Version, &st.Reason, &st.State, &st.StartedAt, &commit, &prepare, &st.Building)
 	if err != nil {
 		return RebuildStatus{}, fmt.Errorf("read generation %d of %s: %w", gen, name, err)
 	}
-	st.Building = !st.Building && st.State == genBuilding // the lock was not free: a builder holds it
 	st.Position = eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
 	return st, nil
 }
@@ -216,11 +221,20 @@ func progress(pos, head eventstore.Position) float64 {
 // RequestRebuild) and starts building it in this process, unless another
 // process holds it.
 func (r *Runner) Rebuild(ctx context.Context) (Rebuild, error) {
+	r.mu.Lock()
+	started := r.soft != nil && !r.state.stopped
+	r.mu.Unlock()
+	if !started {
+		return Rebuild{}, errors.New("projections: the runner is not running")
+	}
 	rb, err := RequestRebuild(ctx, r.pool, r.p)
 	if err != nil {
 		return rb, err
 	}
 	r.log.Info("rebuild requested", "generation", rb.Generation, "version", rb.Version, "resumed", rb.Resumed)
+	r.mu.Lock()
+	r.buildFailed = nil // asked again: try again
+	r.mu.Unlock()
 	r.maybeBuild()
 	r.refreshRebuild(ctx)
 	return rb, nil
@@ -230,13 +244,19 @@ func (r *Runner) Rebuild(ctx context.Context) (Rebuild, error) {
 // being built, if there is one and no process builds it yet.
 func (r *Runner) maybeBuild() {
 	r.mu.Lock()
-	busy := r.builder != nil || r.state.stopped
+	busy := r.builder != nil || r.state.stopped || r.soft == nil
+	if !busy {
+		// Under the lock run() takes to set stopped before it waits: no
+		// Add after that Wait.
+		r.wg.Add(1)
+	}
 	r.mu.Unlock()
-	if busy || r.soft.Err() != nil {
+	if busy {
 		return
 	}
 	b, err := claimBuild(r.soft, r.pool, r.store, r.p, r.cfg, nil)
 	if err != nil {
+		r.wg.Done()
 		if !errors.Is(err, ErrNoRebuild) && !errors.Is(err, ErrRebuildRunning) && r.soft.Err() == nil {
 			r.log.Warn("could not take up the rebuild", "error", err)
 		}
@@ -245,12 +265,16 @@ func (r *Runner) maybeBuild() {
 	r.mu.Lock()
 	r.builder = b
 	r.mu.Unlock()
-	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		err := b.runBuild(r.soft)
 		r.mu.Lock()
 		r.builder = nil
+		if takeOverFatal(err) {
+			// Not taken up again by this process until asked: it would
+			// fail the same way.
+			r.buildFailed = &buildFailure{generation: b.reg.generation, err: err.Error()}
+		}
 		r.mu.Unlock()
 		switch {
 		case err == nil:
@@ -270,6 +294,7 @@ func (r *Runner) refreshRebuild(ctx context.Context) {
 	if err != nil {
 		return // the next status tick tries again
 	}
+	failed := false
 	now := time.Now()
 	r.mu.Lock()
 	prev := r.rebuild
@@ -278,6 +303,14 @@ func (r *Runner) refreshRebuild(ctx context.Context) {
 		st.Progress = progress(st.Position, st.Head)
 		st.Here = r.builder != nil
 		st.Building = st.Building || st.Here
+		if r.builder != nil {
+			r.builder.mu.Lock()
+			st.LastError = r.builder.state.lastError
+			r.builder.mu.Unlock()
+		}
+		if f := r.buildFailed; f != nil && f.generation == st.Generation && !st.Here {
+			st.LastError, failed = f.err, true
+		}
 		if prev != nil && prev.Generation == st.Generation && st.measuredAt(prev, now) {
 			st.Rate = 0.5*prev.Rate + 0.5*st.Rate
 		} else if prev != nil && prev.Generation == st.Generation {
@@ -295,7 +328,7 @@ func (r *Runner) refreshRebuild(ctx context.Context) {
 		return
 	}
 	r.m.rebuildProgress.Set(st.Progress)
-	if !st.Building && st.Version == r.p.Version() {
+	if !st.Building && !failed && st.Version == r.p.Version() {
 		r.maybeBuild()
 	}
 }
@@ -309,6 +342,12 @@ func (st *RebuildStatus) measuredAt(prev *RebuildStatus, now time.Time) bool {
 	}
 	st.Rate = float64(st.Position.Commit-prev.Position.Commit) / secs
 	return true
+}
+
+// buildFailure is a build this process gave up on.
+type buildFailure struct {
+	generation int
+	err        string
 }
 
 // buildState is what a runner building a generation has beside a runner.
@@ -463,16 +502,71 @@ func (b *Runner) takeOver() error {
 			}
 		}
 		done, err := b.swap(b.soft)
+		if err != nil {
+			b.mu.Lock()
+			b.state.lastError = err.Error()
+			b.mu.Unlock()
+		}
 		switch {
 		case done:
 			return nil
 		case errors.Is(err, errSuperseded):
+			return err
+		case takeOverFatal(err):
+			b.log.Error("the rebuild cannot take over; it stops", "error", err)
 			return err
 		case err != nil && b.soft.Err() == nil:
 			b.log.Warn("taking over failed; trying again", "error", err)
 		}
 		if !sleep(b.soft, retry.NextBackOff()) {
 			return b.soft.Err()
+		}
+	}
+}
+
+// takeOverFatal says a take-over failed for a reason that trying again does
+// not change: a view that depends on a readmodel view whose columns
+// changed, an index the data violates, a statement PostgreSQL rejects, or
+// the lost build lock.
+func takeOverFatal(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "2B", "23", "42":
+			return true
+		}
+	}
+	return errors.Is(err, errClaimLost)
+}
+
+// errClaimLost: the connection that held the build lock is gone, so
+// another process may be building.
+var errClaimLost = errors.New("lost the build lock")
+
+// reached says whether the build has applied as far as target: it has, or
+// its source is live with nothing pending, so nothing it reads lies between
+// its checkpoint and the head (a filtered EventStoreDB subscription reports
+// checkpoints only now and then).
+func (b *Runner) reached(target eventstore.Position) (bool, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.position.Before(target) || b.idleLiveLocked(), b.advanced
+}
+
+// waitReached waits up to d for the build to reach target.
+func (b *Runner) waitReached(ctx context.Context, target eventstore.Position, d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		ok, advanced := b.reached(target)
+		if ok {
+			return true
+		}
+		select {
+		case <-advanced:
+		case <-time.After(50 * time.Millisecond): // going live moves no position
+		case <-ctx.Done():
+			return false
 		}
 	}
 }
@@ -489,9 +583,13 @@ func (b *Runner) index(ctx context.Context) error {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	var indexed bool
-	if err := tx.QueryRow(ctx, `SELECT indexed FROM sightline.generations WHERE projection = $1 AND generation = $2 FOR UPDATE`,
-		b.p.Name(), b.reg.generation).Scan(&indexed); err != nil {
+	var state string
+	if err := tx.QueryRow(ctx, `SELECT indexed, state FROM sightline.generations WHERE projection = $1 AND generation = $2 FOR UPDATE`,
+		b.p.Name(), b.reg.generation).Scan(&indexed, &state); err != nil {
 		return err
+	}
+	if state != genBuilding {
+		return fmt.Errorf("%w: generation %d of %s is %s", errSuperseded, b.reg.generation, b.p.Name(), state)
 	}
 	if !indexed {
 		if err := createIndexes(ctx, tx, b.p, b.reg.schema); err != nil {
@@ -517,15 +615,35 @@ func (b *Runner) index(ctx context.Context) error {
 // swap makes the generation built the active one, in one transaction; false
 // when the build did not catch up with the active generation in time.
 func (b *Runner) swap(ctx context.Context) (bool, error) {
+	if b.build.claim != nil {
+		if err := b.build.claim.Ping(ctx); err != nil {
+			return false, fmt.Errorf("%w: %v", errClaimLost, err)
+		}
+	}
 	if err := b.index(ctx); err != nil {
 		return false, err
 	}
 	name, gen := b.p.Name(), b.reg.generation
+	// Come close to the active generation before holding it back.
+	var commit, prepare int64
+	if err := b.pool.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position
+		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
+		WHERE p.name = $1`, name).Scan(&commit, &prepare); err != nil {
+		return false, err
+	}
+	if !b.waitReached(ctx, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, takeOverWait) {
+		return false, ctx.Err()
+	}
 	tx, err := beginLocked(ctx, b.pool, name)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	// A builder that vanishes mid-swap must not hold the active generation
+	// back until TCP gives up on it.
+	if _, err := tx.Exec(ctx, `SET LOCAL idle_in_transaction_session_timeout = '15s'`); err != nil {
+		return false, err
+	}
 	var state string
 	if err := tx.QueryRow(ctx, `SELECT state FROM sightline.generations WHERE projection = $1 AND generation = $2`, name, gen).Scan(&state); err != nil {
 		return false, err
@@ -543,10 +661,7 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	wait, cancel := context.WithTimeout(ctx, takeOverWait)
-	err = b.WaitFor(wait, frozen)
-	cancel()
-	if err != nil {
+	if !b.waitReached(ctx, frozen, takeOverWait) {
 		b.mu.Lock()
 		pos := b.position
 		b.mu.Unlock()
@@ -558,7 +673,15 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if built.Before(frozen) {
-		return false, nil
+		if ok, _ := b.reached(frozen); !ok {
+			return false, nil
+		}
+		// Live with nothing pending: the build lacks nothing up to frozen.
+		if _, err := tx.Exec(ctx, `UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
+			WHERE projection = $1 AND generation = $2`, name, gen, int64(frozen.Commit), int64(frozen.Prepare)); err != nil {
+			return false, err
+		}
+		built = frozen
 	}
 	if err := retire(ctx, tx, name, active, genRetired, b.cfg.RetiredGrace); err != nil {
 		return false, err

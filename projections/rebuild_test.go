@@ -303,3 +303,37 @@ func TestVerifyReportsExactlyTheRowsThatDrifted(t *testing.T) {
 	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'sl\_%\_g%' AND nspname NOT LIKE '%\_g1'`).Scan(&scratch))
 	require.Zero(t, scratch, "verify drops its scratch copies")
 }
+
+// TestSkipsOutliveARebuild: an event an operator skipped stays skipped when
+// the projection is rebuilt or verified, instead of holding its stream
+// again in the new generation.
+func TestSkipsOutliveARebuild(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	appendOrder(t, ctx, b.store, "t-a", tallyEvent(1, ""), tallyEvent(2, "permanent"), tallyEvent(4, ""))
+	appendOrder(t, ctx, b.store, "t-b", tallyEvent(1, ""), tallyEvent(2, ""))
+	p := newTally("permanent")
+	r := b.startTally(t, ctx, p)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+	list := parked(t, ctx, b)
+	require.Len(t, list, 2)
+	_, err := r.Skip(ctx, list[0].ID)
+	require.NoError(t, err)
+	want := map[string]tallyRow{"t-a": {2, 5, 2}, "t-b": {2, 3, 1}}
+	require.Equal(t, want, tallies(t, ctx, b))
+
+	report, err := projections.Verify(ctx, b.db.Pool, b.store, p, 5, projections.Config{})
+	require.NoError(t, err)
+	require.Zero(t, report.Drifted, "%+v", report.Drift)
+
+	rb, err := r.Rebuild(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { gen, _ := activeGeneration(t, ctx, b, "tally"); return gen == rb.Generation }, 20*time.Second, 10*time.Millisecond)
+	require.Equal(t, want, tallies(t, ctx, b))
+	require.Empty(t, parked(t, ctx, b), "nothing holds a stream in the new generation")
+	var state, reason string
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT state, error FROM sightline.parked WHERE projection = 'tally' AND generation = $1`,
+		rb.Generation).Scan(&state, &reason))
+	require.Equal(t, projections.ParkedStateSkipped, state)
+	require.Equal(t, "skipped, as it was skipped in generation 1", reason)
+}

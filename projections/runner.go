@@ -144,15 +144,16 @@ type Runner struct {
 
 	parkedMu sync.Mutex // serializes refreshParked
 
-	mu         sync.Mutex
-	reg        registration            // the generation applied, or while not serving, the active one
-	serving    bool                    // the code's version is the active one's: this runner applies it
-	pipeCancel context.CancelCauseFunc // ends the current attachment to a generation
-	builder    *Runner                 // the rebuild running in this process, if any
-	rebuild    *RebuildStatus          // the rebuild under way, as last read
-	position   eventstore.Position     // the committed checkpoint
-	advanced   chan struct{}           // closed, and replaced, whenever position moves
-	state      runState
+	mu          sync.Mutex
+	reg         registration            // the generation applied, or while not serving, the active one
+	serving     bool                    // the code's version is the active one's: this runner applies it
+	pipeCancel  context.CancelCauseFunc // ends the current attachment to a generation
+	builder     *Runner                 // the rebuild running in this process, if any
+	buildFailed *buildFailure           // a rebuild that cannot take over: not taken up again unless asked
+	rebuild     *RebuildStatus          // the rebuild under way, as last read
+	position    eventstore.Position     // the committed checkpoint
+	advanced    chan struct{}           // closed, and replaced, whenever position moves
+	state       runState
 }
 
 type runState struct {
@@ -219,7 +220,9 @@ func (r *Runner) Start(ctx context.Context) error {
 		r.reg, r.serving = reg, reg.version == r.p.Version()
 		r.position = reg.checkpoint
 		r.state = runState{lastProgress: time.Now()}
+		r.mu.Lock()
 		r.soft, r.softCancel = context.WithCancel(context.WithoutCancel(ctx))
+		r.mu.Unlock()
 		r.hard, r.hardCancel = context.WithCancel(context.WithoutCancel(ctx))
 		go r.run()
 	})

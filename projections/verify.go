@@ -111,23 +111,37 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	b.hard, b.hardCancel = b.soft, b.softCancel
 	defer b.softCancel()
 
-	// Catch up with the read model as it is now, without holding it back.
+	// Catch up with the read model as it moves, without holding it back,
+	// until a pass is short: what is left to apply while it waits is little.
 	var commit, prepare int64
-	if err := pool.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints WHERE projection = $1 AND generation = $2`,
-		name, active).Scan(&commit, &prepare); err != nil {
-		return VerifyReport{}, err
+	for pass := 1; ; pass++ {
+		if err := pool.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints WHERE projection = $1 AND generation = $2`,
+			name, active).Scan(&commit, &prepare); err != nil {
+			return VerifyReport{}, err
+		}
+		began := time.Now()
+		if err := b.replayTo(ctx, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}); err != nil {
+			return VerifyReport{}, err
+		}
+		if time.Since(began) < verifyShortPass || pass == verifyMaxPasses {
+			break
+		}
 	}
-	if err := b.replayTo(eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}); err != nil {
-		return VerifyReport{}, err
+	if err := lock.Ping(ctx); err != nil {
+		return VerifyReport{}, fmt.Errorf("lost the connection holding the scratch copy: %w", err)
 	}
 
 	// Hold the read model's batches, apply the few events it got since,
-	// and take the snapshot both are compared in.
+	// and take the snapshot both are compared in. The hold has a deadline:
+	// past it, verify fails rather than hold the projection back.
 	hold, err := pool.Begin(ctx)
 	if err != nil {
 		return VerifyReport{}, err
 	}
 	defer hold.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	if _, err := hold.Exec(ctx, `SET LOCAL idle_in_transaction_session_timeout = '`+verifyHold.String()+`'`); err != nil {
+		return VerifyReport{}, err
+	}
 	var superseded bool
 	if err := hold.QueryRow(ctx, `SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
 		WHERE projection = $1 AND generation = $2 FOR SHARE`, name, active).Scan(&commit, &prepare, &superseded); err != nil {
@@ -137,8 +151,11 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 		return VerifyReport{}, fmt.Errorf("generation %d of %s was replaced by a rebuild while verifying; verify again", active, name)
 	}
 	at := eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
-	if err := b.replayTo(at); err != nil {
-		return VerifyReport{}, err
+	held, cancelHold := context.WithTimeout(ctx, verifyHold-time.Second)
+	err = b.replayTo(held, at)
+	cancelHold()
+	if err != nil {
+		return VerifyReport{}, fmt.Errorf("apply the last events while the read model waits: %w", err)
 	}
 	snap, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -204,27 +221,38 @@ func createScratch(ctx context.Context, pool *pgxpool.Pool, p Projection) (regis
 	return reg, conn, nil
 }
 
-// replayTo applies the scratch copy up to until exactly.
-func (b *Runner) replayTo(until eventstore.Position) error {
+// Bounds of verify's passes and of its hold on the read model.
+const (
+	verifyShortPass = 2 * time.Second
+	verifyMaxPasses = 5
+	verifyHold      = 30 * time.Second
+)
+
+// replayTo applies the scratch copy up to until exactly, or until it is
+// live with nothing pending short of it (then nothing it reads lies
+// between).
+func (b *Runner) replayTo(ctx context.Context, until eventstore.Position) error {
 	b.build.until = &until
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	for {
-		b.mu.Lock()
-		reached := !b.position.Before(until)
-		b.mu.Unlock()
-		if reached {
+		if ok, _ := b.reached(until); ok {
 			return nil
 		}
-		err := b.pipeline(b.soft)
+		err := b.pipelineUntilReached(ctx, until)
 		switch {
 		case errors.Is(err, errReachedUntil):
 			continue
-		case b.soft.Err() != nil:
-			return b.soft.Err()
+		case errors.Is(err, errSuperseded):
+			return fmt.Errorf("the scratch copy was dropped: %w", err)
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		if ok, _ := b.reached(until); ok {
+			return nil
 		}
 		d := retry.NextBackOff()
 		b.log.Warn("replay restarting from its checkpoint", "error", err, "in", d)
-		sleep(b.soft, d)
+		sleep(ctx, d)
 	}
 }
 
@@ -321,4 +349,33 @@ func differing(a, b map[string]any) []string {
 	}
 	slices.Sort(cols)
 	return cols
+}
+
+// pipelineUntilReached runs the pipeline until it ends or the replay has
+// reached until: a live source may send no message that says so.
+func (b *Runner) pipelineUntilReached(ctx context.Context, until eventstore.Position) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if ok, _ := b.reached(until); ok {
+				cancel()
+				return
+			}
+		}
+	}()
+	err := b.pipeline(ctx)
+	cancel()
+	<-watched
+	if ok, _ := b.reached(until); ok && !errors.Is(err, errSuperseded) {
+		return errReachedUntil
+	}
+	return err
 }
