@@ -151,6 +151,11 @@ func RunRebuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 	if err := cfg.validate(); err != nil {
 		return err
 	}
+	// Replaced generations past their grace go first: without a running
+	// projector nothing else drops them.
+	if _, err := dropExpired(ctx, pool, p.Name()); err != nil {
+		cfg.Logger.Warn("could not drop a replaced generation yet", "projection", p.Name(), "error", err)
+	}
 	var rb Rebuild
 	b, err := claimBuild(ctx, pool, store, p, cfg, &rb)
 	if err != nil {
