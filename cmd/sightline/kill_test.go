@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -15,9 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -66,15 +63,10 @@ func start(t *testing.T, args ...string) *proc {
 // fold of the events: nothing lost, nothing applied twice.
 func TestKillNineLosesNothing(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
+	ctx, db, store := newDatabase(t, 4*time.Minute)
 
 	// A backlog to catch up on.
-	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 1500, Customers: 100, Writers: 4, Seed: 11})
+	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 1500, Customers: 100, Writers: 4, Seed: 11})
 	require.NoError(t, err)
 
 	conf := filepath.Join(t.TempDir(), "sightline.yaml")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,9 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sightlinehq/sightline/eventstore"
-	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/eventstore/storetest"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
@@ -40,13 +37,8 @@ func sightline(t *testing.T, args ...string) (string, string, int) {
 // command line while 'sightline run' projects.
 func TestParkedCommands(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
-	_, err = store.Append(ctx, "order-q", eventstore.NoStream,
+	ctx, db, store := newDatabase(t, 2*time.Minute)
+	_, err := store.Append(ctx, "order-q", eventstore.NoStream,
 		storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":100}`),
 		storetest.Event(readmodel.TypeOrderPaid, `{"amount":{"cents":100}}`),
 		storetest.Event(readmodel.TypeOrderCancelled, `{"reason":"changed mind"}`))

@@ -33,11 +33,7 @@ it and shows a progress bar until the swap; interrupted, it resumes from where
 it stopped the next time either runs. One rebuild runs at a time.`,
 		Args: exactlyOneName,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := c.projection(args[0])
-			if err != nil {
-				return err
-			}
-			a, err := openApp(cmd.Context(), c)
+			p, a, err := openProjection(cmd.Context(), c, args[0])
 			if err != nil {
 				return err
 			}
@@ -64,6 +60,20 @@ it stopped the next time either runs. One rebuild runs at a time.`,
 	}
 	cmd.Flags().BoolVar(&wait, "wait", false, "build here, showing a progress bar, until the new generation takes over")
 	return cmd
+}
+
+// openProjection finds the configured projection named name and opens the
+// database and the event source; the caller closes the app.
+func openProjection(ctx context.Context, c *config, name string) (projections.Projection, *app, error) {
+	p, err := c.projection(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := openApp(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, a, nil
 }
 
 func exactlyOneName(_ *cobra.Command, args []string) error {
@@ -166,11 +176,7 @@ cron job it is a reconciliation check.`,
 			if limit < 1 {
 				return usagef("--limit must be at least 1")
 			}
-			p, err := c.projection(args[0])
-			if err != nil {
-				return err
-			}
-			a, err := openApp(cmd.Context(), c)
+			p, a, err := openProjection(cmd.Context(), c, args[0])
 			if err != nil {
 				return err
 			}

@@ -15,10 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sightlinehq/sightline/eventstore"
-	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
@@ -59,12 +57,7 @@ func seedOrders(t *testing.T, ctx context.Context, store eventstore.Store, n int
 // edited by hand once one is.
 func TestRebuildSurvivesKillNine(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
+	ctx, db, store := newDatabase(t, 4*time.Minute)
 	seedOrders(t, ctx, store, 10_000)
 
 	conf := filepath.Join(t.TempDir(), "sightline.yaml")
