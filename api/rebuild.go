@@ -15,8 +15,10 @@ type RebuildStatus struct {
 	Generation int    `json:"generation"`
 	Version    int    `json:"version"`
 	Reason     string `json:"reason"`
-	// Building is false while the build waits for a process to take it up.
+	// Building is false while the build waits for a process to take it up;
+	// Here says this process builds it.
 	Building  bool      `json:"building"`
+	Here      bool      `json:"here"`
 	StartedAt time.Time `json:"started_at"`
 	Position  string    `json:"position"`
 	Target    string    `json:"target"`
@@ -26,6 +28,9 @@ type RebuildStatus struct {
 	Percent    float64  `json:"percent"`
 	Rate       float64  `json:"positions_per_second"`
 	ETASeconds *float64 `json:"eta_seconds"`
+	// LastError says why the take-over failed last, when this process
+	// builds it or gave up on it.
+	LastError string `json:"last_error,omitempty"`
 }
 
 func rebuildJSON(st *projections.RebuildStatus) *RebuildStatus {
@@ -33,7 +38,7 @@ func rebuildJSON(st *projections.RebuildStatus) *RebuildStatus {
 		return nil
 	}
 	out := &RebuildStatus{
-		Generation: st.Generation, Version: st.Version, Reason: st.Reason, Building: st.Building, StartedAt: st.StartedAt,
+		Generation: st.Generation, Version: st.Version, Reason: st.Reason, Building: st.Building, Here: st.Here, StartedAt: st.StartedAt, LastError: st.LastError,
 		Position: st.Position.String(), Target: st.Head.String(), Progress: st.Progress, Percent: float64(int(st.Progress*1000)) / 10, Rate: st.Rate,
 	}
 	if st.ETA > 0 {
@@ -49,7 +54,10 @@ type Rebuild struct {
 	Generation int    `json:"generation"`
 	Version    int    `json:"version"`
 	Reason     string `json:"reason"`
-	// Resumed says a build left half done is taken up again.
+	// Created says this request started it; otherwise it was requested
+	// before and is taken up now. Resumed says it goes on from where a
+	// stopped process left it.
+	Created bool `json:"created"`
 	Resumed bool `json:"resumed"`
 	// Status is where its progress shows.
 	Status string `json:"status"`
@@ -68,11 +76,13 @@ func (s *Server) rebuildProjection(c echo.Context) error {
 		return problem(c, http.StatusConflict, "Rebuild already running", err.Error())
 	case errors.Is(err, projections.ErrVersionChanged):
 		return problem(c, http.StatusConflict, "Newer version active", err.Error())
+	case errors.Is(err, projections.ErrNotRunning):
+		return problem(c, http.StatusServiceUnavailable, "Projector not running", err.Error()+"; see its last_error in /v1/projections/"+r.Name())
 	case err != nil:
 		return err
 	}
 	status := "/v1/projections/" + rb.Projection
 	c.Response().Header().Set(echo.HeaderLocation, status)
 	return c.JSON(http.StatusAccepted, Rebuild{Projection: rb.Projection, Generation: rb.Generation, Version: rb.Version,
-		Reason: rb.Reason, Resumed: rb.Resumed, Status: status})
+		Reason: rb.Reason, Created: rb.Created, Resumed: rb.Resumed, Status: status})
 }

@@ -447,7 +447,8 @@ func TestRebuildRoute(t *testing.T) {
 	require.Equal(t, "/v1/projections/orders", r.Header.Get("Location"))
 	var rb api.Rebuild
 	require.NoError(t, json.Unmarshal([]byte(r.body), &rb))
-	require.Equal(t, api.Rebuild{Projection: "orders", Generation: 2, Version: 1, Reason: projections.ReasonRequested, Resumed: true, Status: "/v1/projections/orders"}, rb)
+	require.Equal(t, api.Rebuild{Projection: "orders", Generation: 2, Version: 1, Reason: projections.ReasonRequested, Status: "/v1/projections/orders"}, rb,
+		"requested before, taken up now")
 	require.Eventually(t, func() bool {
 		var st api.ProjectionStatus
 		return json.Unmarshal([]byte(get(t, b.url+"/v1/projections/orders").body), &st) == nil && st.Rebuild == nil && st.Status == projections.StatusLive

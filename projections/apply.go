@@ -310,13 +310,13 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 		if herr := (*handlerError)(nil); !errors.As(err, &herr) {
 			return err
 		}
-		if gen, ok, err := skippedBefore(ctx, tx, r.p.Name(), reg.generation, e); err != nil {
-			return err
+		if gen, ok, qerr := skippedBefore(ctx, tx, r.p.Name(), reg.generation, e); qerr != nil {
+			return qerr
 		} else if ok {
 			// An operator skipped it in an earlier generation: a rebuild (or
 			// a verify's replay) keeps that decision instead of holding the
 			// stream again.
-			s.carried = append(s.carried, carriedSkip{event: e, generation: gen, err: err})
+			s.carried = append(s.carried, carriedSkip{event: e, generation: gen})
 			continue
 		}
 		k := eventKey{e.StreamID, e.Revision}
@@ -337,7 +337,6 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 type carriedSkip struct {
 	event      eventstore.RecordedEvent
 	generation int
-	err        error
 }
 
 // skippedBefore says whether an operator skipped e in an earlier generation

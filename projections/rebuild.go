@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -39,6 +40,8 @@ var (
 	// ErrRebuildCancelled: the generation being built was replaced by a
 	// build of a newer version.
 	ErrRebuildCancelled = errors.New("rebuild cancelled")
+	// ErrNotRunning: the runner asked to rebuild is not running.
+	ErrNotRunning = errors.New("projector not running")
 )
 
 // takeOverWait bounds how long a take-over keeps the active generation's
@@ -51,8 +54,12 @@ type Rebuild struct {
 	Generation int
 	Version    int
 	Reason     string
+	// Created says this request created the generation; otherwise it was
+	// requested before (or started by a version change) and nobody builds
+	// it right now.
+	Created bool
 	// Resumed says the generation was half built already, by a process
-	// that stopped; this request resumes it.
+	// that stopped; building it goes on from its checkpoint.
 	Resumed bool
 }
 
@@ -131,9 +138,10 @@ func requestRebuild(ctx context.Context, tx pgx.Tx, p Projection) (Rebuild, erro
 	if err != nil {
 		return Rebuild{}, err
 	}
-	rb := Rebuild{Projection: p.Name(), Generation: gen, Version: p.Version(), Resumed: !created}
-	if err := tx.QueryRow(ctx, `SELECT reason FROM sightline.generations WHERE projection = $1 AND generation = $2`,
-		p.Name(), gen).Scan(&rb.Reason); err != nil {
+	rb := Rebuild{Projection: p.Name(), Generation: gen, Version: p.Version(), Created: created}
+	if err := tx.QueryRow(ctx, `SELECT g.reason, c.commit_position > 0 OR c.prepare_position > 0
+		FROM sightline.generations g JOIN sightline.checkpoints c USING (projection, generation)
+		WHERE g.projection = $1 AND g.generation = $2`, p.Name(), gen).Scan(&rb.Reason, &rb.Resumed); err != nil {
 		return Rebuild{}, err
 	}
 	return rb, tx.Commit(ctx)
@@ -230,7 +238,7 @@ func (r *Runner) Rebuild(ctx context.Context) (Rebuild, error) {
 	started := r.soft != nil && !r.state.stopped
 	r.mu.Unlock()
 	if !started {
-		return Rebuild{}, errors.New("projections: the runner is not running")
+		return Rebuild{}, fmt.Errorf("%w: %s", ErrNotRunning, r.p.Name())
 	}
 	rb, err := RequestRebuild(ctx, r.pool, r.p)
 	if err != nil {
@@ -459,6 +467,9 @@ func (b *Runner) runBuild(ctx context.Context) error {
 	tookOver := make(chan error, 1)
 	go func() {
 		err := b.takeOver()
+		if err == nil {
+			b.reconcile(b.soft)
+		}
 		b.softCancel()
 		tookOver <- err
 	}()
@@ -548,14 +559,13 @@ func takeOverFatal(err error) bool {
 // another process may be building.
 var errClaimLost = errors.New("lost the build lock")
 
-// reached says whether the build has applied as far as target: it has, or
-// its source is live with nothing pending, so nothing it reads lies between
-// its checkpoint and the head (a filtered EventStoreDB subscription reports
-// checkpoints only now and then).
+// reached says whether the build has applied as far as target. Only its
+// checkpoint says so: a live subscription with nothing pending may still
+// have events on their way that the active generation has applied.
 func (b *Runner) reached(target eventstore.Position) (bool, <-chan struct{}) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return !b.position.Before(target) || b.idleLiveLocked(), b.advanced
+	return !b.position.Before(target), b.advanced
 }
 
 // waitReached waits up to d for the build to reach target.
@@ -569,9 +579,48 @@ func (b *Runner) waitReached(ctx context.Context, target eventstore.Position, d 
 		}
 		select {
 		case <-advanced:
-		case <-time.After(50 * time.Millisecond): // going live moves no position
 		case <-ctx.Done():
 			return false
+		}
+	}
+}
+
+// reconcile applies to the generation that took over the decisions
+// operators took on the one it replaced while it was built: an event parked
+// in both and skipped (or retried and applied) there is skipped (or
+// retried) here too, so that its stream is not held again.
+func (b *Runner) reconcile(ctx context.Context) {
+	rows, err := b.pool.Query(ctx, `SELECT DISTINCT ON (n.id) n.id, o.state FROM sightline.parked n
+		JOIN sightline.parked o ON o.projection = n.projection AND o.stream_id = n.stream_id AND o.revision = n.revision
+			AND o.event_id = n.event_id AND o.generation < n.generation AND o.state IN ('skipped', 'applied')
+		WHERE n.projection = $1 AND n.generation = $2 AND n.state = 'parked'
+		ORDER BY n.id, o.generation DESC`, b.p.Name(), b.reg.generation)
+	if err != nil {
+		b.log.Warn("could not carry operators' decisions over to the new generation", "error", err)
+		return
+	}
+	type decision struct {
+		ID    int64
+		State string
+	}
+	decisions, err := pgx.CollectRows(rows, pgx.RowToStructByPos[decision])
+	if err != nil {
+		b.log.Warn("could not carry operators' decisions over to the new generation", "error", err)
+		return
+	}
+	for _, d := range decisions {
+		release := RetryParked
+		if d.State == ParkedStateSkipped {
+			release = SkipParked
+		}
+		rel, err := release(ctx, b.pool, b.p, d.ID)
+		switch {
+		case err != nil:
+			b.log.Warn("could not carry an operator's decision over to the new generation", "parked_id", d.ID, "was", d.State, "error", err)
+		case rel.Parked != nil:
+			b.log.Warn("carried an operator's decision over; its stream is held again", "parked_id", d.ID, "was", d.State, "now_parked", rel.Parked.ID)
+		default:
+			b.log.Info("carried an operator's decision over to the new generation", "parked_id", d.ID, "was", d.State, "applied", len(rel.Applied))
 		}
 	}
 }
@@ -629,6 +678,22 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	name, gen := b.p.Name(), b.reg.generation
+	// Taking over waits for every query reading the views; a long one would
+	// hold the active generation back, and queue every reader behind it.
+	var long int
+	var views, names []string
+	for _, t := range b.p.Tables() {
+		views, names = append(views, pgx.Identifier{"readmodel", t}.Sanitize()), append(names, "readmodel."+t)
+	}
+	if err := b.pool.QueryRow(ctx, `SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+			AND l.relation IN (SELECT to_regclass(v) FROM unnest($1::text[]) v)
+			AND a.xact_start < now() - interval '1 second'`, views).Scan(&long); err != nil {
+		return false, err
+	}
+	if long > 0 {
+		return false, fmt.Errorf("waiting for %d transactions that have read %s for over a second", long, strings.Join(names, ", "))
+	}
 	// Come close to the active generation before holding it back.
 	var commit, prepare int64
 	if err := b.pool.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position
@@ -678,15 +743,7 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if built.Before(frozen) {
-		if ok, _ := b.reached(frozen); !ok {
-			return false, nil
-		}
-		// Live with nothing pending: the build lacks nothing up to frozen.
-		if _, err := tx.Exec(ctx, `UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
-			WHERE projection = $1 AND generation = $2`, name, gen, int64(frozen.Commit), int64(frozen.Prepare)); err != nil {
-			return false, err
-		}
-		built = frozen
+		return false, nil
 	}
 	if err := retire(ctx, tx, name, active, genRetired, b.cfg.RetiredGrace); err != nil {
 		return false, err

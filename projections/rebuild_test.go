@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -194,7 +196,7 @@ func TestRebuildIsRefusedWhileRunningAndResumesAfterItStops(t *testing.T) {
 
 	rb, err := projections.RequestRebuild(ctx, b.db.Pool, readmodel.Orders{})
 	require.NoError(t, err)
-	require.Equal(t, projections.Rebuild{Projection: "orders", Generation: 2, Version: 1, Reason: projections.ReasonRequested}, rb)
+	require.Equal(t, projections.Rebuild{Projection: "orders", Generation: 2, Version: 1, Reason: projections.ReasonRequested, Created: true}, rb)
 
 	// A builder that gets a few messages, then none: it stops half way.
 	gate := newReplayGate(small, 3)
@@ -336,4 +338,82 @@ func TestSkipsOutliveARebuild(t *testing.T) {
 		rb.Generation).Scan(&state, &reason))
 	require.Equal(t, projections.ParkedStateSkipped, state)
 	require.Equal(t, "skipped, as it was skipped in generation 1", reason)
+}
+
+// TestDecisionsDuringARebuildCarryOver: an event the build parked, then an
+// operator skipped in the active generation while the build went on, is
+// skipped in the new generation too when it takes over.
+func TestDecisionsDuringARebuildCarryOver(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	appendOrder(t, ctx, b.store, "t-a", tallyEvent(1, ""), tallyEvent(2, "permanent"), tallyEvent(4, ""))
+	appendOrder(t, ctx, b.store, "t-b", tallyEvent(1, ""), tallyEvent(2, ""))
+	p := newTally("permanent")
+	r := b.startTally(t, ctx, p)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+	active := parked(t, ctx, b)
+	require.Len(t, active, 2)
+
+	// The build gets the first message only (two events, the poison one
+	// among them), so it parks the event and is not caught up.
+	small, err := pgstore.New(b.db.Pool, pgstore.Config{ReadBatch: 2})
+	require.NoError(t, err)
+	t.Cleanup(small.Close)
+	gate := newReplayGate(small, 1)
+	built := make(chan error, 1)
+	var rb projections.Rebuild
+	started := make(chan struct{})
+	go func() {
+		built <- projections.RunRebuild(ctx, b.db.Pool, gate, p, projections.Config{MaxAttempts: 1}, func(r projections.Rebuild) { rb = r; close(started) })
+	}()
+	<-started
+	require.Eventually(t, func() bool {
+		var n int
+		return b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.parked WHERE projection = 'tally' AND generation = $1 AND state = 'parked'`,
+			rb.Generation).Scan(&n) == nil && n == 1
+	}, 10*time.Second, 5*time.Millisecond)
+
+	_, err = r.Skip(ctx, active[0].ID)
+	require.NoError(t, err)
+	gate.allow(-1)
+	require.NoError(t, <-built)
+	want := map[string]tallyRow{"t-a": {2, 5, 2}, "t-b": {2, 3, 1}}
+	require.Eventually(t, func() bool { return assert.ObjectsAreEqual(want, tallies(t, ctx, b)) }, 10*time.Second, 10*time.Millisecond, "%v", tallies(t, ctx, b))
+	require.Empty(t, parked(t, ctx, b), "nothing holds a stream in the new generation")
+}
+
+// TestTakeOverWaitsForLongReaders: a transaction that has read a view for
+// long keeps the take-over waiting, rather than have it queue every reader
+// behind its lock or freeze the active generation; the active generation
+// projects meanwhile, and the rebuild takes over once the reader is done.
+func TestTakeOverWaitsForLongReaders(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	d := b.start(t, ctx, readmodel.DailySales{})
+	_, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 50, Customers: 10, Writers: 2, Seed: 51})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "daily_sales")
+
+	report, err := b.db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer report.Rollback(ctx) //nolint:errcheck // read only
+	var n int
+	require.NoError(t, report.QueryRow(ctx, `SELECT count(*) FROM readmodel.daily_sales`).Scan(&n))
+	time.Sleep(1100 * time.Millisecond) // a long report
+
+	r := d.Runner("daily_sales")
+	rb, err := r.Rebuild(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		st := r.Status().Rebuild
+		return st != nil && strings.Contains(st.LastError, "waiting for 1 transactions that have read readmodel.daily_sales")
+	}, 10*time.Second, 10*time.Millisecond, "%+v", r.Status().Rebuild)
+	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 20, Customers: 10, Writers: 2, Seed: 52})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "daily_sales") // the active generation projects meanwhile
+	gen, _ := activeGeneration(t, ctx, b, "daily_sales")
+	require.Equal(t, 1, gen)
+
+	require.NoError(t, report.Rollback(ctx))
+	require.Eventually(t, func() bool { gen, _ := activeGeneration(t, ctx, b, "daily_sales"); return gen == rb.Generation }, 20*time.Second, 10*time.Millisecond)
 }

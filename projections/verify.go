@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -175,6 +176,10 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 			return VerifyReport{}, err
 		}
 	}
+	// Keys first across the tables, then values.
+	slices.SortStableFunc(report.Drift, func(a, b Drift) int {
+		return cmp.Compare(boolInt(a.Kind == DriftDiffers), boolInt(b.Kind == DriftDiffers))
+	})
 	if len(report.Drift) > limit {
 		report.Drift = report.Drift[:limit]
 	}
@@ -228,9 +233,7 @@ const (
 	verifyHold      = 30 * time.Second
 )
 
-// replayTo applies the scratch copy up to until exactly, or until it is
-// live with nothing pending short of it (then nothing it reads lies
-// between).
+// replayTo applies the scratch copy up to until exactly.
 func (b *Runner) replayTo(ctx context.Context, until eventstore.Position) error {
 	b.build.until = &until
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
@@ -238,7 +241,7 @@ func (b *Runner) replayTo(ctx context.Context, until eventstore.Position) error 
 		if ok, _ := b.reached(until); ok {
 			return nil
 		}
-		err := b.pipelineUntilReached(ctx, until)
+		err := b.pipeline(ctx)
 		switch {
 		case errors.Is(err, errReachedUntil):
 			continue
@@ -351,31 +354,9 @@ func differing(a, b map[string]any) []string {
 	return cols
 }
 
-// pipelineUntilReached runs the pipeline until it ends or the replay has
-// reached until: a live source may send no message that says so.
-func (b *Runner) pipelineUntilReached(ctx context.Context, until eventstore.Position) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			if ok, _ := b.reached(until); ok {
-				cancel()
-				return
-			}
-		}
-	}()
-	err := b.pipeline(ctx)
-	cancel()
-	<-watched
-	if ok, _ := b.reached(until); ok && !errors.Is(err, errSuperseded) {
-		return errReachedUntil
+func boolInt(b bool) int {
+	if b {
+		return 1
 	}
-	return err
+	return 0
 }

@@ -45,10 +45,13 @@ it stopped the next time either runs. One rebuild runs at a time.`,
 			if err != nil {
 				return err
 			}
-			if rb.Resumed {
-				fmt.Printf("%s: resuming generation %d (version %d), left half built.\n", rb.Projection, rb.Generation, rb.Version)
-			} else {
+			switch {
+			case rb.Created:
 				fmt.Printf("%s: rebuild requested: generation %d (version %d).\n", rb.Projection, rb.Generation, rb.Version)
+			case rb.Resumed:
+				fmt.Printf("%s: generation %d (version %d) was left half built; it goes on from where it stopped.\n", rb.Projection, rb.Generation, rb.Version)
+			default:
+				fmt.Printf("%s: generation %d (version %d) was requested already and waits for a projector.\n", rb.Projection, rb.Generation, rb.Version)
 			}
 			if !projectorRunning(cmd.Context(), a, p.Name()) {
 				fmt.Printf("No projector of %s seems to run: start 'sightline run', or build it here with 'sightline rebuild %s --wait'.\n", p.Name(), p.Name())
@@ -123,6 +126,12 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 		progressbar.OptionThrottle(200*time.Millisecond),
 		progressbar.OptionSetWidth(30),
 	)
+	// The bar counts from where this process starts, so that a resumed
+	// build's rate and ETA are this run's.
+	var from uint64
+	if st, err := projections.ReadRebuild(ctx, a.pool, a.store, rb.Projection, rb.Generation); err == nil {
+		from = st.Position.Commit
+	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -136,7 +145,7 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 				}
 				return err
 			}
-			fmt.Printf("%s: generation %d (version %d) is active; the replaced tables are dropped after %s.\n",
+			fmt.Printf("%s: generation %d (version %d) is active; a running projector (or the next rebuild) drops the replaced tables after %s.\n",
 				rb.Projection, rb.Generation, rb.Version, cmpDuration(c.RebuildGrace, projections.RetiredGraceDefault))
 			return nil
 		case <-tick.C:
@@ -144,10 +153,12 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 			if err != nil {
 				continue
 			}
-			if st.Head.Commit > 0 && int64(st.Head.Commit) != bar.GetMax64() {
-				bar.ChangeMax64(int64(st.Head.Commit))
+			if st.Head.Commit > from && int64(st.Head.Commit-from) != bar.GetMax64() {
+				bar.ChangeMax64(int64(st.Head.Commit - from))
 			}
-			_ = bar.Set64(int64(st.Position.Commit))
+			if st.Position.Commit >= from {
+				_ = bar.Set64(int64(st.Position.Commit - from))
+			}
 		}
 	}
 }
