@@ -438,6 +438,7 @@ func TestRebuildRoute(t *testing.T) {
 	require.NotNil(t, st.Rebuild)
 	require.Equal(t, 2, st.Rebuild.Generation)
 	require.Equal(t, projections.StatusLive, st.Status, "the active generation serves and projects meanwhile")
+	require.Equal(t, projections.StatusLive, get(t, b.url+"/v1/orders/1").Header.Get(api.HeaderStatus))
 
 	// That process stops; a request here resumes the build and swaps it in.
 	stopElsewhere()
@@ -464,4 +465,40 @@ func TestRebuildRoute(t *testing.T) {
 	r = do(t, http.MethodPost, b.url+"/v1/projections/orders/rebuild", "", auth...)
 	require.Equal(t, http.StatusAccepted, r.StatusCode, r.body)
 	require.Contains(t, r.body, `"generation":3`)
+}
+
+type ordersV2 struct{ readmodel.Orders }
+
+func (ordersV2) Version() int { return 2 }
+
+// TestStatusHeaderDuringRebuilds: while a requested rebuild is built beside
+// a projection that keeps projecting, its reads say live; while a newer
+// version is built and the old tables serve unprojected, they say
+// rebuilding; other projections are unaffected.
+func TestStatusHeaderDuringRebuilds(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t, api.Config{})
+	require.NoError(t, b.daemon.Stop(ctx))
+
+	// Code with orders at version 2, on a store whose replays never end.
+	reg := prometheus.NewRegistry()
+	d, err := projections.NewDaemon(b.pool, stuckStore{b.store}, []projections.Projection{ordersV2{}, readmodel.CustomerStats{}},
+		projections.Config{Metrics: projections.NewMetrics(reg), StatusInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	t.Cleanup(func() { _ = d.Stop(context.Background()) })
+	hs := httptest.NewServer(api.New(api.Config{Pool: b.pool, Store: b.store, Daemon: d, Gatherer: reg}).Handler())
+	t.Cleanup(hs.Close)
+
+	r := get(t, hs.URL+"/v1/orders/1")
+	require.Equal(t, http.StatusOK, r.StatusCode, r.body)
+	require.Equal(t, projections.StatusRebuilding, r.Header.Get(api.HeaderStatus))
+	require.Contains(t, r.body, `"paid":250`, "version 1's tables serve")
+	require.NotEqual(t, projections.StatusRebuilding, get(t, hs.URL+"/v1/customers/c1/stats").Header.Get(api.HeaderStatus))
+	var st api.ProjectionStatus
+	require.NoError(t, json.Unmarshal([]byte(get(t, hs.URL+"/v1/projections/orders").body), &st))
+	require.Equal(t, 1, st.Version, "the version served")
+	require.NotNil(t, st.Rebuild)
+	require.Equal(t, 2, st.Rebuild.Version)
+	require.Equal(t, projections.ReasonVersion, st.Rebuild.Reason)
 }

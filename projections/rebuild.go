@@ -398,10 +398,16 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 	}
 	var ok bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, buildKey(p.Name())).Scan(&ok); err != nil || !ok {
-		conn.Close(context.WithoutCancel(ctx))
 		if err == nil {
-			err = fmt.Errorf("%w: another process builds %s", ErrRebuildRunning, p.Name())
+			var gen, version int
+			if conn.QueryRow(ctx, `SELECT generation, version FROM sightline.generations WHERE projection = $1 AND state = 'building'`,
+				p.Name()).Scan(&gen, &version) == nil {
+				err = fmt.Errorf("%w: generation %d (version %d) of %s is being built by another process", ErrRebuildRunning, gen, version, p.Name())
+			} else {
+				err = fmt.Errorf("%w: another process builds %s", ErrRebuildRunning, p.Name())
+			}
 		}
+		conn.Close(context.WithoutCancel(ctx))
 		return nil, err
 	}
 	if request != nil {

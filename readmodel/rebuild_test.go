@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
@@ -30,7 +31,8 @@ func TestRebuildOrdersUnderTrafficWhileReadersQuery(t *testing.T) {
 	store, err := pgstore.New(db.Pool, pgstore.Config{ReadBatch: 500})
 	require.NoError(t, err)
 	defer store.Close()
-	d, _ := startExamples(t, ctx, db.Pool, store, projections.Config{StatusInterval: 20 * time.Millisecond, RebuildBatchSize: 500})
+	// Replays are slowed down, so that the build takes a while.
+	d, _ := startExamples(t, ctx, db.Pool, slowReplay{store}, projections.Config{StatusInterval: 20 * time.Millisecond, RebuildBatchSize: 500})
 	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 2000, Customers: 100, Writers: 4, Seed: 41})
 	require.NoError(t, err)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
@@ -79,9 +81,17 @@ func TestRebuildOrdersUnderTrafficWhileReadersQuery(t *testing.T) {
 	}
 
 	r := d.Runner("orders")
+	var atRequest int64
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM readmodel.orders`).Scan(&atRequest))
 	rb, err := r.Rebuild(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 2, rb.Generation)
+	require.Eventually(t, func() bool {
+		var gen int
+		var count int64
+		err := db.Pool.QueryRow(ctx, `SELECT (SELECT generation FROM sightline.projections WHERE name = 'orders'), count(*) FROM readmodel.orders`).Scan(&gen, &count)
+		return err == nil && gen == 1 && count > atRequest
+	}, time.Minute, 5*time.Millisecond, "the active generation projects new orders while the rebuild runs")
 	require.Eventually(t, func() bool {
 		var gen int
 		return db.Pool.QueryRow(ctx, `SELECT generation FROM sightline.projections WHERE name = 'orders'`).Scan(&gen) == nil && gen == 2
@@ -101,4 +111,27 @@ func TestRebuildOrdersUnderTrafficWhileReadersQuery(t *testing.T) {
 	st := r.Status()
 	require.Equal(t, projections.StatusLive, st.Status, "%+v", st)
 	require.Nil(t, st.Rebuild)
+}
+
+// slowReplay slows down the messages of subscriptions from the start of the
+// store: those of rebuilds.
+type slowReplay struct{ *pgstore.Store }
+
+func (s slowReplay) Subscribe(ctx context.Context, from eventstore.Position, f eventstore.Filter) (eventstore.Subscription, error) {
+	sub, err := s.Store.Subscribe(ctx, from, f)
+	if err != nil || !from.IsStart() {
+		return sub, err
+	}
+	return slowSub{sub}, nil
+}
+
+type slowSub struct{ eventstore.Subscription }
+
+func (s slowSub) Recv(ctx context.Context) (eventstore.Message, error) {
+	select {
+	case <-time.After(100 * time.Millisecond):
+	case <-ctx.Done():
+		return eventstore.Message{}, ctx.Err()
+	}
+	return s.Subscription.Recv(ctx)
 }

@@ -116,7 +116,14 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 	if a.sourceName != "postgres" {
 		unit = "positions" // EventStoreDB positions are log offsets, not counts
 	}
-	bar := progressbar.NewOptions64(-1,
+	// The bar counts from where this process starts, so that a resumed
+	// build's rate and ETA are this run's. It is made with a length: one
+	// without starts a spinner goroutine that races with updates.
+	var from, to uint64
+	if st, err := projections.ReadRebuild(ctx, a.pool, a.store, rb.Projection, rb.Generation); err == nil {
+		from, to = st.Position.Commit, st.Head.Commit
+	}
+	bar := progressbar.NewOptions64(int64(max(to, from+1)-from),
 		progressbar.OptionSetDescription(fmt.Sprintf("%s %s generation %d", verb, rb.Projection, rb.Generation)),
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionShowCount(),
@@ -126,18 +133,16 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 		progressbar.OptionThrottle(200*time.Millisecond),
 		progressbar.OptionSetWidth(30),
 	)
-	// The bar counts from where this process starts, so that a resumed
-	// build's rate and ETA are this run's.
-	var from uint64
-	if st, err := projections.ReadRebuild(ctx, a.pool, a.store, rb.Projection, rb.Generation); err == nil {
-		from = st.Position.Commit
-	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case err := <-done:
-			_ = bar.Finish()
+			if err != nil {
+				_ = bar.Exit() // leaves the bar where the build stopped
+			} else {
+				_ = bar.Finish()
+			}
 			fmt.Fprintln(os.Stderr)
 			if err != nil {
 				if ctx.Err() != nil {

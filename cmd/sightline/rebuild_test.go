@@ -17,6 +17,7 @@ import (
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
@@ -126,4 +127,68 @@ $`, out)
 	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
 	<-second.done
 	require.NoError(t, second.err, second.stderr.String())
+}
+
+// stuckStore's subscriptions deliver nothing: a rebuild on it never ends.
+type stuckStore struct{ eventstore.Store }
+
+func (stuckStore) Subscribe(context.Context, eventstore.Position, eventstore.Filter) (eventstore.Subscription, error) {
+	return stuckSub{}, nil
+}
+
+type stuckSub struct{}
+
+func (stuckSub) Recv(ctx context.Context) (eventstore.Message, error) {
+	<-ctx.Done()
+	return eventstore.Message{}, ctx.Err()
+}
+func (stuckSub) Close() error { return nil }
+
+// TestRebuildWaitCommand: 'rebuild --wait' refuses a projection that never
+// ran and a rebuild another process builds, then builds one here with a
+// progress bar until it takes over.
+func TestRebuildWaitCommand(t *testing.T) {
+	t.Parallel()
+	ctx, db, store := newDatabase(t, 2*time.Minute)
+	seedOrders(t, ctx, store, 2000)
+	dbArgs := []string{"--database-url", db.URL}
+
+	_, errOut, code := sightline(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "projection has never run: orders; its first run builds it from the start")
+	_, errOut, code = sightline(t, append([]string{"rebuild", "nope"}, dbArgs...)...)
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, `no projection named "nope"; there are: orders, customer_stats, daily_sales`)
+
+	d, err := projections.NewDaemon(db.Pool, store, readmodel.All(), projections.Config{})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	require.NoError(t, d.Stop(ctx))
+
+	// Another process builds orders and gets nowhere.
+	elsewhere, stop := context.WithCancel(ctx)
+	built := make(chan error, 1)
+	claimed := make(chan struct{})
+	go func() {
+		built <- projections.RunRebuild(elsewhere, db.Pool, stuckStore{store}, readmodel.Orders{}, projections.Config{},
+			func(projections.Rebuild) { close(claimed) })
+	}()
+	<-claimed
+	for _, args := range [][]string{{"rebuild", "orders", "--wait"}, {"rebuild", "orders"}} {
+		_, errOut, code = sightline(t, append(args, dbArgs...)...)
+		require.Equal(t, 1, code, errOut)
+		require.Contains(t, errOut, "a rebuild is already running: generation 2 (version 1) of orders is being built", args)
+	}
+	stop()
+	require.ErrorIs(t, <-built, context.Canceled)
+
+	out, errOut, code := sightline(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "building orders generation 2 100%")
+	require.Contains(t, out, "orders: generation 2 (version 1) is active")
+	readmodeltest.RequireExact(t, ctx, db.Pool)
+	out, _, code = sightline(t, append([]string{"status"}, dbArgs...)...)
+	require.Equal(t, 0, code)
+	require.Regexp(t, `orders +1 +stopped +6000 +6000 +0s +0 +- `, out)
 }
