@@ -270,3 +270,49 @@ func TestServerAwayLongerThanDiscovery(t *testing.T) {
 	}, 15*time.Second, 100*time.Millisecond, "a fresh client reaches the server again")
 	require.True(t, store.Connected())
 }
+
+// TestRebuildAndVerifyOnEventStoreDB rebuilds orders from EventStoreDB while
+// orders keep coming, then verifies every example projection against a
+// replay: positions with commit and prepare parts, live subscriptions and
+// filtered checkpoints all the way through a take-over.
+func TestRebuildAndVerifyOnEventStoreDB(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	store := newStore(t, esdbtest.Start(t).URL())
+	db := testdb.New(t)
+	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 200, Customers: 20, Writers: 4, Seed: 61})
+	require.NoError(t, err)
+	cfg := projections.Config{Metrics: projections.NewMetrics(prometheus.NewRegistry()), Source: "esdb", StatusInterval: 50 * time.Millisecond, RebuildBatchSize: 100}
+	d, err := projections.NewDaemon(db.Pool, store, readmodel.All(), cfg)
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.Background()) //nolint:errcheck
+
+	live := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(ctx, store, simulate.Config{Orders: 100, Customers: 20, Writers: 2, Rate: 300, Seed: 62})
+		live <- err
+	}()
+	r := d.Runner("orders")
+	rb, err := r.Rebuild(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		var gen int
+		return db.Pool.QueryRow(ctx, `SELECT generation FROM sightline.projections WHERE name = 'orders'`).Scan(&gen) == nil && gen == rb.Generation
+	}, time.Minute, 20*time.Millisecond, "%+v", r.Status().Rebuild)
+	require.NoError(t, <-live)
+
+	head, err := store.Head(ctx)
+	require.NoError(t, err)
+	for _, r := range d.Runners() {
+		require.Eventually(t, func() bool { return !r.Status().Position.Before(head.Position) }, time.Minute, 20*time.Millisecond, "%s: %+v", r.Name(), r.Status())
+	}
+	for _, p := range readmodel.All() {
+		report, err := projections.Verify(ctx, db.Pool, store, p, 5, cfg)
+		require.NoError(t, err)
+		require.Zero(t, report.Drifted, "%s: %+v", p.Name(), report.Drift)
+	}
+	copyEvents(t, ctx, store, db)
+	readmodeltest.RequireExact(t, ctx, db.Pool)
+}
