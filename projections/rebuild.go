@@ -32,8 +32,6 @@ import (
 var (
 	// ErrRebuildRunning: a process is building the projection already.
 	ErrRebuildRunning = errors.New("a rebuild is already running")
-	// ErrNoRebuild: there is no rebuild of the code's version to build.
-	ErrNoRebuild = errors.New("no rebuild to build")
 	// ErrNotRegistered: the projection has never run, so there is nothing
 	// to rebuild; its first run builds it from the start.
 	ErrNotRegistered = errors.New("projection has never run")
@@ -43,6 +41,9 @@ var (
 	// ErrNotRunning: the runner asked to rebuild is not running.
 	ErrNotRunning = errors.New("projector not running")
 )
+
+// errNoRebuild: there is no rebuild of the code's version to build.
+var errNoRebuild = errors.New("no rebuild to build")
 
 // takeOverWait bounds how long a take-over keeps the active generation's
 // batches waiting for the build to apply as far as it has.
@@ -85,8 +86,8 @@ type RebuildStatus struct {
 	// Building: a process holds the build (this one, when Here); when
 	// false the build waits for a process to resume it.
 	Building, Here bool
-	// LastError is the last failure of the build's take-over, when it is
-	// built in this process.
+	// LastError is the last failure of the build's take-over, when this
+	// process builds it or gave up on it.
 	LastError string
 
 	observed time.Time // when Position was read, to measure Rate
@@ -270,7 +271,7 @@ func (r *Runner) maybeBuild() {
 	b, err := claimBuild(r.soft, r.pool, r.store, r.p, r.cfg, nil)
 	if err != nil {
 		r.wg.Done()
-		if !errors.Is(err, ErrNoRebuild) && !errors.Is(err, ErrRebuildRunning) && r.soft.Err() == nil {
+		if !errors.Is(err, errNoRebuild) && !errors.Is(err, ErrRebuildRunning) && r.soft.Err() == nil {
 			r.log.Warn("could not take up the rebuild", "error", err)
 		}
 		return
@@ -430,7 +431,7 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
 		if errors.Is(err, pgx.ErrNoRows) {
-			err = fmt.Errorf("%w: no generation of %s version %d is being built", ErrNoRebuild, p.Name(), p.Version())
+			err = fmt.Errorf("%w: no generation of %s version %d is being built", errNoRebuild, p.Name(), p.Version())
 		}
 		return nil, err
 	}
