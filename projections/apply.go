@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
 )
@@ -167,6 +168,46 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	if len(parked) > 0 {
 		r.logParked(parked)
 		r.refreshParked(ctx)
+	}
+	r.analyzeWhileGrowing(ctx, reg, len(applied))
+	return nil
+}
+
+// analyzeFirst is how many events a projector applies to a generation
+// before it first analyzes the generation's tables; it analyzes them again
+// each time that count doubles.
+const analyzeFirst = 10_000
+
+// analyzeWhileGrowing keeps the planner's statistics of a generation that
+// is filling up (a new projection catching up, a rebuild) close to its
+// size. Without them, the plans cached while its tables were empty
+// (sequential scans matching each row against a whole batch's streams)
+// grow quadratically slower until autovacuum gets round to them.
+func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, applied int) {
+	r.sinceAttach += applied
+	if r.sinceAttach < r.nextAnalyze {
+		return
+	}
+	r.nextAnalyze = 2 * r.sinceAttach
+	if err := analyze(ctx, r.pool, reg.schema); err != nil && ctx.Err() == nil {
+		r.log.Warn("could not analyze the read model's tables", "error", err)
+	}
+}
+
+// analyze updates the planner's statistics of every table in schema.
+func analyze(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	rows, err := pool.Query(ctx, `SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = $1`, schema)
+	if err != nil {
+		return err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if _, err := pool.Exec(ctx, `ANALYZE `+t); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -523,7 +564,11 @@ func (p batchPlan) live() []*streamPlan {
 
 // applied is the events the batch applies.
 func (p batchPlan) applied() []eventstore.RecordedEvent {
-	var out []eventstore.RecordedEvent
+	n := 0
+	for _, s := range p.streams {
+		n += len(s.events)
+	}
+	out := make([]eventstore.RecordedEvent, 0, n)
 	for _, s := range p.streams {
 		if s.held {
 			continue

@@ -456,6 +456,8 @@ func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Co
 		serving:  true,
 		position: reg.checkpoint,
 		state:    runState{lastProgress: time.Now()},
+
+		nextAnalyze: analyzeFirst,
 	}
 	b.startOnce.Do(func() {}) // never Started: it runs by runBuild or replay
 	return b
@@ -668,6 +670,10 @@ func (b *Runner) index(ctx context.Context) error {
 		if _, ok := b.p.(Indexer); ok {
 			b.log.Info("indexes built after the bulk load", "took", time.Since(start).Round(time.Millisecond))
 		}
+	}
+	// Dashboards' queries meet the new tables with their statistics.
+	if err := analyze(ctx, b.pool, b.reg.schema); err != nil {
+		return err
 	}
 	b.build.indexed = true
 	return nil

@@ -144,6 +144,11 @@ type Runner struct {
 
 	parkedMu sync.Mutex // serializes refreshParked
 
+	// sinceAttach counts the events applied since the runner attached to
+	// its generation; nextAnalyze is the count at which its tables are
+	// analyzed next. Both belong to the goroutine that applies batches.
+	sinceAttach, nextAnalyze int
+
 	mu          sync.Mutex
 	reg         registration            // the generation applied, or while not serving, the active one
 	serving     bool                    // the code's version is the active one's: this runner applies it
@@ -370,6 +375,7 @@ func (r *Runner) serve() error {
 	}
 	r.reg, r.serving, r.pipeCancel = reg, serving, cancel
 	r.setPositionLocked(reg.checkpoint)
+	r.sinceAttach, r.nextAnalyze = 0, analyzeFirst
 	r.mu.Unlock()
 	if !serving {
 		r.log.Info("the active version is older than the code's; serving it while the new version is built",
@@ -493,18 +499,18 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 }
 
 // collect takes first and whatever else has already arrived, up to about
-// max events, without waiting; it returns how many messages it took.
-func collect(first eventstore.Message, msgs <-chan eventstore.Message, max int) ([]eventstore.RecordedEvent, eventstore.Position, int) {
+// limit events, without waiting; it returns how many messages it took.
+func collect(first eventstore.Message, msgs <-chan eventstore.Message, limit int) ([]eventstore.RecordedEvent, eventstore.Position, int) {
 	events := first.Events
 	checkpoint := first.Checkpoint
 	taken := 1
-	for len(events) < max {
+	for len(events) < limit {
 		select {
 		case m := <-msgs:
 			taken++
 			if len(m.Events) > 0 {
-				if len(events) == len(first.Events) { // copy before appending to the reader's slice
-					events = append(make([]eventstore.RecordedEvent, 0, len(events)+len(m.Events)), events...)
+				if len(events) == len(first.Events) { // copy before appending to the reader's slice, once
+					events = append(make([]eventstore.RecordedEvent, 0, max(limit, len(events)+len(m.Events))), events...)
 				}
 				events = append(events, m.Events...)
 			}
