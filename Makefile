@@ -1,6 +1,6 @@
 # The tests need a PostgreSQL server they may create databases on:
 # TEST_DATABASE_URL, by default postgres://postgres@127.0.0.1:5432/postgres.
-.PHONY: test fuzz drill build demo vet lint
+.PHONY: test fuzz drill build demo vet lint bench microbench
 
 # test runs every test, then a short fuzzing run of the example
 # projections' event decoding, then the PostgreSQL restart drill, which
@@ -17,6 +17,16 @@ drill:
 
 build:
 	go build -o bin/sightline ./cmd/sightline
+
+# bench measures sightline against its references on this machine (a few
+# minutes; the first run seeds a database of 1 million events, kept for the
+# next runs). BENCH_FLAGS passes flags, e.g. BENCH_FLAGS='--events 5000000'.
+bench:
+	go run ./bench $(BENCH_FLAGS)
+
+# microbench runs the engine's hot-path micro-benchmarks.
+microbench:
+	go test -run '^$$' -bench . -benchmem ./projections/ ./readmodel/
 
 demo:
 	go run ./cmd/sightline demo

@@ -44,8 +44,9 @@ type config struct {
 	RebuildBatchSize int           `yaml:"rebuild_batch_size"`
 	RebuildGrace     time.Duration `yaml:"rebuild_grace"`
 
-	file   string
-	logger *slog.Logger
+	file       string
+	cpuProfile string
+	logger     *slog.Logger
 }
 
 // setting ties a config field to its flag and environment variable.
@@ -69,6 +70,7 @@ func (c *config) bind(flags *pflag.FlagSet) {
 	for _, s := range c.settings() {
 		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
 	}
+	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
 	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, projections")
 }
 
@@ -107,6 +109,11 @@ func (c *config) load(cmd *cobra.Command) error {
 	}
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = api.AddrDefault
+	}
+	if c.cpuProfile != "" {
+		if err := startCPUProfile(c.cpuProfile); err != nil {
+			return usagef("cpu profile: %v", err)
+		}
 	}
 	logger, err := newLogger(c.LogLevel, c.LogFormat)
 	if err != nil {

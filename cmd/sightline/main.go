@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 )
@@ -37,6 +38,7 @@ func run(ctx context.Context, args []string) int {
 	root := newRootCmd()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	stopCPUProfile()
 	if err == nil {
 		return exitOK
 	}
@@ -64,3 +66,22 @@ type exitError struct {
 }
 
 func (e exitError) Error() string { return e.msg }
+
+// stopCPUProfile ends the profile --cpuprofile started, if any.
+var stopCPUProfile = func() {}
+
+func startCPUProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	stopCPUProfile = func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+	return nil
+}

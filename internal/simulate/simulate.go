@@ -217,6 +217,13 @@ func newOrder(cfg Config, n int) *order {
 
 func (o *order) done() bool { return o.next >= len(o.events) }
 
+// Order returns the stream and the events of order n as Run writes them
+// with cfg, for loading history in bulk.
+func Order(cfg Config, n int) (string, []eventstore.EventData) {
+	o := newOrder(cfg.withDefaults(), n)
+	return o.stream, o.events
+}
+
 // retryFor is how long an append is retried while the store is unreachable.
 const retryFor = time.Minute
 

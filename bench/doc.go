@@ -1,0 +1,22 @@
+// Command bench measures sightline side by side with its references, in one
+// run on one machine, and prints a table with the ratios and SPEC §7's
+// targets (make bench; BENCHMARKS.md has a run and what limits each
+// figure):
+//
+//   - rebuilds of each example projection by the sightline binary from the
+//     embedded store (1 million events; --events 5000000 for the memory
+//     bound), against the ceiling (read the same events, fold them in
+//     memory, COPY the final rows, build the indexes) and, for orders, a
+//     naive consumer that commits a transaction per event;
+//   - appends by 8 concurrent single-event writers against plain concurrent
+//     inserts into a table of the same shape;
+//   - live latency, event written → visible, at a steady 2 000 events/s,
+//     from the end-to-end histogram and from a probe that appends and reads
+//     back with Projection-Min-Position;
+//   - query latency of the example endpoints at 1 000 requests/s while
+//     projecting, with vegeta as the load generator.
+//
+// It owns the sightline_bench_* databases it creates on the server it is
+// given; the rebuild database is kept between runs, so that it is seeded
+// once.
+package main

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	vegeta "github.com/tsenart/vegeta/v12/lib"
+
+	"github.com/sightlinehq/sightline/api"
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
+)
+
+// liveRate is the steady append rate of SPEC §7's live target, from
+// liveWriters concurrent writers of single events (each append waits for
+// its position, a few milliseconds, so 8 writers fall short of the rate).
+const (
+	liveRate    = 2000
+	liveWriters = 16
+)
+
+// benchLive runs the example projections and the API in this process on a
+// fresh database, appends order traffic at a steady 2 000 events/s from 16
+// writers, and measures event written → visible, from the end-to-end
+// histogram and from a probe that appends an order and reads it back with
+// Projection-Min-Position; then, with the traffic going on, the example
+// endpoints' latency under 1 000 requests/s.
+func benchLive(ctx context.Context, cfg config, rep *report) error {
+	pool, _, err := openDatabase(ctx, cfg, "sightline_bench_live", true)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	store, err := pgstore.New(pool, pgstore.Config{})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if _, err := seed(ctx, pool, store, 20_000); err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	d, err := projections.NewDaemon(pool, store, readmodel.All(), projections.Config{Metrics: projections.NewMetrics(reg), Logger: cfg.logger})
+	if err != nil {
+		return err
+	}
+	if err := d.Start(ctx); err != nil {
+		return err
+	}
+	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
+	srv := api.New(api.Config{Addr: "127.0.0.1:0", Pool: pool, Store: store, Daemon: d, Gatherer: reg, Logger: cfg.logger})
+	if err := srv.Listen(); err != nil {
+		return err
+	}
+	go srv.Serve()                                 //nolint:errcheck // ends with Shutdown
+	defer srv.Shutdown(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
+	base := "http://" + srv.Addr()
+	if err := waitCaughtUp(ctx, d, store); err != nil {
+		return err
+	}
+
+	traffic, stopTraffic := context.WithCancel(ctx)
+	defer stopTraffic()
+	var appended atomic.Int64
+	trafficDone := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(traffic, store, simulate.Config{Orders: 200_000, Customers: 10_000, Writers: liveWriters, Rate: liveRate, Seed: 2,
+			Progress: func(n int64) { appended.Store(n) }})
+		trafficDone <- err
+	}()
+	time.Sleep(2 * time.Second) // the traffic settles
+
+	// Phase 1: latency of the live projection.
+	before, err := endToEnd(reg)
+	if err != nil {
+		return err
+	}
+	startCount, start := appended.Load(), time.Now()
+	probes, err := probe(ctx, store, base, cfg.phase)
+	if err != nil {
+		return err
+	}
+	rate := float64(appended.Load()-startCount) / time.Since(start).Seconds()
+	after, err := endToEnd(reg)
+	if err != nil {
+		return err
+	}
+	hist := after.minus(before)
+	p50, p99, maxBound := hist.quantile(0.50), hist.quantile(0.99), hist.maxBound()
+	rep.add(fmt.Sprintf("live, orders: event written → visible, end-to-end histogram, %.0f events/s appended for %s (p50 / p99 / max bucket)", rate, cfg.phase),
+		fmt.Sprintf("%s / %s / ≤ %s", ms(p50), ms(p99), ms(maxBound)), "", "", "p99 < 50 ms at 2 000 events/s", p99 < 50*time.Millisecond && rate >= 0.95*liveRate)
+	rep.add(fmt.Sprintf("live, orders: append → read back with Projection-Min-Position, %d probes (p50 / p99 / max)", len(probes)),
+		fmt.Sprintf("%s / %s / %s", ms(pct(probes, 0.50)), ms(pct(probes, 0.99)), ms(probes[len(probes)-1])), "", "", "p99 < 50 ms", pct(probes, 0.99) < 50*time.Millisecond)
+
+	// Phase 2: queries under load, with the traffic still going.
+	targets, err := queryTargets(ctx, pool, base)
+	if err != nil {
+		return err
+	}
+	attacker := vegeta.NewAttacker(vegeta.Timeout(5*time.Second), vegeta.KeepAlive(true), vegeta.Workers(32))
+	var m vegeta.Metrics
+	for res := range attacker.Attack(vegeta.NewStaticTargeter(targets...), vegeta.Rate{Freq: 1000, Per: time.Second}, cfg.phase, "queries") {
+		m.Add(res)
+	}
+	m.Close()
+	rep.add(fmt.Sprintf("queries: GET orders, order lists, customer stats, daily sales at %.0f requests/s for %s while projecting (p50 / p99 / max; %.1f%% succeeded)", m.Rate, cfg.phase, 100*m.Success),
+		fmt.Sprintf("%s / %s / %s", ms(m.Latencies.P50), ms(m.Latencies.P99), ms(m.Latencies.Max)), "", "", "p99 < 5 ms at 1 000 requests/s",
+		m.Latencies.P99 < 5*time.Millisecond && m.Success == 1)
+
+	stopTraffic()
+	if err := <-trafficDone; err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// waitCaughtUp waits until every runner has applied the store's head.
+func waitCaughtUp(ctx context.Context, d *projections.Daemon, store eventstore.Store) error {
+	head, err := store.Head(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range d.Runners() {
+		if err := r.WaitFor(ctx, head.Position); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// probe appends an order every 20 ms for d and reads it back through the
+// API, waiting for its position; it returns the latencies from the
+// append's return to the answer, sorted.
+func probe(ctx context.Context, store eventstore.Store, base string, d time.Duration) ([]time.Duration, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	var out []time.Duration
+	deadline := time.Now().Add(d)
+	for i := 0; time.Now().Before(deadline); i++ {
+		id := fmt.Sprintf("probe-%d", i)
+		res, err := store.Append(ctx, readmodel.OrderStreamPrefix+id, eventstore.NoStream, eventstore.EventData{EventID: uuid.NewString(),
+			Type: readmodel.TypeOrderPlaced, Data: []byte(`{"customer_id":"c-probe","items":[{"sku":"P","qty":1,"price":100}],"total":100}`)})
+		if err != nil {
+			return nil, err
+		}
+		written := time.Now()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/orders/"+id, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set(api.HeaderMinPosition, res.Position.String())
+		req.Header.Set(api.HeaderWaitMs, "5000")
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("probe %s: %s", id, resp.Status)
+		}
+		out = append(out, time.Since(written))
+		time.Sleep(20 * time.Millisecond)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func pct(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(math.Ceil(q*float64(len(sorted))))-1)]
+}
+
+// queryTargets are the example endpoints, over orders and customers the
+// read models hold.
+func queryTargets(ctx context.Context, db interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, base string) ([]vegeta.Target, error) {
+	rows, err := db.Query(ctx, `(SELECT 'o', id FROM readmodel.orders LIMIT 200) UNION ALL (SELECT 'c', customer_id FROM readmodel.customer_stats LIMIT 200)`)
+	if err != nil {
+		return nil, err
+	}
+	var targets []vegeta.Target
+	var kind, id string
+	if _, err := pgx.ForEachRow(rows, []any{&kind, &id}, func() error {
+		if kind == "o" {
+			targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/orders/" + id})
+		} else {
+			targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/customers/" + id + "/stats"})
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	for _, status := range []string{"placed", "paid", "shipped", "delivered", "cancelled"} {
+		targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/orders?status=" + status + "&limit=50"})
+	}
+	targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/sales/daily"})
+	return targets, nil
+}
+
+// histogram is a snapshot of sightline_end_to_end_seconds for orders.
+type histogram struct {
+	bounds []float64 // upper bounds, seconds
+	counts []uint64  // cumulative
+}
+
+func endToEnd(g prometheus.Gatherer) (histogram, error) {
+	families, err := g.Gather()
+	if err != nil {
+		return histogram{}, err
+	}
+	for _, f := range families {
+		if f.GetName() != "sightline_end_to_end_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label(m, "projection") != "orders" {
+				continue
+			}
+			var h histogram
+			for _, b := range m.GetHistogram().GetBucket() {
+				h.bounds, h.counts = append(h.bounds, b.GetUpperBound()), append(h.counts, b.GetCumulativeCount())
+			}
+			h.bounds, h.counts = append(h.bounds, math.Inf(1)), append(h.counts, m.GetHistogram().GetSampleCount())
+			return h, nil
+		}
+	}
+	return histogram{}, errors.New("no sightline_end_to_end_seconds for orders")
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+func (h histogram) minus(o histogram) histogram {
+	out := histogram{bounds: h.bounds, counts: make([]uint64, len(h.counts))}
+	for i := range h.counts {
+		out.counts[i] = h.counts[i] - o.counts[i]
+	}
+	return out
+}
+
+// quantile interpolates linearly inside the bucket that holds q, as
+// PromQL's histogram_quantile does.
+func (h histogram) quantile(q float64) time.Duration {
+	total := h.counts[len(h.counts)-1]
+	if total == 0 {
+		return 0
+	}
+	rank := q * float64(total)
+	lower, below := 0.0, uint64(0)
+	for i, c := range h.counts {
+		if float64(c) >= rank {
+			upper := h.bounds[i]
+			if math.IsInf(upper, 1) {
+				return secs(lower)
+			}
+			inBucket := float64(c - below)
+			return secs(lower + (upper-lower)*(rank-float64(below))/inBucket)
+		}
+		lower, below = h.bounds[i], c
+	}
+	return secs(lower)
+}
+
+// maxBound is the upper bound of the highest bucket with a sample.
+func (h histogram) maxBound() time.Duration {
+	for i := range h.counts {
+		if h.counts[i] == h.counts[len(h.counts)-1] {
+			return secs(h.bounds[i])
+		}
+	}
+	return 0
+}
+
+func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/sightlinehq/sightline/internal/migrate"
+)
+
+type config struct {
+	server string // a database URL; the bench creates its databases on that server
+	events int
+	runs   int
+	only   map[string]bool
+	phase  time.Duration
+	binary string
+	logger *slog.Logger
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var cfg config
+	var only string
+	flag.StringVar(&cfg.server, "database-url", envOr("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
+		"a PostgreSQL database URL; the bench creates its own databases (sightline_bench_*) on that server (env BENCH_DATABASE_URL)")
+	flag.IntVar(&cfg.events, "events", 1_000_000, "events in the store that rebuilds replay (5000000 for the memory bound)")
+	flag.IntVar(&cfg.runs, "runs", 3, "runs of each rebuild and append measurement; the median is reported")
+	flag.StringVar(&only, "only", "rebuild,append,live", "which parts to run: rebuild, append, live (live includes the query load)")
+	flag.DurationVar(&cfg.phase, "phase", 15*time.Second, "length of each timed phase (append rounds, live latency, query load)")
+	flag.StringVar(&cfg.binary, "binary", "", "sightline binary to rebuild with (default: built from ./cmd/sightline)")
+	flag.Parse()
+	cfg.only = map[string]bool{}
+	for _, part := range strings.Split(only, ",") {
+		cfg.only[strings.TrimSpace(part)] = true
+	}
+	cfg.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(ctx context.Context, cfg config) error {
+	if cfg.binary == "" {
+		dir, err := os.MkdirTemp("", "sightline-bench")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cfg.binary = filepath.Join(dir, "sightline")
+		build := exec.CommandContext(ctx, "go", "build", "-o", cfg.binary, "./cmd/sightline")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("build sightline: %w", err)
+		}
+	}
+	rep := &report{}
+	fmt.Fprintf(os.Stderr, "bench: %s, %d CPUs, %s\n", runtime.Version(), runtime.NumCPU(), serverVersion(ctx, cfg.server))
+	if cfg.only["rebuild"] {
+		if err := benchRebuild(ctx, cfg, rep); err != nil {
+			return fmt.Errorf("rebuild: %w", err)
+		}
+	}
+	if cfg.only["append"] {
+		if err := benchAppend(ctx, cfg, rep); err != nil {
+			return fmt.Errorf("append: %w", err)
+		}
+	}
+	if cfg.only["live"] {
+		if err := benchLive(ctx, cfg, rep); err != nil {
+			return fmt.Errorf("live: %w", err)
+		}
+	}
+	rep.print(os.Stdout)
+	return nil
+}
+
+// report is the table the bench prints.
+type report struct{ rows [][]string }
+
+func (r *report) add(measure, sightline, reference, ratio, target string, met bool) {
+	verdict := "yes"
+	if !met {
+		verdict = "**no**"
+	}
+	if target == "" {
+		verdict = ""
+	}
+	r.rows = append(r.rows, []string{measure, sightline, reference, ratio, target, verdict})
+	fmt.Fprintf(os.Stderr, "bench: %s: %s (reference %s, %s)\n", measure, sightline, reference, ratio)
+}
+
+func (r *report) print(w io.Writer) {
+	fmt.Fprintln(w, "| measure | sightline | reference | ratio | SPEC §7 target | met |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, row := range r.rows {
+		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
+	}
+}
+
+// databaseURL is server's URL with the database name replaced.
+func databaseURL(server, name string) (string, error) {
+	u, err := url.Parse(server)
+	if err != nil {
+		return "", err
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// openDatabase creates (or, with fresh, drops and creates) the database
+// name on the server, migrates it and connects.
+func openDatabase(ctx context.Context, cfg config, name string, fresh bool) (*pgxpool.Pool, string, error) {
+	dbURL, err := databaseURL(cfg.server, name)
+	if err != nil {
+		return nil, "", err
+	}
+	if fresh {
+		admin, err := pgxpool.New(ctx, cfg.server)
+		if err != nil {
+			return nil, "", err
+		}
+		_, err = admin.Exec(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`)
+		admin.Close()
+		if err != nil {
+			return nil, "", err
+		}
+	}
+	if err := migrate.EnsureDatabase(ctx, dbURL); err != nil {
+		return nil, "", err
+	}
+	pcfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return nil, "", err
+	}
+	pcfg.MaxConns = 24
+	pcfg.ConnConfig.RuntimeParams["jit"] = "off"
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := migrate.Up(ctx, pool, cfg.logger); err != nil {
+		pool.Close()
+		return nil, "", err
+	}
+	return pool, dbURL, nil
+}
+
+func serverVersion(ctx context.Context, server string) string {
+	pool, err := pgxpool.New(ctx, server)
+	if err != nil {
+		return "PostgreSQL unreachable"
+	}
+	defer pool.Close()
+	var v string
+	if err := pool.QueryRow(ctx, `SHOW server_version`).Scan(&v); err != nil {
+		return "PostgreSQL ?"
+	}
+	return "PostgreSQL " + v
+}
+
+// median of xs, which it sorts.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	slices.Sort(xs)
+	return xs[len(xs)/2]
+}
+
+func perSecond(n float64) string {
+	switch {
+	case n >= 1000:
+		return fmt.Sprintf("%.1fk/s", n/1000)
+	default:
+		return fmt.Sprintf("%.0f/s", n)
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
