@@ -628,7 +628,11 @@ func (s *streamPlan) pending() []eventstore.RecordedEvent {
 }
 
 func eventsOf(streams []*streamPlan) []eventstore.RecordedEvent {
-	var out []eventstore.RecordedEvent
+	n := 0
+	for _, s := range streams {
+		n += len(s.pending())
+	}
+	out := make([]eventstore.RecordedEvent, 0, n)
 	for _, s := range streams {
 		out = append(out, s.pending()...)
 	}
