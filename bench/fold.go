@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -74,6 +75,10 @@ func (f *ordersFold) add(e eventstore.RecordedEvent) error {
 			return err
 		}
 		o.paid += v.Amount
+	default:
+		if err := decodeOther(e); err != nil {
+			return err
+		}
 	}
 	if statusRank[status] > statusRank[o.status] {
 		o.status = status
@@ -127,6 +132,9 @@ func (f *customersFold) add(e eventstore.RecordedEvent) error {
 		}
 		f.stat(f.customerOf[id])[1] += v.Amount
 	case readmodel.TypeOrderCancelled:
+		if err := decodeOther(e); err != nil {
+			return err
+		}
 		f.stat(f.customerOf[id])[2]++
 	}
 	return nil
@@ -168,9 +176,29 @@ func (f *dailyFold) add(e eventstore.RecordedEvent) error {
 		}
 		d[1] += v.Amount
 	case readmodel.TypeOrderCancelled:
+		if err := decodeOther(e); err != nil {
+			return err
+		}
 		d[2]++
 	}
 	return nil
+}
+
+// decodeOther decodes the events the projections check without using
+// their fields, as they do.
+func decodeOther(e eventstore.RecordedEvent) error {
+	var v any
+	switch e.Type {
+	case readmodel.TypeOrderShipped:
+		v = &readmodel.OrderShipped{}
+	case readmodel.TypeOrderDelivered:
+		v = &readmodel.OrderDelivered{}
+	case readmodel.TypeOrderCancelled:
+		v = &readmodel.OrderCancelled{}
+	default:
+		return nil
+	}
+	return json.Unmarshal(e.Data, v)
 }
 
 func (f *dailyFold) rows() (string, []string, [][]any) {

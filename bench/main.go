@@ -188,6 +188,9 @@ func median(xs []float64) float64 {
 		return 0
 	}
 	slices.Sort(xs)
+	if len(xs)%2 == 0 {
+		return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+	}
 	return xs[len(xs)/2]
 }
 

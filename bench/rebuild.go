@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -41,12 +40,20 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 	if err := register(ctx, pool); err != nil {
 		return err
 	}
-	conf := filepath.Join(os.TempDir(), "sightline-bench.yaml")
 	// Replaced generations are dropped by the next rebuild.
-	if err := os.WriteFile(conf, []byte("rebuild_grace: 1ms\n"), 0o600); err != nil {
+	f, err := os.CreateTemp("", "sightline-bench-*.yaml")
+	if err != nil {
 		return err
 	}
+	conf := f.Name()
 	defer os.Remove(conf)
+	_, err = f.WriteString("rebuild_grace: 1ms\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
 
 	label := fmt.Sprintf("%.1fM events", float64(events)/1e6)
 	var ordersRate float64
@@ -132,10 +139,21 @@ type rebuildRun struct {
 	cpuShare float64 // the sightline process's CPU time over the wall time
 }
 
-// rebuildOnce runs 'sightline rebuild NAME --wait' and reads how long the
-// generation took from request to take-over.
+// rebuildOnce runs 'sightline rebuild NAME --wait' and times it from the
+// process's start to its exit, the way a user would.
 func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxpool.Pool, name string, events int64) (rebuildRun, error) {
+	// A rebuild an interrupted bench left half done would be resumed, and
+	// look faster than it is.
+	var left int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM sightline.generations WHERE projection = $1 AND state = 'building'`, name).Scan(&left); err != nil {
+		return rebuildRun{}, err
+	}
+	if left > 0 {
+		return rebuildRun{}, fmt.Errorf("a rebuild of %s was left half done by an interrupted run; finish it first ('sightline rebuild %s --wait --database-url %s')", name, name, dbURL)
+	}
 	cmd := exec.CommandContext(ctx, cfg.binary, "rebuild", name, "--wait", "--database-url", dbURL, "--config", conf, "--log-level", "warn")
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // it stops cleanly, to resume later
+	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
@@ -165,14 +183,9 @@ func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxp
 		return rebuildRun{}, fmt.Errorf("sightline rebuild %s: %w\n%s", name, err, out.String())
 	}
 	wall := time.Since(start)
-	var took time.Duration
-	if err := pool.QueryRow(ctx, `SELECT activated_at - created_at FROM sightline.generations
-		WHERE projection = $1 AND state = 'active'`, name).Scan(&took); err != nil {
-		return rebuildRun{}, err
-	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	return rebuildRun{rate: float64(events) / took.Seconds(), rssKB: rss, cpuShare: cpu.Seconds() / wall.Seconds()}, nil
+	return rebuildRun{rate: float64(events) / wall.Seconds(), rssKB: rss, cpuShare: cpu.Seconds() / wall.Seconds()}, nil
 }
 
 // vmHWM is the peak resident set of process pid, in KiB, as Linux reports
@@ -197,6 +210,10 @@ func vmHWM(pid int) int64 {
 // into fresh tables of the same shape, build the indexes, commit. It checks
 // that the rows equal the read model sightline built.
 func ceiling(ctx context.Context, pool *pgxpool.Pool, p projections.Projection) (time.Duration, error) {
+	const schema = "bench_ceiling"
+	if _, err := pool.Exec(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE`); err != nil {
+		return 0, err
+	}
 	start := time.Now()
 	f := newFold(p.Name())
 	rows, err := pool.Query(ctx, `SELECT stream_id, revision, type, data, created_at FROM sightline.events ORDER BY position`)
@@ -216,8 +233,7 @@ func ceiling(ctx context.Context, pool *pgxpool.Pool, p projections.Projection) 
 		return 0, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	const schema = "bench_ceiling"
-	if _, err := tx.Exec(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE; CREATE SCHEMA `+schema); err != nil {
+	if _, err := tx.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
 		return 0, err
 	}
 	if err := p.Setup(ctx, tx, schema); err != nil {

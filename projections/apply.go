@@ -169,7 +169,12 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		r.logParked(parked)
 		r.refreshParked(ctx)
 	}
-	r.analyzeWhileGrowing(ctx, reg, len(applied))
+	r.mu.Lock()
+	filling := r.build != nil || !r.state.caughtUp
+	r.mu.Unlock()
+	if filling {
+		r.analyzeWhileGrowing(ctx, reg, len(applied))
+	}
 	return nil
 }
 
@@ -179,8 +184,8 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 const analyzeFirst = 10_000
 
 // analyzeWhileGrowing keeps the planner's statistics of a generation that
-// is filling up (a new projection catching up, a rebuild) close to its
-// size. Without them, the plans cached while its tables were empty
+// is filling up (a new projection catching up, a rebuild; not one keeping
+// up with live traffic) close to its size. Without them, the plans cached while its tables were empty
 // (sequential scans matching each row against a whole batch's streams)
 // grow quadratically slower until autovacuum gets round to them.
 func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, applied int) {
@@ -194,7 +199,8 @@ func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, appl
 	}
 }
 
-// analyze updates the planner's statistics of every table in schema.
+// analyze updates the planner's statistics of every table in schema,
+// passing over tables another command holds (a vacuum, an index build).
 func analyze(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 	rows, err := pool.Query(ctx, `SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = $1`, schema)
 	if err != nil {
@@ -205,7 +211,7 @@ func analyze(ctx context.Context, pool *pgxpool.Pool, schema string) error {
 		return err
 	}
 	for _, t := range tables {
-		if _, err := pool.Exec(ctx, `ANALYZE `+t); err != nil {
+		if _, err := pool.Exec(ctx, `ANALYZE (SKIP_LOCKED) `+t); err != nil {
 			return err
 		}
 	}

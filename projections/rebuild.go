@@ -672,8 +672,8 @@ func (b *Runner) index(ctx context.Context) error {
 		}
 	}
 	// Dashboards' queries meet the new tables with their statistics.
-	if err := analyze(ctx, b.pool, b.reg.schema); err != nil {
-		return err
+	if err := analyze(ctx, b.pool, b.reg.schema); err != nil && ctx.Err() == nil {
+		b.log.Warn("could not analyze the rebuilt tables; autovacuum will", "error", err)
 	}
 	b.build.indexed = true
 	return nil

@@ -509,8 +509,9 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, limit int
 		case m := <-msgs:
 			taken++
 			if len(m.Events) > 0 {
-				if len(events) == len(first.Events) { // copy before appending to the reader's slice, once
-					events = append(make([]eventstore.RecordedEvent, 0, max(limit, len(events)+len(m.Events))), events...)
+				if len(events) == len(first.Events) { // copy before appending to the reader's slice, with room for what waits
+					size := min(limit, len(events)+len(m.Events)*(1+len(msgs)))
+					events = append(make([]eventstore.RecordedEvent, 0, max(size, len(events)+len(m.Events))), events...)
 				}
 				events = append(events, m.Events...)
 			}
