@@ -398,21 +398,6 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	}
 }
 
-// stuckStore's subscriptions deliver nothing: a rebuild on it never ends.
-type stuckStore struct{ *pgstore.Store }
-
-func (stuckStore) Subscribe(context.Context, eventstore.Position, eventstore.Filter) (eventstore.Subscription, error) {
-	return stuckSub{}, nil
-}
-
-type stuckSub struct{}
-
-func (stuckSub) Recv(ctx context.Context) (eventstore.Message, error) {
-	<-ctx.Done()
-	return eventstore.Message{}, ctx.Err()
-}
-func (stuckSub) Close() error { return nil }
-
 func TestRebuildRoute(t *testing.T) {
 	t.Parallel()
 	ctx, b := setup(t, api.Config{Token: token})
@@ -424,7 +409,7 @@ func TestRebuildRoute(t *testing.T) {
 	elsewhere, stopElsewhere := context.WithCancel(ctx)
 	built := make(chan error, 1)
 	go func() {
-		built <- projections.RunRebuild(elsewhere, b.pool, stuckStore{b.store}, readmodel.Orders{}, projections.Config{}, nil)
+		built <- projections.RunRebuild(elsewhere, b.pool, storetest.Silent{Store: b.store}, readmodel.Orders{}, projections.Config{}, nil)
 	}()
 	require.Eventually(t, func() bool {
 		st := b.daemon.Runner("orders").Status().Rebuild
@@ -482,7 +467,7 @@ func TestStatusHeaderDuringRebuilds(t *testing.T) {
 
 	// Code with orders at version 2, on a store whose replays never end.
 	reg := prometheus.NewRegistry()
-	d, err := projections.NewDaemon(b.pool, stuckStore{b.store}, []projections.Projection{ordersV2{}, readmodel.CustomerStats{}},
+	d, err := projections.NewDaemon(b.pool, storetest.Silent{Store: b.store}, []projections.Projection{ordersV2{}, readmodel.CustomerStats{}},
 		projections.Config{Metrics: projections.NewMetrics(reg), StatusInterval: 20 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))

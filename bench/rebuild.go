@@ -15,6 +15,7 @@ import (
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
 )
@@ -108,7 +109,7 @@ func register(ctx context.Context, pool *pgxpool.Pool) error {
 		return err
 	}
 	defer store.Close()
-	d, err := projections.NewDaemon(pool, stuck{store}, readmodel.All(), projections.Config{})
+	d, err := projections.NewDaemon(pool, storetest.Silent{Store: store}, readmodel.All(), projections.Config{})
 	if err != nil {
 		return err
 	}
@@ -117,21 +118,6 @@ func register(ctx context.Context, pool *pgxpool.Pool) error {
 	}
 	return d.Stop(ctx)
 }
-
-// stuck is a store whose subscriptions deliver nothing.
-type stuck struct{ eventstore.Store }
-
-func (stuck) Subscribe(context.Context, eventstore.Position, eventstore.Filter) (eventstore.Subscription, error) {
-	return stuckSub{}, nil
-}
-
-type stuckSub struct{}
-
-func (stuckSub) Recv(ctx context.Context) (eventstore.Message, error) {
-	<-ctx.Done()
-	return eventstore.Message{}, ctx.Err()
-}
-func (stuckSub) Close() error { return nil }
 
 type rebuildRun struct {
 	rate     float64 // events per second, from request to take-over

@@ -129,21 +129,6 @@ $`, out)
 	require.NoError(t, second.err, second.stderr.String())
 }
 
-// stuckStore's subscriptions deliver nothing: a rebuild on it never ends.
-type stuckStore struct{ eventstore.Store }
-
-func (stuckStore) Subscribe(context.Context, eventstore.Position, eventstore.Filter) (eventstore.Subscription, error) {
-	return stuckSub{}, nil
-}
-
-type stuckSub struct{}
-
-func (stuckSub) Recv(ctx context.Context) (eventstore.Message, error) {
-	<-ctx.Done()
-	return eventstore.Message{}, ctx.Err()
-}
-func (stuckSub) Close() error { return nil }
-
 // TestRebuildWaitCommand: 'rebuild --wait' refuses a projection that never
 // ran and a rebuild another process builds, then builds one here with a
 // progress bar until it takes over.
@@ -171,7 +156,7 @@ func TestRebuildWaitCommand(t *testing.T) {
 	built := make(chan error, 1)
 	claimed := make(chan struct{})
 	go func() {
-		built <- projections.RunRebuild(elsewhere, db.Pool, stuckStore{store}, readmodel.Orders{}, projections.Config{},
+		built <- projections.RunRebuild(elsewhere, db.Pool, storetest.Silent{Store: store}, readmodel.Orders{}, projections.Config{},
 			func(projections.Rebuild) { close(claimed) })
 	}()
 	<-claimed

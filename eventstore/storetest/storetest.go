@@ -389,3 +389,21 @@ func testPositionTokens(t *testing.T, s eventstore.Store) {
 		require.True(t, errors.Is(err, eventstore.ErrInvalidPosition), "%q: %v", bad, err)
 	}
 }
+
+// Silent wraps a store so that its subscriptions deliver nothing until
+// their context ends: a replay on it gets nowhere, and stays where it is.
+type Silent struct{ eventstore.Store }
+
+// Subscribe returns a subscription that delivers nothing.
+func (Silent) Subscribe(context.Context, eventstore.Position, eventstore.Filter) (eventstore.Subscription, error) {
+	return silentSubscription{}, nil
+}
+
+type silentSubscription struct{}
+
+func (silentSubscription) Recv(ctx context.Context) (eventstore.Message, error) {
+	<-ctx.Done()
+	return eventstore.Message{}, ctx.Err()
+}
+
+func (silentSubscription) Close() error { return nil }
