@@ -167,6 +167,11 @@ func TestRebuildWaitCommand(t *testing.T) {
 	}
 	stop()
 	require.ErrorIs(t, <-built, context.Canceled)
+	require.Eventually(t, func() bool { // its server session, and the lock with it, ends a moment after
+		var held int
+		return db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&held) == nil && held == 0
+	}, 10*time.Second, 10*time.Millisecond)
 
 	out, errOut, code := sightline(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
 	require.Equal(t, 0, code, errOut)
