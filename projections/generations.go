@@ -92,10 +92,16 @@ func register(ctx context.Context, pool *pgxpool.Pool, p Projection) (registrati
 	return reg, tx.Commit(ctx)
 }
 
+// beginner is a pool or a connection.
+type beginner interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+}
+
 // beginLocked begins a transaction holding the projection's registration
-// lock: registering, requesting a rebuild and swapping generations take it.
-func beginLocked(ctx context.Context, pool *pgxpool.Pool, name string) (pgx.Tx, error) {
-	tx, err := pool.Begin(ctx)
+// lock: registering, requesting a rebuild, creating a scratch copy and
+// swapping generations take it.
+func beginLocked(ctx context.Context, db beginner, name string) (pgx.Tx, error) {
+	tx, err := db.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +110,17 @@ func beginLocked(ctx context.Context, pool *pgxpool.Pool, name string) (pgx.Tx, 
 		return nil, err
 	}
 	return tx, nil
+}
+
+// activeCheckpoint reads the named projection's active generation and its
+// checkpoint, without locking.
+func activeCheckpoint(ctx context.Context, db Querier, name string) (int, eventstore.Position, error) {
+	var gen int
+	var commit, prepare int64
+	err := db.QueryRow(ctx, `SELECT p.generation, c.commit_position, c.prepare_position
+		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
+		WHERE p.name = $1`, name).Scan(&gen, &commit, &prepare)
+	return gen, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, err
 }
 
 func readRegistration(ctx context.Context, db Querier, name string, gen int) (registration, error) {

@@ -99,21 +99,18 @@ type RebuildStatus struct {
 // by a process that stopped is resumed rather than started again; one that
 // a process is building is ErrRebuildRunning.
 func RequestRebuild(ctx context.Context, pool *pgxpool.Pool, p Projection) (Rebuild, error) {
-	tx, err := pool.Begin(ctx)
+	return requestRebuild(ctx, pool, p)
+}
+
+// requestRebuild is RequestRebuild in a transaction of db.
+func requestRebuild(ctx context.Context, db beginner, p Projection) (Rebuild, error) {
+	tx, err := beginLocked(ctx, db, p.Name())
 	if err != nil {
 		return Rebuild{}, err
 	}
-	return requestRebuild(ctx, tx, p)
-}
-
-// requestRebuild is RequestRebuild in tx, which it commits.
-func requestRebuild(ctx context.Context, tx pgx.Tx, p Projection) (Rebuild, error) {
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("sightline.projection/"+p.Name())); err != nil {
-		return Rebuild{}, err
-	}
 	var version int
-	err := tx.QueryRow(ctx, `SELECT version FROM sightline.projections WHERE name = $1`, p.Name()).Scan(&version)
+	err = tx.QueryRow(ctx, `SELECT version FROM sightline.projections WHERE name = $1`, p.Name()).Scan(&version)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return Rebuild{}, fmt.Errorf("%w: %s; its first run builds it from the start", ErrNotRegistered, p.Name())
@@ -191,7 +188,7 @@ func ReadRebuild(ctx context.Context, db Querier, store eventstore.Store, name s
 }
 
 // readGeneration reads generation gen of the named projection as a
-// rebuild, without the head.
+// rebuild, without the head; gen 0 reads the one being built.
 func readGeneration(ctx context.Context, db Querier, name string, gen int) (RebuildStatus, error) {
 	var st RebuildStatus
 	var commit, prepare int64
@@ -199,7 +196,7 @@ func readGeneration(ctx context.Context, db Querier, name string, gen int) (Rebu
 	err := db.QueryRow(ctx, `SELECT g.generation, g.version, g.reason, g.state, g.created_at,
 			coalesce(c.commit_position, 0), coalesce(c.prepare_position, 0), g.state = 'building' AND `+buildHeld("$3", "$4")+`
 		FROM sightline.generations g LEFT JOIN sightline.checkpoints c USING (projection, generation)
-		WHERE g.projection = $1 AND g.generation = $2`, name, gen, classid, objid).
+		WHERE g.projection = $1 AND (g.generation = $2 OR $2 = 0 AND g.state = 'building')`, name, gen, classid, objid).
 		Scan(&st.Generation, &st.Version, &st.Reason, &st.State, &st.StartedAt, &commit, &prepare, &st.Building)
 	if err != nil {
 		return RebuildStatus{}, fmt.Errorf("read generation %d of %s: %w", gen, name, err)
@@ -211,16 +208,14 @@ func readGeneration(ctx context.Context, db Querier, name string, gen int) (Rebu
 // readBuilding reads the rebuild under way of the named projection; nil
 // when there is none.
 func readBuilding(ctx context.Context, db Querier, name string) (*RebuildStatus, error) {
-	var gen int
-	err := db.QueryRow(ctx, `SELECT generation FROM sightline.generations WHERE projection = $1 AND state = 'building'`, name).Scan(&gen)
+	st, err := readGeneration(ctx, db, name, 0)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	st, err := readGeneration(ctx, db, name, gen)
-	return &st, err
+	return &st, nil
 }
 
 // progress is how far pos is towards head, from 0 to 1.
@@ -412,11 +407,7 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 		return nil, err
 	}
 	if request != nil {
-		tx, err := conn.Begin(ctx)
-		if err == nil {
-			*request, err = requestRebuild(ctx, tx, p)
-		}
-		if err != nil {
+		if *request, err = requestRebuild(ctx, conn, p); err != nil {
 			conn.Close(context.WithoutCancel(ctx))
 			return nil, err
 		}
@@ -571,27 +562,17 @@ var errClaimLost = errors.New("lost the build lock")
 // reached says whether the build has applied as far as target. Only its
 // checkpoint says so: a live subscription with nothing pending may still
 // have events on their way that the active generation has applied.
-func (b *Runner) reached(target eventstore.Position) (bool, <-chan struct{}) {
+func (b *Runner) reached(target eventstore.Position) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return !b.position.Before(target), b.advanced
+	return !b.position.Before(target)
 }
 
 // waitReached waits up to d for the build to reach target.
 func (b *Runner) waitReached(ctx context.Context, target eventstore.Position, d time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	for {
-		ok, advanced := b.reached(target)
-		if ok {
-			return true
-		}
-		select {
-		case <-advanced:
-		case <-ctx.Done():
-			return false
-		}
-	}
+	return b.WaitFor(ctx, target) == nil
 }
 
 // reconcile applies to the generation that took over the decisions
@@ -708,13 +689,11 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("waiting for %d transactions that have read %s for over a second", long, strings.Join(names, ", "))
 	}
 	// Come close to the active generation before holding it back.
-	var commit, prepare int64
-	if err := b.pool.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position
-		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
-		WHERE p.name = $1`, name).Scan(&commit, &prepare); err != nil {
+	_, activePos, err := activeCheckpoint(ctx, b.pool, name)
+	if err != nil {
 		return false, err
 	}
-	if !b.waitReached(ctx, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, takeOverWait) {
+	if !b.waitReached(ctx, activePos, takeOverWait) {
 		return false, ctx.Err()
 	}
 	tx, err := beginLocked(ctx, b.pool, name)

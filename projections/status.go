@@ -153,11 +153,8 @@ func (r *Runner) writeStatus(ctx context.Context) {
 // running the older version may still move.
 func (r *Runner) refreshActive(ctx context.Context) {
 	reg := r.registration()
-	var gen int
-	var commit, prepare int64
-	if err := r.pool.QueryRow(ctx, `SELECT p.generation, c.commit_position, c.prepare_position
-		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
-		WHERE p.name = $1`, r.p.Name()).Scan(&gen, &commit, &prepare); err != nil {
+	gen, pos, err := activeCheckpoint(ctx, r.pool, r.p.Name())
+	if err != nil {
 		return // the next status tick tries again
 	}
 	if gen != reg.generation {
@@ -166,7 +163,7 @@ func (r *Runner) refreshActive(ctx context.Context) {
 	}
 	r.mu.Lock()
 	if !r.serving {
-		r.setPositionLocked(eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)})
+		r.setPositionLocked(pos)
 	}
 	r.mu.Unlock()
 }

@@ -195,14 +195,11 @@ func createScratch(ctx context.Context, pool *pgxpool.Pool, p Projection) (regis
 		return registration{}, nil, err
 	}
 	reg, err := func() (registration, error) {
-		tx, err := conn.Begin(ctx)
+		tx, err := beginLocked(ctx, conn, p.Name())
 		if err != nil {
 			return registration{}, err
 		}
 		defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey("sightline.projection/"+p.Name())); err != nil {
-			return registration{}, err
-		}
 		var gen int
 		if err := tx.QueryRow(ctx, `SELECT coalesce(max(generation), 0) + 1 FROM sightline.generations WHERE projection = $1`,
 			p.Name()).Scan(&gen); err != nil {
@@ -238,7 +235,7 @@ func (b *Runner) replayTo(ctx context.Context, until eventstore.Position) error 
 	b.build.until = &until
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	for {
-		if ok, _ := b.reached(until); ok {
+		if b.reached(until) {
 			return nil
 		}
 		err := b.pipeline(ctx)
@@ -250,7 +247,7 @@ func (b *Runner) replayTo(ctx context.Context, until eventstore.Position) error 
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
-		if ok, _ := b.reached(until); ok {
+		if b.reached(until) {
 			return nil
 		}
 		d := retry.NextBackOff()
