@@ -42,15 +42,8 @@ type ordersFold struct {
 	ids    []string
 }
 
-var statusRank = map[string]int{readmodel.StatusPlaced: 1, readmodel.StatusPaid: 2, readmodel.StatusShipped: 3, readmodel.StatusDelivered: 4, readmodel.StatusCancelled: 5}
-
-var statusOf = map[string]string{
-	readmodel.TypeOrderPlaced: readmodel.StatusPlaced, readmodel.TypeOrderPaid: readmodel.StatusPaid, readmodel.TypeOrderShipped: readmodel.StatusShipped,
-	readmodel.TypeOrderDelivered: readmodel.StatusDelivered, readmodel.TypeOrderCancelled: readmodel.StatusCancelled,
-}
-
 func (f *ordersFold) add(e eventstore.RecordedEvent) error {
-	status, ok := statusOf[e.Type]
+	status, ok := readmodel.OrderStatusOf(e.Type)
 	if !ok {
 		return nil
 	}
@@ -80,9 +73,7 @@ func (f *ordersFold) add(e eventstore.RecordedEvent) error {
 			return err
 		}
 	}
-	if statusRank[status] > statusRank[o.status] {
-		o.status = status
-	}
+	o.status = readmodel.LaterStatus(o.status, status)
 	if e.CreatedAt.After(o.updatedAt) {
 		o.updatedAt = e.CreatedAt
 	}

@@ -64,6 +64,22 @@ const (
 
 var statusRank = map[string]int{StatusPlaced: 1, StatusPaid: 2, StatusShipped: 3, StatusDelivered: 4, StatusCancelled: 5}
 
+// OrderStatusOf is the status an event of type eventType moves an order to;
+// false for types that do not concern orders.
+func OrderStatusOf(eventType string) (string, bool) {
+	s, ok := statusOf[eventType]
+	return s, ok
+}
+
+// LaterStatus is whichever of two statuses an order reaches later; the
+// empty status is before all.
+func LaterStatus(a, b string) string {
+	if statusRank[b] > statusRank[a] {
+		return b
+	}
+	return a
+}
+
 var statusOf = map[string]string{
 	TypeOrderPlaced: StatusPlaced, TypeOrderPaid: StatusPaid, TypeOrderShipped: StatusShipped,
 	TypeOrderDelivered: StatusDelivered, TypeOrderCancelled: StatusCancelled,
@@ -84,7 +100,7 @@ func (Orders) Apply(ctx context.Context, b *projections.Batch) error {
 	changes := map[string]*orderChange{}
 	var ids []string
 	for _, e := range b.Events {
-		status, ok := statusOf[e.Type]
+		status, ok := OrderStatusOf(e.Type)
 		if !ok {
 			continue
 		}
@@ -114,9 +130,7 @@ func (Orders) Apply(ctx context.Context, b *projections.Batch) error {
 				return err
 			}
 		}
-		if statusRank[status] > statusRank[c.status] {
-			c.status = status
-		}
+		c.status = LaterStatus(c.status, status)
 		if e.CreatedAt.After(c.updatedAt) {
 			c.updatedAt = e.CreatedAt
 		}
