@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/sightlinehq/sightline/eventstore"
-	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/readmodel"
 )
 
@@ -22,16 +21,12 @@ const appendWriters = 8
 // into a table of the same shape (columns, keys, indexes), in alternating
 // rounds on the same database.
 func benchAppend(ctx context.Context, cfg config, rep *report) error {
-	pool, _, err := openDatabase(ctx, cfg, "sightline_bench_append", true)
+	db, err := openDatabase(ctx, cfg, "sightline_bench_append", true)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, pgstore.Config{})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
+	defer db.Close()
+	pool, store := db.pool, db.store
 	if _, err := pool.Exec(ctx, `CREATE TABLE bench_plain (LIKE sightline.event_log INCLUDING ALL)`); err != nil {
 		return err
 	}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/sightlinehq/sightline/api"
 	"github.com/sightlinehq/sightline/eventstore"
-	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -40,16 +39,12 @@ const (
 // Projection-Min-Position; then, with the traffic going on, the example
 // endpoints' latency under 1 000 requests/s.
 func benchLive(ctx context.Context, cfg config, rep *report) error {
-	pool, _, err := openDatabase(ctx, cfg, "sightline_bench_live", true)
+	db, err := openDatabase(ctx, cfg, "sightline_bench_live", true)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, pgstore.Config{})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
+	defer db.Close()
+	pool, store := db.pool, db.store
 	if _, err := seed(ctx, pool, store, 20_000); err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/migrate"
 )
 
@@ -131,42 +132,60 @@ func databaseURL(server, name string) (string, error) {
 	return u.String(), nil
 }
 
+// benchDB is a bench database with the embedded store on it.
+type benchDB struct {
+	pool  *pgxpool.Pool
+	url   string
+	store *pgstore.Store
+}
+
+// Close closes the store, then the pool.
+func (db *benchDB) Close() {
+	db.store.Close()
+	db.pool.Close()
+}
+
 // openDatabase creates (or, with fresh, drops and creates) the database
-// name on the server, migrates it and connects.
-func openDatabase(ctx context.Context, cfg config, name string, fresh bool) (*pgxpool.Pool, string, error) {
+// name on the server, migrates it, connects and opens the embedded store.
+func openDatabase(ctx context.Context, cfg config, name string, fresh bool) (*benchDB, error) {
 	dbURL, err := databaseURL(cfg.server, name)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if fresh {
 		admin, err := pgxpool.New(ctx, cfg.server)
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		_, err = admin.Exec(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`)
 		admin.Close()
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 	}
 	if err := migrate.EnsureDatabase(ctx, dbURL); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	pcfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	pcfg.MaxConns = 24
 	pcfg.ConnConfig.RuntimeParams["jit"] = "off"
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if err := migrate.Up(ctx, pool, cfg.logger); err != nil {
 		pool.Close()
-		return nil, "", err
+		return nil, err
 	}
-	return pool, dbURL, nil
+	store, err := pgstore.New(pool, pgstore.Config{})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &benchDB{pool: pool, url: dbURL, store: store}, nil
 }
 
 func serverVersion(ctx context.Context, server string) string {

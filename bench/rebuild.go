@@ -14,7 +14,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
-	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -24,21 +23,18 @@ import (
 // sightline binary against the ceiling (fold in memory, COPY the final
 // rows) and, for orders, a naive one-transaction-per-event consumer.
 func benchRebuild(ctx context.Context, cfg config, rep *report) error {
-	pool, dbURL, err := openDatabase(ctx, cfg, fmt.Sprintf("sightline_bench_%d", cfg.events), false)
+	db, err := openDatabase(ctx, cfg, fmt.Sprintf("sightline_bench_%d", cfg.events), false)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	store, err := pgstore.New(pool, pgstore.Config{})
-	if err != nil {
-		return err
+	defer db.Close()
+	pool, dbURL := db.pool, db.url
+	events, err := seed(ctx, pool, db.store, cfg.events)
+	if err == nil {
+		err = register(ctx, pool, db.store)
 	}
-	events, err := seed(ctx, pool, store, cfg.events)
-	store.Close()
+	db.store.Close() // the rebuilds run in processes of their own
 	if err != nil {
-		return err
-	}
-	if err := register(ctx, pool); err != nil {
 		return err
 	}
 	// Replaced generations are dropped by the next rebuild.
@@ -99,16 +95,11 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 
 // register makes the example projections' first generations, empty: a
 // rebuild needs a projection that has run.
-func register(ctx context.Context, pool *pgxpool.Pool) error {
+func register(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store) error {
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM sightline.projections`).Scan(&n); err != nil || n == len(readmodel.All()) {
 		return err
 	}
-	store, err := pgstore.New(pool, pgstore.Config{})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
 	d, err := projections.NewDaemon(pool, storetest.Silent{Store: store}, readmodel.All(), projections.Config{})
 	if err != nil {
 		return err
@@ -120,7 +111,7 @@ func register(ctx context.Context, pool *pgxpool.Pool) error {
 }
 
 type rebuildRun struct {
-	rate     float64 // events per second, from request to take-over
+	rate     float64 // events per second over the process's wall time
 	rssKB    int64
 	cpuShare float64 // the sightline process's CPU time over the wall time
 }
