@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -151,7 +152,7 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 				return err
 			}
 			fmt.Printf("%s: generation %d (version %d) is active; a running projector (or the next rebuild) drops the replaced tables after %s.\n",
-				rb.Projection, rb.Generation, rb.Version, cmpDuration(c.RebuildGrace, projections.RetiredGraceDefault))
+				rb.Projection, rb.Generation, rb.Version, cmp.Or(c.RebuildGrace, projections.RetiredGraceDefault))
 			return nil
 		case <-tick.C:
 			st, err := projections.ReadRebuild(ctx, a.pool, a.store, rb.Projection, rb.Generation)
@@ -166,13 +167,6 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 			}
 		}
 	}
-}
-
-func cmpDuration(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
 
 func newVerifyCmd(c *config) *cobra.Command {
