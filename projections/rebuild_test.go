@@ -306,12 +306,11 @@ func TestVerifyReportsExactlyTheRowsThatDrifted(t *testing.T) {
 	require.Zero(t, scratch, "verify drops its scratch copies")
 }
 
-// TestSkipsOutliveARebuild: an event an operator skipped stays skipped when
-// the projection is rebuilt or verified, instead of holding its stream
-// again in the new generation.
-func TestSkipsOutliveARebuild(t *testing.T) {
-	t.Parallel()
-	ctx, b := setup(t)
+// poisonedTally runs tally over two streams, one of which holds an event
+// that always fails, and returns the projection, its runner and the parked
+// event with the one held behind it.
+func poisonedTally(t *testing.T, ctx context.Context, b *bundle) (*tally, *projections.Runner, []projections.ParkedEvent) {
+	t.Helper()
 	appendOrder(t, ctx, b.store, "t-a", tallyEvent(1, ""), tallyEvent(2, "permanent"), tallyEvent(4, ""))
 	appendOrder(t, ctx, b.store, "t-b", tallyEvent(1, ""), tallyEvent(2, ""))
 	p := newTally("permanent")
@@ -319,6 +318,16 @@ func TestSkipsOutliveARebuild(t *testing.T) {
 	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
 	list := parked(t, ctx, b)
 	require.Len(t, list, 2)
+	return p, r, list
+}
+
+// TestSkipsOutliveARebuild: an event an operator skipped stays skipped when
+// the projection is rebuilt or verified, instead of holding its stream
+// again in the new generation.
+func TestSkipsOutliveARebuild(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	p, r, list := poisonedTally(t, ctx, b)
 	_, err := r.Skip(ctx, list[0].ID)
 	require.NoError(t, err)
 	want := map[string]tallyRow{"t-a": {2, 5, 2}, "t-b": {2, 3, 1}}
@@ -346,13 +355,7 @@ func TestSkipsOutliveARebuild(t *testing.T) {
 func TestDecisionsDuringARebuildCarryOver(t *testing.T) {
 	t.Parallel()
 	ctx, b := setup(t)
-	appendOrder(t, ctx, b.store, "t-a", tallyEvent(1, ""), tallyEvent(2, "permanent"), tallyEvent(4, ""))
-	appendOrder(t, ctx, b.store, "t-b", tallyEvent(1, ""), tallyEvent(2, ""))
-	p := newTally("permanent")
-	r := b.startTally(t, ctx, p)
-	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
-	active := parked(t, ctx, b)
-	require.Len(t, active, 2)
+	p, r, active := poisonedTally(t, ctx, b)
 
 	// The build gets the first message only (two events, the poison one
 	// among them), so it parks the event and is not caught up.
