@@ -4,14 +4,9 @@ package readmodel_test
 
 import (
 	"context"
-	"net"
-	"os"
-	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -32,7 +27,6 @@ import (
 func TestPostgresRestartUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cluster := clusterVersion(t)
 	db := testdb.New(t)
 	store, err := pgstore.New(db.Pool, pgstore.Config{})
 	require.NoError(t, err)
@@ -44,18 +38,9 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 		_, err := simulate.Run(ctx, store, simulate.Config{Orders: 800, Customers: 60, Writers: 4, Rate: 600, Seed: 31})
 		traffic <- err
 	}()
-	startedAt := func() (at time.Time) {
-		require.Eventually(t, func() bool {
-			return db.Pool.QueryRow(ctx, `SELECT pg_postmaster_start_time()`).Scan(&at) == nil
-		}, 30*time.Second, 100*time.Millisecond)
-		return at
-	}
 	for range 2 {
 		time.Sleep(1500 * time.Millisecond)
-		before := startedAt()
-		out, err := exec.CommandContext(ctx, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "restart").CombinedOutput()
-		require.NoError(t, err, "pg_ctlcluster restart: %s", out)
-		require.True(t, startedAt().After(before), "the server restarted")
+		testdb.Restart(t, ctx, db.Pool, false)
 		t.Log("PostgreSQL restarted")
 	}
 	require.NoError(t, <-traffic, "the writers retry through the restarts")
@@ -70,23 +55,4 @@ func TestPostgresRestartUnderLoad(t *testing.T) {
 	}
 	require.Positive(t, failures, "the projector saw the restarts and retried")
 	require.NoError(t, d.Stop(ctx))
-}
-
-// clusterVersion is the PostgreSQL cluster version under /etc/postgresql,
-// after checking that the tests' server is this machine's.
-func clusterVersion(t *testing.T) string {
-	t.Helper()
-	cfg, err := pgconn.ParseConfig(testdb.AdminURL())
-	require.NoError(t, err)
-	if ip := net.ParseIP(cfg.Host); cfg.Host != "localhost" && !strings.HasPrefix(cfg.Host, "/") && (ip == nil || !ip.IsLoopback()) {
-		t.Fatalf("this drill restarts the local PostgreSQL, but TEST_DATABASE_URL points at %s: run it against the local server, or run the other tests alone (go test -race ./...)", cfg.Host)
-	}
-	entries, err := os.ReadDir("/etc/postgresql")
-	if err != nil || len(entries) != 1 {
-		t.Fatalf("this drill restarts the local PostgreSQL with pg_ctlcluster and needs exactly one cluster under /etc/postgresql: %v", err)
-	}
-	if _, err := exec.LookPath("pg_ctlcluster"); err != nil {
-		t.Fatal("this drill needs pg_ctlcluster (postgresql-common)")
-	}
-	return strings.TrimSpace(entries[0].Name())
 }
