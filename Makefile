@@ -13,7 +13,7 @@ fuzz:
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./readmodel/
 
 drill:
-	go test -race -count=1 -tags pgrestart -run '^TestPostgresRestartUnderLoad$$' ./readmodel/
+	go test -race -count=1 -p 1 -tags pgrestart -run '^(TestPostgresRestartUnderLoad|TestAcknowledgedAppendsSurviveACrash)$$' ./readmodel/ ./eventstore/pgstore/
 
 build:
 	go build -o bin/sightline ./cmd/sightline
@@ -33,7 +33,7 @@ demo:
 
 vet:
 	go vet ./...
-	go vet -tags pgrestart ./readmodel/
+	go vet -tags pgrestart ./readmodel/ ./eventstore/pgstore/
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -77,6 +77,8 @@ func (s *Server) appendEvents(c echo.Context) error {
 		return problem(c, http.StatusConflict, "Event IDs already used", err.Error())
 	case errors.Is(err, eventstore.ErrInvalidEvent):
 		return problem(c, http.StatusBadRequest, "Bad event", err.Error())
+	case errors.Is(err, eventstore.ErrAppendLost):
+		return problem(c, http.StatusServiceUnavailable, "Append lost", err.Error()+"; append the same events again")
 	case err != nil:
 		return err
 	}

@@ -233,6 +233,10 @@ var (
 	ErrInvalidPosition = errors.New("invalid position")
 	// ErrClosed is returned by calls on a closed store or subscription.
 	ErrClosed = errors.New("closed")
+	// ErrAppendLost is returned by an append whose events the database lost
+	// in a crash before the append was acknowledged. Nothing of it was
+	// delivered; appending the same events again (same IDs) is safe.
+	ErrAppendLost = errors.New("append lost in a database crash before it was acknowledged")
 )
 
 // WrongExpectedRevisionError says an append's condition did not hold.

@@ -3,16 +3,20 @@
 //
 // It owns the sightline.event_log, sightline.unsequenced, sightline.positions
 // and sightline.sequencer tables, the sightline.events view and the
-// sightline.sequence_events function (created by internal/migrate), and
-// nothing else in the database.
+// sightline.position_events function (created by internal/migrate; the
+// older sightline.sequence_events stays for processes running older code),
+// and nothing else in the database.
 //
 // An append inserts its events and marks them unsequenced, in one statement;
 // the (stream_id, revision) key is its optimistic concurrency guard. After
-// commit, a sequencer gives
-// committed events gapless positions in batches, one sequencer at a time
-// across all processes. Readers read below the sequenced head: they never
-// skip an event that commits late, never wait on a timeout, and are not held
-// back by a transaction left open anywhere in the database, because
-// uncommitted rows simply have no position yet. Each sequencer run notifies
+// commit, a sequencer gives committed events gapless positions in batches,
+// one sequencer at a time across all processes. Readers read below the
+// sequenced head: they never skip an event that commits late, never wait on
+// a timeout, and are not held back by a transaction left open anywhere in
+// the database, because uncommitted rows simply have no position yet. Each sequencer run notifies
 // 'sightline_events', which wakes subscribers at once.
+//
+// An append commits without waiting for the disk and is acknowledged once
+// positioned: the sequencer's synchronous commit, later in the WAL, makes it
+// durable first (see unflushed).
 package pgstore

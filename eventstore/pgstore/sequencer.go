@@ -2,11 +2,12 @@ package pgstore
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -17,7 +18,11 @@ import (
 // rows without a position, then kick the sequencer and wait for it; one run
 // positions everything committed so far, so concurrent appenders share runs
 // the way concurrent commits share a WAL flush. Across processes, the
-// advisory lock inside sightline.sequence_events makes sequencers take turns.
+// advisory lock inside sightline.position_events makes sequencers take turns.
+//
+// Appenders wait for their last event's ID, not its row id: an append lost in
+// a database crash before its acknowledgement may see its row id reused
+// after recovery, never its event ID.
 type sequencer struct {
 	pool   *pgxpool.Pool
 	cfg    Config
@@ -27,11 +32,17 @@ type sequencer struct {
 	wake chan struct{}
 
 	mu      sync.Mutex
-	waiters map[int64][]chan uint64 // event row id → appenders waiting for its position
+	waiters map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
+}
+
+// placing is what an appender waiting for its event learns.
+type placing struct {
+	pos uint64
+	err error // eventstore.ErrAppendLost when the event is gone
 }
 
 func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, closed <-chan struct{}) *sequencer {
-	return &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wake: make(chan struct{}, 1), waiters: map[int64][]chan uint64{}}
+	return &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
 }
 
 // kick asks for a run without waiting for it.
@@ -42,17 +53,17 @@ func (q *sequencer) kick() {
 	}
 }
 
-// wait returns the position of the committed event row id.
-func (q *sequencer) wait(ctx context.Context, id int64) (uint64, error) {
-	ch := make(chan uint64, 1)
+// wait returns the position of the committed event id.
+func (q *sequencer) wait(ctx context.Context, id uuid.UUID) (uint64, error) {
+	ch := make(chan placing, 1)
 	q.mu.Lock()
 	q.waiters[id] = append(q.waiters[id], ch)
 	q.mu.Unlock()
 	q.kick()
 	var err error
 	select {
-	case pos := <-ch:
-		return pos, nil
+	case p := <-ch:
+		return p.pos, p.err
 	case <-ctx.Done():
 		err = ctx.Err()
 	case <-q.closed:
@@ -108,7 +119,7 @@ func (q *sequencer) run(ctx context.Context) {
 // most SequenceBatch, then answers the appenders waiting for them.
 func (q *sequencer) runOnce(ctx context.Context) error {
 	q.mu.Lock()
-	waiting := make([]int64, 0, len(q.waiters))
+	waiting := make([]uuid.UUID, 0, len(q.waiters))
 	for id := range q.waiters {
 		waiting = append(waiting, id)
 	}
@@ -126,10 +137,11 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 			break
 		}
 	}
-	// Every row awaited before this run was committed before it began, so it
-	// has a position now: given by this run, or by another process's.
+	// Every event awaited before this run was committed before it began, so
+	// it has a position now, given by this run or by another process's; or
+	// the database lost it in a crash, before its append was acknowledged.
 	q.mu.Lock()
-	var left []int64
+	var left []uuid.UUID
 	for _, id := range waiting {
 		if _, ok := q.waiters[id]; ok {
 			left = append(left, id)
@@ -139,41 +151,49 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 	if len(left) == 0 {
 		return nil
 	}
-	rows, err := q.pool.Query(ctx, `SELECT event_row, position FROM sightline.positions WHERE event_row = ANY($1)`, left)
+	rows, err := q.pool.Query(ctx, `SELECT w.id, e.id IS NOT NULL, p.position
+		FROM unnest($1::uuid[]) AS w(id)
+		LEFT JOIN sightline.event_log e ON e.event_id = w.id
+		LEFT JOIN sightline.positions p ON p.event_row = e.id`, left)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var id, pos int64
-		if err := rows.Scan(&id, &pos); err != nil {
-			return err
-		}
-		q.resolve(id, uint64(pos))
+	type found struct {
+		ID     uuid.UUID
+		Exists bool
+		Pos    *int64
 	}
-	if err := rows.Err(); err != nil {
+	events, err := pgx.CollectRows(rows, pgx.RowToStructByPos[found])
+	if err != nil {
 		return err
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for _, id := range left {
-		if _, ok := q.waiters[id]; ok {
-			return errors.New("an awaited event has no position after a sequencer run")
+	var unplaced error
+	for _, e := range events {
+		switch {
+		case !e.Exists:
+			q.resolve(e.ID, placing{err: eventstore.ErrAppendLost})
+		case e.Pos != nil:
+			q.resolve(e.ID, placing{pos: uint64(*e.Pos)})
+		default:
+			unplaced = fmt.Errorf("event %s has no position after a sequencer run", e.ID)
 		}
 	}
-	return nil
+	return unplaced
 }
 
-// sequence runs sightline.sequence_events once and returns how many events it
-// positioned and the highest position it gave. Appenders learn their
+// sequence runs sightline.position_events once and returns how many events
+// it positioned and the highest position it gave. Appenders learn their
 // positions only once the run has committed: rows arrive before the commit,
 // and a run that fails after them gives its positions out again.
 func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
-	rows, err := q.pool.Query(ctx, `SELECT event_row, position FROM sightline.sequence_events($1)`, q.cfg.SequenceBatch)
+	rows, err := q.pool.Query(ctx, `SELECT event_id, position FROM sightline.position_events($1)`, q.cfg.SequenceBatch)
 	if err != nil {
 		return 0, 0, err
 	}
-	type placed struct{ ID, Pos int64 }
+	type placed struct {
+		ID  uuid.UUID
+		Pos int64
+	}
 	done, err := pgx.CollectRows(rows, pgx.RowToStructByPos[placed]) // closes rows: the commit's outcome
 	if err != nil {
 		return 0, 0, err
@@ -181,12 +201,12 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	head := uint64(0)
 	for _, p := range done {
 		head = max(head, uint64(p.Pos))
-		q.resolve(p.ID, uint64(p.Pos))
+		q.resolve(p.ID, placing{pos: uint64(p.Pos)})
 	}
 	return len(done), head, nil
 }
 
-func (q *sequencer) resolve(id int64, pos uint64) {
+func (q *sequencer) resolve(id uuid.UUID, p placing) {
 	q.mu.Lock()
 	chans, ok := q.waiters[id]
 	if ok {
@@ -194,6 +214,6 @@ func (q *sequencer) resolve(id int64, pos uint64) {
 	}
 	q.mu.Unlock()
 	for _, ch := range chans {
-		ch <- pos
+		ch <- p
 	}
 }

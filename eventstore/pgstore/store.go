@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -144,19 +145,19 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	lastID, next, err := insertEvents(ctx, s.pool, stream, expected, args, true)
+	next, err := insertEvents(ctx, unflushed{s.pool}, stream, expected, args, true)
 	if err != nil {
-		res, again, err := s.retriedAppend(ctx, stream, args.ids, err)
+		res, again, err := s.retriedAppend(ctx, stream, args, err)
 		if !again {
 			return res, err
 		}
 		// An append with the same IDs was under way and rolled back: ours may go ahead.
-		if lastID, next, err = insertEvents(ctx, s.pool, stream, expected, args, true); err != nil {
-			res, _, err := s.retriedAppend(ctx, stream, args.ids, err)
+		if next, err = insertEvents(ctx, unflushed{s.pool}, stream, expected, args, true); err != nil {
+			res, _, err := s.retriedAppend(ctx, stream, args, err)
 			return res, err
 		}
 	}
-	pos, err := s.seq.wait(ctx, lastID)
+	pos, err := s.seq.wait(ctx, args.last)
 	if err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("append to %q committed, waiting for its position: %w", stream, err)
 	}
@@ -177,7 +178,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, stream string, expected
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	_, next, err := insertEvents(ctx, sp, stream, expected, args, false)
+	next, err := insertEvents(ctx, sp, stream, expected, args, false)
 	if err != nil {
 		_ = sp.Rollback(ctx)
 		var pgErr *pgconn.PgError
@@ -203,6 +204,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, stream string, expected
 
 type appendRows struct {
 	ids, types, data, metadata []string
+	last                       uuid.UUID // the last event's ID: what the append waits for
 }
 
 func appendArgs(stream string, events []eventstore.EventData) (appendRows, error) {
@@ -211,6 +213,7 @@ func appendArgs(stream string, events []eventstore.EventData) (appendRows, error
 		return appendRows{}, err
 	}
 	r := appendRows{
+		last:     ids[len(ids)-1],
 		ids:      make([]string, len(events)),
 		types:    make([]string, len(events)),
 		data:     make([]string, len(events)),
@@ -259,14 +262,48 @@ const appendAttempts = 50
 
 type querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-// insertEvents appends in one statement and returns the last event's row id
-// and the stream's next revision. Inside a transaction (q is a savepoint's
+// unflushed runs each statement in a transaction of its own whose commit does
+// not wait for the WAL to reach the disk. Append may commit this way because
+// it acknowledges nothing until the sequencer has positioned the events, and
+// the sequencer commits synchronously after it has seen them: its commit
+// record comes later in the WAL, so flushing it flushes the append's. An
+// append lost in a crash before that flush was never acknowledged, as if the
+// crash had come before its commit; and no subscriber can have seen it,
+// because subscribers read only positioned events. The disk write that a
+// plain insert waits for alone is thus shared by every append of a sequencer
+// run.
+type unflushed struct{ pool *pgxpool.Pool }
+
+func (u unflushed) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	b := &pgx.Batch{} // one round trip and one implicit transaction
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(sql, args...)
+	return closingRow{u.pool.SendBatch(ctx, b)}
+}
+
+// closingRow is the batch's last statement's row; Scan closes the batch,
+// which ends its transaction.
+type closingRow struct{ br pgx.BatchResults }
+
+func (r closingRow) Scan(dest ...any) error {
+	_, err := r.br.Exec()
+	if err == nil {
+		err = r.br.QueryRow().Scan(dest...)
+	}
+	if err != nil {
+		r.br.Close() // reports err again
+		return err
+	}
+	return r.br.Close()
+}
+
+// insertEvents appends in one statement and returns the stream's next
+// revision. Inside a transaction (q is a savepoint's
 // Tx) a lost race is not retried: the transaction's snapshot may be older
 // than the winner's commit.
-func insertEvents(ctx context.Context, q querier, stream string, expected eventstore.ExpectedRevision, r appendRows, retry bool) (int64, uint64, error) {
+func insertEvents(ctx context.Context, q querier, stream string, expected eventstore.ExpectedRevision, r appendRows, retry bool) (uint64, error) {
 	args := []any{stream, r.ids, r.types, r.data, r.metadata}
 	kind := "any"
 	switch {
@@ -289,12 +326,12 @@ func insertEvents(ctx context.Context, q querier, stream string, expected events
 			continue // another append took the revision first: look again
 		}
 		if err != nil {
-			return 0, 0, err
+			return 0, err
 		}
 		if lastID == nil { // the condition did not hold
-			return 0, 0, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: cur}
+			return 0, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: cur}
 		}
-		return *lastID, uint64(*lastRev) + 1, nil
+		return uint64(*lastRev) + 1, nil
 	}
 }
 
@@ -303,27 +340,28 @@ func insertEvents(ctx context.Context, q querier, stream string, expected events
 // append to this stream, it returns that first result. again says that the
 // conflicting IDs are gone (their append rolled back), so the append may be
 // tried once more.
-func (s *Store) retriedAppend(ctx context.Context, stream string, ids []string, cause error) (res eventstore.AppendResult, again bool, err error) {
+func (s *Store) retriedAppend(ctx context.Context, stream string, args appendRows, cause error) (res eventstore.AppendResult, again bool, err error) {
+	ids := args.ids
 	var pgErr *pgconn.PgError
 	dupID := errors.As(cause, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_log_event_id_key"
 	if !dupID && !errors.Is(cause, eventstore.ErrWrongExpectedRevision) {
 		return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: %w", stream, cause)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT row_id, stream_id, revision, position, event_id::text
+	rows, err := s.pool.Query(ctx, `SELECT stream_id, revision, position, event_id::text
 		FROM sightline.events WHERE event_id = ANY($1::text[]::uuid[])`, ids)
 	if err != nil {
 		return eventstore.AppendResult{}, false, fmt.Errorf("append to %q: look up earlier append: %w", stream, err)
 	}
 	type prior struct {
-		id, revision int64
-		stream       string
-		position     *int64
+		revision int64
+		stream   string
+		position *int64
 	}
 	found := map[string]prior{}
 	for rows.Next() {
 		var p prior
 		var eventID string
-		if err := rows.Scan(&p.id, &p.stream, &p.revision, &p.position, &eventID); err != nil {
+		if err := rows.Scan(&p.stream, &p.revision, &p.position, &eventID); err != nil {
 			rows.Close()
 			return eventstore.AppendResult{}, false, err
 		}
@@ -349,7 +387,7 @@ func (s *Store) retriedAppend(ctx context.Context, stream string, ids []string, 
 	pos := uint64(0)
 	if last.position != nil {
 		pos = uint64(*last.position)
-	} else if pos, err = s.seq.wait(ctx, last.id); err != nil {
+	} else if pos, err = s.seq.wait(ctx, args.last); err != nil {
 		return eventstore.AppendResult{}, false, err
 	}
 	return eventstore.AppendResult{Position: eventstore.At(pos), NextRevision: uint64(last.revision) + 1}, false, nil

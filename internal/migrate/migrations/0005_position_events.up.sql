@@ -1,0 +1,44 @@
+-- position_events does what sequence_events (0001) does, with two changes:
+--
+-- * It answers with event IDs instead of event_log row ids. Appends commit
+--   without waiting for the disk and are acknowledged only once positioned
+--   (pgstore's Append). An append lost in a crash before that can leave its
+--   row id to be handed out again after recovery, but never its event ID: an
+--   appender waits for its event, not for whatever row takes its id next.
+-- * It does its work in one statement after the lock instead of five. A run
+--   is on the path of every append, and each statement's executor start-up
+--   is a measurable part of it on a small machine.
+--
+-- The statement's snapshot is taken after the lock is granted, so it sees
+-- every event committed before, and positions never go back. The same lock
+-- as sequence_events makes the two take turns, so a process still running
+-- the older code may go on sequencing beside this one.
+CREATE FUNCTION sightline.position_events(max_events integer)
+RETURNS TABLE (event_id uuid, "position" bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7406745143525210945);
+    RETURN QUERY
+    WITH prev AS (
+        SELECT s.head FROM sightline.sequencer s
+    ), taken AS (
+        DELETE FROM sightline.unsequenced u
+        WHERE u.id IN (SELECT x.id FROM sightline.unsequenced x ORDER BY x.id LIMIT max_events)
+        RETURNING u.id
+    ), placed AS (
+        INSERT INTO sightline.positions (position, event_row)
+        SELECT prev.head + row_number() OVER (ORDER BY t.id), t.id FROM taken t, prev
+        RETURNING sightline.positions.position AS pos, sightline.positions.event_row AS er
+    ), newest AS (
+        SELECT p.pos, p.er FROM placed p ORDER BY p.pos DESC LIMIT 1
+    ), moved AS (
+        UPDATE sightline.sequencer s
+        SET head = n.pos, head_at = (SELECT e.created_at FROM sightline.event_log e WHERE e.id = n.er)
+        FROM newest n
+        RETURNING pg_notify('sightline_events', n.pos::text)
+    )
+    SELECT (SELECT e.event_id FROM sightline.event_log e WHERE e.id = p.er), p.pos
+    FROM placed p LEFT JOIN moved ON true
+    ORDER BY p.pos;
+END;
+$$;
