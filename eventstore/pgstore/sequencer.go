@@ -3,7 +3,9 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"math/bits"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -31,6 +33,13 @@ type sequencer struct {
 
 	wake chan struct{}
 
+	// Touched only by run.
+	positioned int    // events positioned since the last vacuum
+	head       uint64 // the highest position seen, for analyzeIfGrown
+
+	wg        *sync.WaitGroup // Store.Close waits for background work
+	analyzing atomic.Bool
+
 	mu      sync.Mutex
 	waiters map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
 }
@@ -41,8 +50,8 @@ type placing struct {
 	err error // eventstore.ErrAppendLost when the event is gone
 }
 
-func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, closed <-chan struct{}) *sequencer {
-	return &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
+func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, closed <-chan struct{}, wg *sync.WaitGroup) *sequencer {
+	return &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wg: wg, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
 }
 
 // kick asks for a run without waiting for it.
@@ -88,12 +97,14 @@ func (q *sequencer) run(ctx context.Context) {
 	sweep := time.NewTicker(q.cfg.SweepInterval)
 	defer sweep.Stop()
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(10*time.Millisecond), backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(0))
+	q.analyzeIfNever(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-q.wake:
 		case <-sweep.C:
+			q.vacuum(ctx)
 		}
 		for {
 			err := q.runOnce(ctx)
@@ -115,6 +126,87 @@ func (q *sequencer) run(ctx context.Context) {
 	}
 }
 
+// vacuumAfter is how many events this sequencer positions before it vacuums
+// sightline.unsequenced at its next sweep.
+const vacuumAfter = 1000
+
+// vacuum keeps sightline.unsequenced small. Every event passes through it,
+// so it is a queue: each run deletes what it positions and the next run's
+// index scan, from the lowest id, walks over the dead entries the deletes
+// left. Autovacuum comes round once a minute at best; by then a run at
+// 2 000 events/s was taking over a millisecond, most of it in those entries.
+func (q *sequencer) vacuum(ctx context.Context) {
+	if q.positioned < vacuumAfter {
+		return
+	}
+	q.positioned = 0
+	if _, err := q.pool.Exec(ctx, `VACUUM (SKIP_LOCKED) sightline.unsequenced`); err != nil && ctx.Err() == nil {
+		q.cfg.Logger.Warn("could not vacuum sightline.unsequenced; sequencer runs slow down until autovacuum does", "error", err)
+	}
+}
+
+// The store's tables are analyzed by the sequencer while they are young,
+// each time the head crosses a power of two from analyzeFrom to
+// analyzeUntil; autovacuum's thresholds keep up after that. Subscribers
+// read through prepared statements whose generic plans were made when the
+// tables were empty: a sequential scan of the whole event log for every
+// read, which stays cached until something analyzes the tables. Autovacuum
+// comes round after a minute at best; on a new store at 2 000 events/s,
+// reads were taking 30 ms by then, and growing.
+const (
+	analyzeFrom  = 1 << 10
+	analyzeUntil = 1 << 24
+)
+
+func (q *sequencer) analyzeIfGrown(ctx context.Context, head uint64) {
+	prev := q.head
+	if head <= prev {
+		return
+	}
+	q.head = head
+	if prev == 0 || head < analyzeFrom || prev >= analyzeUntil || bits.Len64(prev) == bits.Len64(head) {
+		return // the first run (see analyzeIfNever), too small, old enough, or no power of two crossed
+	}
+	q.analyze(ctx)
+}
+
+// analyzeIfNever analyzes the store's tables when they hold events but were
+// never analyzed, as after a restore, and notes the head for
+// analyzeIfGrown.
+func (q *sequencer) analyzeIfNever(ctx context.Context) {
+	var head int64
+	var never bool
+	if err := q.pool.QueryRow(ctx, `SELECT s.head, c.reltuples < 0 FROM sightline.sequencer s, pg_class c
+		WHERE c.oid = 'sightline.positions'::regclass`).Scan(&head, &never); err != nil {
+		return // the database is not there yet: analyzeIfGrown starts from the first run
+	}
+	q.head = uint64(head)
+	if never && head >= analyzeFrom {
+		q.analyze(ctx)
+	}
+}
+
+// analyze runs ANALYZE on the tables subscribers read, in the background so
+// that sequencing goes on meanwhile; one at a time.
+func (q *sequencer) analyze(ctx context.Context) {
+	if !q.analyzing.CompareAndSwap(false, true) {
+		return
+	}
+	q.wg.Add(1) // run's own count keeps the group above zero: Close waits for this
+	go func() {
+		defer q.wg.Done()
+		defer q.analyzing.Store(false)
+		for _, table := range []string{"sightline.positions", "sightline.event_log"} {
+			if _, err := q.pool.Exec(ctx, `ANALYZE (SKIP_LOCKED) `+table); err != nil {
+				if ctx.Err() == nil {
+					q.cfg.Logger.Warn("could not analyze the event store's tables; reads may be slow until autovacuum does", "table", table, "error", err)
+				}
+				return
+			}
+		}
+	}()
+}
+
 // runOnce positions every event committed before it started, in runs of at
 // most SequenceBatch, then answers the appenders waiting for them.
 func (q *sequencer) runOnce(ctx context.Context) error {
@@ -132,6 +224,7 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 		}
 		if head > 0 {
 			q.hub.publish(head)
+			q.analyzeIfGrown(ctx, head)
 		}
 		if n < q.cfg.SequenceBatch {
 			break
@@ -198,6 +291,7 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	if err != nil {
 		return 0, 0, err
 	}
+	q.positioned += len(done)
 	head := uint64(0)
 	for _, p := range done {
 		head = max(head, uint64(p.Pos))

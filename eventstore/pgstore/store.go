@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -70,6 +71,8 @@ type Store struct {
 	closed chan struct{} // closed by Close: releases everyone waiting
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	reads atomic.Int64 // subscription reads, which tests count
 }
 
 var _ eventstore.Store = (*Store)(nil)
@@ -84,7 +87,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{pool: pool, cfg: cfg, cancel: cancel, closed: make(chan struct{})}
 	s.hub = newHub(pool, cfg.Logger)
-	s.seq = newSequencer(pool, cfg, s.hub, s.closed)
+	s.seq = newSequencer(pool, cfg, s.hub, s.closed, &s.wg)
 	s.hub.onAppend = s.seq.kick
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.hub.run(ctx) }()

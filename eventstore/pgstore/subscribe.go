@@ -48,6 +48,14 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			return eventstore.Message{}, eventstore.ErrClosed
 		default:
 		}
+		if sub.told {
+			// Caught up at cur: nothing is worth a read until a sequencer
+			// run has moved the head past it. This saves a read, which
+			// would find nothing, after every batch that caught up.
+			if err := sub.store.hub.waitBeyond(ctx, sub.cur, sub.done, sub.store.closed); err != nil {
+				return eventstore.Message{}, err
+			}
+		}
 		head, scanned, events, err := sub.read(ctx)
 		if err != nil {
 			return eventstore.Message{}, err
@@ -66,9 +74,6 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			sub.told = true
 			return eventstore.Message{Checkpoint: eventstore.At(sub.cur), CaughtUp: true}, nil
 		}
-		if err := sub.store.hub.waitBeyond(ctx, sub.cur, sub.done, sub.store.closed); err != nil {
-			return eventstore.Message{}, err
-		}
 	}
 }
 
@@ -79,6 +84,7 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 // moves the subscription past it.
 func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
 	window := uint64(sub.store.cfg.ReadBatch) * scanWindowFactor
+	sub.store.reads.Add(1)
 	rows, err := sub.store.pool.Query(ctx, `
 		WITH h AS MATERIALIZED (SELECT head FROM sightline.sequencer LIMIT 1)
 		SELECT h.head, e.position, e.stream_id, e.revision, e.event_id::text, e.type, e.data, e.metadata, e.created_at

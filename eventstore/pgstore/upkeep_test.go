@@ -1,0 +1,86 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/internal/testdb"
+)
+
+func events(n int) []eventstore.EventData {
+	out := make([]eventstore.EventData, n)
+	for i := range out {
+		out[i] = eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)}
+	}
+	return out
+}
+
+// The sequencer vacuums its queue table, and analyzes the tables
+// subscribers read while the store is young, instead of leaving both to
+// autovacuum (which counts in other columns than these).
+func TestSequencerUpkeep(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.New(t)
+	s, err := New(db.Pool, Config{SweepInterval: 50 * time.Millisecond})
+	require.NoError(t, err)
+	defer s.Close()
+
+	for i := range 11 { // past analyzeFrom and vacuumAfter
+		_, err := s.Append(ctx, fmt.Sprintf("upkeep-%d", i), eventstore.NoStream, events(100)...)
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		var vacuums, analyzes int64
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT
+			(SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'sightline.unsequenced'::regclass),
+			(SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'sightline.positions'::regclass)`).Scan(&vacuums, &analyzes))
+		return vacuums > 0 && analyzes > 0
+	}, 30*time.Second, 100*time.Millisecond, "unsequenced vacuumed and positions analyzed")
+}
+
+// A subscription that has caught up reads again only once the head has
+// moved past it, not once more after every batch to find nothing.
+func TestCaughtUpSubscriptionWaitsBeforeReading(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := testdb.New(t)
+	s, err := New(db.Pool, Config{})
+	require.NoError(t, err)
+	defer s.Close()
+
+	sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{})
+	require.NoError(t, err)
+	defer sub.Close()
+	_, err = s.Append(ctx, "one", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	var got []eventstore.RecordedEvent
+	for len(got) == 0 {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		got = append(got, msg.Events...)
+		if len(got) > 0 {
+			require.True(t, msg.CaughtUp)
+		}
+	}
+	before := s.reads.Load()
+
+	idle, cancelIdle := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelIdle()
+	_, err = sub.Recv(idle)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Equal(t, before, s.reads.Load(), "no read while nothing was appended")
+
+	_, err = s.Append(ctx, "two", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	msg, err := sub.Recv(ctx)
+	require.NoError(t, err)
+	require.Len(t, msg.Events, 1)
+	require.Equal(t, "two", msg.Events[0].StreamID)
+}
