@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -134,8 +135,9 @@ type Runner struct {
 	m     projectionMetrics
 	log   *slog.Logger
 
-	build *buildState    // set on the runners that build a generation beside the active one
-	wg    sync.WaitGroup // the builder goroutine
+	build     *buildState    // set on the runners that build a generation beside the active one
+	wg        sync.WaitGroup // the builder goroutine, and a background ANALYZE
+	analyzing atomic.Bool    // a background ANALYZE is under way
 
 	soft, hard             context.Context // soft: stop taking batches; hard: abandon the one in flight
 	softCancel, hardCancel context.CancelFunc

@@ -296,3 +296,27 @@ func TestLagStaysSmallWhileKeepingUp(t *testing.T) {
 	// pass two seconds well before the end.
 	require.Less(t, worst, 2*time.Second, "worst lag while keeping up")
 }
+
+// A projection keeping up with live traffic on a young store analyzes its
+// tables as they grow, in the background, instead of running on plans made
+// while they were empty until autovacuum comes round.
+func TestLiveProjectionAnalyzesWhileYoung(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	d := b.start(t, ctx, readmodel.Orders{})
+	r := d.Runner("orders")
+	require.Eventually(t, func() bool { return r.Status().Status == projections.StatusLive }, 10*time.Second, 10*time.Millisecond)
+
+	res, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 500, Customers: 20, Writers: 4, Seed: 9})
+	require.NoError(t, err)
+	require.Greater(t, res.Events, int64(1000))
+	head, err := b.store.Head(ctx)
+	require.NoError(t, err)
+	require.NoError(t, r.WaitFor(ctx, head.Position))
+	require.Eventually(t, func() bool {
+		var analyzes int64
+		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT coalesce(sum(analyze_count), 0) FROM pg_stat_user_tables
+			WHERE schemaname LIKE 'sl\_orders\_g%'`).Scan(&analyzes))
+		return analyzes > 0
+	}, 20*time.Second, 100*time.Millisecond, "the live projection's tables were analyzed")
+}
