@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -45,7 +46,19 @@ func main() {
 	flag.StringVar(&only, "only", "rebuild,append,live", "which parts to run: rebuild, append, live (live includes the query load)")
 	flag.DurationVar(&cfg.phase, "phase", 15*time.Second, "length of each timed phase (append rounds, live latency, query load)")
 	flag.StringVar(&cfg.binary, "binary", "", "sightline binary to rebuild with (default: built from ./cmd/sightline)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the bench process (appends, and the live part's projector, API and load) to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cfg.only = map[string]bool{}
 	for _, part := range strings.Split(only, ",") {
 		cfg.only[strings.TrimSpace(part)] = true
@@ -53,6 +66,7 @@ func main() {
 	cfg.logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if err := run(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
