@@ -38,11 +38,21 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		return nil // nothing to apply and nothing to record
 	}
 
-	tx, err := r.pool.Begin(ctx)
+	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	defer conn.Release() // back to the pool only when idle: after COMMIT or the rollback below
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // the error that brought us here is the one to report
+		}
+	}()
 
 	// One round trip: lock the checkpoint row, so that batches of the same
 	// projection (and parked-event retries) never interleave, and read the
@@ -112,17 +122,22 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		if err := r.isolate(ctx, tx, iso, live, true); err != nil {
 			return err
 		}
-	} else if toApply := plan.live(); len(toApply) > 0 {
-		if err := applyInSavepoint(ctx, tx, r.p, reg.schema, eventsOf(toApply), false); err != nil {
-			return err
+	}
+	// The projection's queued writes, the bookkeeping and the COMMIT go to
+	// the server in one round trip.
+	queue := &pgx.Batch{}
+	if toApply := plan.live(); iso == nil && len(toApply) > 0 {
+		b := &Batch{Tx: tx, Schema: reg.schema, Events: eventsOf(toApply), queue: queue}
+		if err := safeApply(ctx, r.p, b); err != nil {
+			return classify(ctx, tx.Conn(), err)
 		}
 	}
+	fromProjection := queue.Len()
 
 	parked, err := r.park(ctx, tx, plan)
 	if err != nil {
 		return err
 	}
-	queue := &pgx.Batch{}
 	if streams, revs := plan.revisions(); len(streams) > 0 {
 		queue.Queue(`INSERT INTO `+revsTable+` (stream_id, revision)
 			SELECT * FROM unnest($1::text[], $2::bigint[])
@@ -138,12 +153,10 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		queue.Queue(`UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
 			WHERE projection = $1 AND generation = $2`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare))
 	}
-	if err := tx.SendBatch(ctx, queue).Close(); err != nil {
-		return fmt.Errorf("write revisions and checkpoint: %w", err)
+	if err := commitWith(ctx, tx, queue, fromProjection); err != nil {
+		return err
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
+	committed = true
 
 	now := time.Now()
 	applied := plan.applied()
@@ -174,6 +187,38 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	r.mu.Unlock()
 	r.analyzeWhileGrowing(ctx, reg, len(applied), filling)
 	return nil
+}
+
+// commitWith sends queue and a COMMIT in one round trip. The first
+// fromProjection statements are the projection's, so their errors are
+// classified as the events' errors may be; the rest are the projector's.
+//
+// The COMMIT goes in the batch rather than through tx.Commit, which would
+// cost a round trip of its own. tx is left behind unfinished: the caller
+// releases the connection, which goes back to the pool because it is idle
+// (pgxpool closes a connection released inside a transaction), and rolls
+// tx back only when this fails.
+func commitWith(ctx context.Context, tx pgx.Tx, queue *pgx.Batch, fromProjection int) error {
+	queue.Queue(`COMMIT`)
+	res := tx.SendBatch(ctx, queue)
+	for i := range queue.Len() {
+		tag, err := res.Exec()
+		switch {
+		case err != nil && i < fromProjection:
+			res.Close()
+			return classify(ctx, tx.Conn(), err)
+		case err != nil && i == queue.Len()-1:
+			res.Close()
+			return fmt.Errorf("commit: %w", err)
+		case err != nil:
+			res.Close()
+			return fmt.Errorf("write revisions and checkpoint: %w", err)
+		case i == queue.Len()-1 && tag.String() != "COMMIT":
+			res.Close()
+			return fmt.Errorf("commit: the server rolled the transaction back (%s)", tag)
+		}
+	}
+	return res.Close()
 }
 
 // analyzeFirst is how many events a projector applies to a generation
@@ -249,15 +294,12 @@ func readRevisions(res pgx.BatchResults) (map[string]int64, error) {
 // savepoint is the name of the savepoint isolating one attempt.
 const savepoint = "sightline_attempt"
 
-// applyInSavepoint hands events to p's Apply and sends what it queued. With
-// inSavepoint, all of it happens inside a savepoint that a failure rolls
-// back, leaving tx usable. The error is a handlerError when the events may
-// be at fault.
-func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema string, events []eventstore.RecordedEvent, inSavepoint bool) error {
-	if inSavepoint {
-		if _, err := tx.Exec(ctx, `SAVEPOINT `+savepoint); err != nil {
-			return err
-		}
+// applyInSavepoint hands events to p's Apply and sends what it queued,
+// inside a savepoint that a failure rolls back, leaving tx usable. The error
+// is a handlerError when the events may be at fault.
+func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema string, events []eventstore.RecordedEvent) error {
+	if _, err := tx.Exec(ctx, `SAVEPOINT `+savepoint); err != nil {
+		return err
 	}
 	b := &Batch{Tx: tx, Schema: schema, Events: events, queue: &pgx.Batch{}}
 	err := safeApply(ctx, p, b)
@@ -266,18 +308,14 @@ func applyInSavepoint(ctx context.Context, tx pgx.Tx, p Projection, schema strin
 	}
 	if err != nil {
 		err = classify(ctx, tx.Conn(), err)
-		if inSavepoint {
-			if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT `+savepoint); rerr != nil {
-				// The transaction is lost, whatever the events did: not
-				// their failure (%v keeps err from being taken for one).
-				return fmt.Errorf("roll back to savepoint after %v: %w", err, rerr)
-			}
+		if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT `+savepoint); rerr != nil {
+			// The transaction is lost, whatever the events did: not
+			// their failure (%v keeps err from being taken for one).
+			return fmt.Errorf("roll back to savepoint after %v: %w", err, rerr)
 		}
 	}
-	if inSavepoint {
-		if _, rerr := tx.Exec(ctx, `RELEASE SAVEPOINT `+savepoint); rerr != nil {
-			return fmt.Errorf("release savepoint: %w", rerr)
-		}
+	if _, rerr := tx.Exec(ctx, `RELEASE SAVEPOINT `+savepoint); rerr != nil {
+		return fmt.Errorf("release savepoint: %w", rerr)
 	}
 	return err
 }
@@ -351,7 +389,7 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 		if len(events) == 0 {
 			return nil
 		}
-		err := applyInSavepoint(ctx, tx, r.p, reg.schema, events, true)
+		err := applyInSavepoint(ctx, tx, r.p, reg.schema, events)
 		if herr := (*handlerError)(nil); err == nil || !errors.As(err, &herr) {
 			return err
 		}
@@ -366,7 +404,7 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 	s := streams[0]
 	s.carried = nil // found again on every attempt
 	for i, e := range s.pending() {
-		err := applyInSavepoint(ctx, tx, r.p, reg.schema, s.events[i:i+1], true)
+		err := applyInSavepoint(ctx, tx, r.p, reg.schema, s.events[i:i+1])
 		if err == nil {
 			continue
 		}

@@ -254,7 +254,7 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	// failure parks its event and holds the rest.
 	var appliedIDs []int64
 	for _, w := range queue {
-		err := applyInSavepoint(ctx, tx, p, schema, []eventstore.RecordedEvent{w.Event}, true)
+		err := applyInSavepoint(ctx, tx, p, schema, []eventstore.RecordedEvent{w.Event})
 		if herr := (*handlerError)(nil); err != nil && !errors.As(err, &herr) {
 			return Release{}, err // not the event's doing: nothing changes
 		}

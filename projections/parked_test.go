@@ -324,6 +324,26 @@ func TestSkipReleasesTheStream(t *testing.T) {
 	require.ErrorIs(t, err, projections.ErrParkedNotFound)
 }
 
+// A statement the projection queued that PostgreSQL rejects, in a batch
+// where nothing else fails, parks its event on the first attempt like any
+// other bad data; the rest of the batch is applied.
+func TestRejectedStatementParksItsEvent(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	appendOrder(t, ctx, b.store, "t-x", tallyEvent(1, ""), tallyEvent(2, "badsql"))
+	appendOrder(t, ctx, b.store, "t-y", tallyEvent(4, ""))
+	b.startTally(t, ctx, newTally("badsql"))
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+
+	list := parked(t, ctx, b)
+	require.Len(t, list, 1)
+	require.Equal(t, "t-x", list[0].Event.StreamID)
+	require.Equal(t, uint64(1), list[0].Event.Revision)
+	require.Contains(t, list[0].Error, "SQLSTATE 22P02")
+	require.Equal(t, 1, list[0].Attempts)
+	require.Equal(t, map[string]tallyRow{"t-x": {1, 1, 0}, "t-y": {1, 4, 0}}, tallies(t, ctx, b))
+}
+
 // TestRetryWhileTrafficFlows retries a parked event while writers keep
 // appending to its stream and to others: the retry and the projector's
 // batches serialize on the checkpoint row, so every event is applied once,
