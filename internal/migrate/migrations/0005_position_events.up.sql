@@ -1,4 +1,4 @@
--- position_events does what sequence_events (0001) does, with two changes:
+-- position_events does what sequence_events (0001) does, with three changes:
 --
 -- * It answers with event IDs instead of event_log row ids. Appends commit
 --   without waiting for the disk and are acknowledged only once positioned
@@ -8,6 +8,8 @@
 -- * It does its work in one statement after the lock instead of five. A run
 --   is on the path of every append, and each statement's executor start-up
 --   is a measurable part of it on a small machine.
+-- * It picks the events to position with a plan that stays fast however
+--   full the queue gets (see below).
 --
 -- The statement's snapshot is taken after the lock is granted, so it sees
 -- every event committed before, and positions never go back. The same lock
@@ -15,15 +17,22 @@
 -- the older code may go on sequencing beside this one.
 CREATE FUNCTION sightline.position_events(max_events integer)
 RETURNS TABLE (event_id uuid, "position" bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(7406745143525210945);
     RETURN QUERY
     WITH prev AS (
         SELECT s.head FROM sightline.sequencer s
     ), taken AS (
+        -- The plan is cached for the session, and one made while the queue
+        -- was nearly empty (which it is, most of the time) re-scanned the
+        -- whole queue for each row once a bulk load had filled it: one run
+        -- took 17 minutes. Hence an array of ids looked up in the primary
+        -- key, and no sequential scans (the SET below).
         DELETE FROM sightline.unsequenced u
-        WHERE u.id IN (SELECT x.id FROM sightline.unsequenced x ORDER BY x.id LIMIT max_events)
+        WHERE u.id = ANY (ARRAY(SELECT x.id FROM sightline.unsequenced x ORDER BY x.id LIMIT max_events))
         RETURNING u.id
     ), placed AS (
         INSERT INTO sightline.positions (position, event_row)
