@@ -416,7 +416,7 @@ func (r *Runner) registration() registration {
 func (r *Runner) pipeline(parent context.Context) error {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
-	msgs := make(chan eventstore.Message, 4) // bounds memory: a few reads ahead
+	msgs := make(chan eventstore.Message, r.readAhead()) // bounds memory
 	r.mu.Lock()
 	from := r.position
 	r.state.live, r.state.caughtUp, r.state.pending = false, false, 0
@@ -449,6 +449,18 @@ func (r *Runner) pipeline(parent context.Context) error {
 			return errReachedUntil
 		}
 	}
+}
+
+// readAhead is how many messages the reader may fetch ahead of the batch
+// being applied: a few for a live projection, whose batches are small; for
+// a rebuild, enough that reading the next batch overlaps with writing this
+// one (the embedded store's messages hold up to 1 000 events: two default
+// rebuild batches and some).
+func (r *Runner) readAhead() int {
+	if r.build == nil {
+		return 4
+	}
+	return 24
 }
 
 // read subscribes from from and forwards messages until ctx ends. When the
