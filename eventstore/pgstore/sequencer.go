@@ -37,8 +37,8 @@ type sequencer struct {
 	positioned int    // events positioned since the last vacuum
 	head       uint64 // the highest position seen, for analyzeIfGrown
 
-	wg        *sync.WaitGroup // Store.Close waits for background work
-	analyzing atomic.Bool
+	wg                   *sync.WaitGroup // Store.Close waits for background work
+	analyzing, vacuuming atomic.Bool
 
 	mu      sync.Mutex
 	waiters map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
@@ -135,14 +135,34 @@ const vacuumAfter = 1000
 // index scan, from the lowest id, walks over the dead entries the deletes
 // left. Autovacuum comes round once a minute at best; by then a run at
 // 2 000 events/s was taking over a millisecond, most of it in those entries.
+//
+// It runs in the background, because a vacuum of a queue that a bulk load
+// has filled takes a second or more, and without truncating the table,
+// which would take a lock that every append waits for.
 func (q *sequencer) vacuum(ctx context.Context) {
 	if q.positioned < vacuumAfter {
 		return
 	}
 	q.positioned = 0
-	if _, err := q.pool.Exec(ctx, `VACUUM (SKIP_LOCKED) sightline.unsequenced`); err != nil && ctx.Err() == nil {
-		q.cfg.Logger.Warn("could not vacuum sightline.unsequenced; sequencer runs slow down until autovacuum does", "error", err)
+	q.background(ctx, &q.vacuuming, func() {
+		if _, err := q.pool.Exec(ctx, `VACUUM (SKIP_LOCKED, TRUNCATE false) sightline.unsequenced`); err != nil && ctx.Err() == nil {
+			q.cfg.Logger.Warn("could not vacuum sightline.unsequenced; sequencer runs slow down until autovacuum does", "error", err)
+		}
+	})
+}
+
+// background runs work in a goroutine that Store.Close waits for, unless
+// the previous work flagged by busy is still under way.
+func (q *sequencer) background(ctx context.Context, busy *atomic.Bool, work func()) {
+	if !busy.CompareAndSwap(false, true) {
+		return
 	}
+	q.wg.Add(1) // run's own count keeps the group above zero: Close waits for this
+	go func() {
+		defer q.wg.Done()
+		defer busy.Store(false)
+		work()
+	}()
 }
 
 // The store's tables are analyzed by the sequencer while they are young,
@@ -187,15 +207,9 @@ func (q *sequencer) analyzeIfNever(ctx context.Context) {
 }
 
 // analyze runs ANALYZE on the tables subscribers read, in the background so
-// that sequencing goes on meanwhile; one at a time.
+// that sequencing goes on meanwhile.
 func (q *sequencer) analyze(ctx context.Context) {
-	if !q.analyzing.CompareAndSwap(false, true) {
-		return
-	}
-	q.wg.Add(1) // run's own count keeps the group above zero: Close waits for this
-	go func() {
-		defer q.wg.Done()
-		defer q.analyzing.Store(false)
+	q.background(ctx, &q.analyzing, func() {
 		for _, table := range []string{"sightline.positions", "sightline.event_log"} {
 			if _, err := q.pool.Exec(ctx, `ANALYZE (SKIP_LOCKED) `+table); err != nil {
 				if ctx.Err() == nil {
@@ -204,7 +218,7 @@ func (q *sequencer) analyze(ctx context.Context) {
 				return
 			}
 		}
-	}()
+	})
 }
 
 // runOnce positions every event committed before it started, in runs of at
