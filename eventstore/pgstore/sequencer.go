@@ -39,6 +39,7 @@ type sequencer struct {
 
 	wg                   *sync.WaitGroup // Store.Close waits for background work
 	analyzing, vacuuming atomic.Bool
+	vacuumAfter          atomic.Value // time.Time: no vacuum before
 
 	mu      sync.Mutex
 	waiters map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
@@ -51,7 +52,9 @@ type placing struct {
 }
 
 func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, closed <-chan struct{}, wg *sync.WaitGroup) *sequencer {
-	return &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wg: wg, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
+	q := &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wg: wg, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
+	q.vacuumAfter.Store(time.Time{})
+	return q
 }
 
 // kick asks for a run without waiting for it.
@@ -139,23 +142,33 @@ const vacuumAfter = 1000
 // It runs in the background, because a vacuum of a queue that a bulk load
 // has filled takes a second or more, and without truncating the table,
 // which would take a lock that every append waits for.
+//
+// A vacuum that takes long (a queue a bulk load filled, or a transaction
+// left open elsewhere that keeps the dead rows from being removed) puts the
+// next one off by ten times as long, so that vacuuming never takes more
+// than a tenth of a core.
 func (q *sequencer) vacuum(ctx context.Context) {
-	if q.positioned < vacuumAfter {
+	if q.positioned < vacuumAfter || time.Now().Before(q.vacuumAfter.Load().(time.Time)) {
 		return
 	}
-	q.positioned = 0
-	q.background(ctx, &q.vacuuming, func() {
+	started := q.background(ctx, &q.vacuuming, func() {
+		start := time.Now()
 		if _, err := q.pool.Exec(ctx, `VACUUM (SKIP_LOCKED, TRUNCATE false) sightline.unsequenced`); err != nil && ctx.Err() == nil {
 			q.cfg.Logger.Warn("could not vacuum sightline.unsequenced; sequencer runs slow down until autovacuum does", "error", err)
 		}
+		q.vacuumAfter.Store(time.Now().Add(10 * time.Since(start)))
 	})
+	if started {
+		q.positioned = 0
+	}
 }
 
 // background runs work in a goroutine that Store.Close waits for, unless
-// the previous work flagged by busy is still under way.
-func (q *sequencer) background(ctx context.Context, busy *atomic.Bool, work func()) {
+// the previous work flagged by busy is still under way; it reports whether
+// it started it.
+func (q *sequencer) background(ctx context.Context, busy *atomic.Bool, work func()) bool {
 	if !busy.CompareAndSwap(false, true) {
-		return
+		return false
 	}
 	q.wg.Add(1) // run's own count keeps the group above zero: Close waits for this
 	go func() {
@@ -163,6 +176,7 @@ func (q *sequencer) background(ctx context.Context, busy *atomic.Bool, work func
 		defer busy.Store(false)
 		work()
 	}()
+	return true
 }
 
 // The store's tables are analyzed by the sequencer while they are young,
@@ -196,8 +210,9 @@ func (q *sequencer) analyzeIfGrown(ctx context.Context, head uint64) {
 func (q *sequencer) analyzeIfNever(ctx context.Context) {
 	var head int64
 	var never bool
-	if err := q.pool.QueryRow(ctx, `SELECT s.head, c.reltuples < 0 FROM sightline.sequencer s, pg_class c
-		WHERE c.oid = 'sightline.positions'::regclass`).Scan(&head, &never); err != nil {
+	if err := q.pool.QueryRow(ctx, `SELECT s.head, t.last_analyze IS NULL AND t.last_autoanalyze IS NULL
+		FROM sightline.sequencer s, pg_stat_user_tables t
+		WHERE t.relid = 'sightline.positions'::regclass`).Scan(&head, &never); err != nil {
 		return // the database is not there yet: analyzeIfGrown starts from the first run
 	}
 	q.head = uint64(head)
@@ -209,7 +224,7 @@ func (q *sequencer) analyzeIfNever(ctx context.Context) {
 // analyze runs ANALYZE on the tables subscribers read, in the background so
 // that sequencing goes on meanwhile.
 func (q *sequencer) analyze(ctx context.Context) {
-	q.background(ctx, &q.analyzing, func() {
+	_ = q.background(ctx, &q.analyzing, func() {
 		for _, table := range []string{"sightline.positions", "sightline.event_log"} {
 			if _, err := q.pool.Exec(ctx, `ANALYZE (SKIP_LOCKED) `+table); err != nil {
 				if ctx.Err() == nil {
@@ -292,17 +307,27 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 // it positioned and the highest position it gave. Appenders learn their
 // positions only once the run has committed: rows arrive before the commit,
 // and a run that fails after them gives its positions out again.
+//
+// The run's commit must reach the disk before anyone is told a position:
+// appends are acknowledged on it (see unflushed). So it is synchronous even
+// where the database, role or connection turned synchronous_commit off; any
+// other setting (on, local, remote_write, remote_apply) already waits for
+// the local flush and is kept.
 func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
-	rows, err := q.pool.Query(ctx, `SELECT event_id, position FROM sightline.position_events($1)`, q.cfg.SequenceBatch)
-	if err != nil {
-		return 0, 0, err
-	}
+	b := &pgx.Batch{} // one round trip and one implicit transaction
+	b.Queue(`SELECT set_config('synchronous_commit', 'local', true) WHERE current_setting('synchronous_commit') = 'off'`)
+	run := b.Queue(`SELECT event_id, position FROM sightline.position_events($1)`, q.cfg.SequenceBatch)
 	type placed struct {
 		ID  uuid.UUID
 		Pos int64
 	}
-	done, err := pgx.CollectRows(rows, pgx.RowToStructByPos[placed]) // closes rows: the commit's outcome
-	if err != nil {
+	var done []placed
+	run.Query(func(rows pgx.Rows) error {
+		var err error
+		done, err = pgx.CollectRows(rows, pgx.RowToStructByPos[placed])
+		return err
+	})
+	if err := q.pool.SendBatch(ctx, b).Close(); err != nil { // the commit's outcome
 		return 0, 0, err
 	}
 	q.positioned += len(done)

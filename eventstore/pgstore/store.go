@@ -161,6 +161,9 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		}
 	}
 	pos, err := s.seq.wait(ctx, args.last)
+	if errors.Is(err, eventstore.ErrAppendLost) {
+		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", stream, err)
+	}
 	if err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("append to %q committed, waiting for its position: %w", stream, err)
 	}
@@ -277,11 +280,16 @@ type querier interface {
 // because subscribers read only positioned events. The disk write that a
 // plain insert waits for alone is thus shared by every append of a sequencer
 // run.
+//
+// What can see such an event before the flush, as it can see any committed
+// event not yet positioned: ReadStream (with a zero position), SQL on
+// sightline.events (with a NULL position), and a concurrent append to the
+// same stream, whose revision check counts it.
 type unflushed struct{ pool *pgxpool.Pool }
 
 func (u unflushed) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	b := &pgx.Batch{} // one round trip and one implicit transaction
-	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b := &pgx.Batch{}                                               // one round trip and one implicit transaction
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`) // SET LOCAL would warn: not yet in a transaction block
 	b.Queue(sql, args...)
 	return closingRow{u.pool.SendBatch(ctx, b)}
 }

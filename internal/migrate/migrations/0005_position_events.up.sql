@@ -19,6 +19,11 @@ CREATE FUNCTION sightline.position_events(max_events integer)
 RETURNS TABLE (event_id uuid, "position" bigint)
 LANGUAGE plpgsql
 SET enable_seqscan = off
+-- Its row estimates (CTE over CTE) run to millions, past jit_above_cost:
+-- on a connection that leaves JIT on, every run compiled its plan first,
+-- for ten milliseconds and more. sightline's own connections turn JIT off;
+-- this holds for any pool a library user hands the store.
+SET jit = off
 AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(7406745143525210945);
@@ -30,9 +35,12 @@ BEGIN
         -- was nearly empty (which it is, most of the time) re-scanned the
         -- whole queue for each row once a bulk load had filled it: one run
         -- took 17 minutes. Hence an array of ids looked up in the primary
-        -- key, and no sequential scans (the SET below).
+        -- key, and no sequential scans (the SET above). Nothing is taken if
+        -- the sequencer row were missing, rather than events dropped from
+        -- the queue with no position.
         DELETE FROM sightline.unsequenced u
         WHERE u.id = ANY (ARRAY(SELECT x.id FROM sightline.unsequenced x ORDER BY x.id LIMIT max_events))
+          AND EXISTS (SELECT 1 FROM prev)
         RETURNING u.id
     ), placed AS (
         INSERT INTO sightline.positions (position, event_row)
@@ -46,6 +54,8 @@ BEGIN
         FROM newest n
         RETURNING pg_notify('sightline_events', n.pos::text)
     )
+    -- moved runs to completion whether or not it is read, as every
+    -- data-modifying WITH does; the join only says it belongs to the run.
     SELECT (SELECT e.event_id FROM sightline.event_log e WHERE e.id = p.er), p.pos
     FROM placed p LEFT JOIN moved ON true
     ORDER BY p.pos;
