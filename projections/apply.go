@@ -203,8 +203,13 @@ func commitWith(ctx context.Context, tx pgx.Tx, queue *pgx.Batch, fromProjection
 	res := tx.SendBatch(ctx, queue)
 	for i := range queue.Len() {
 		tag, err := res.Exec()
+		var pre pgx.ErrPreprocessingBatch
+		if errors.As(err, &pre) {
+			// Reported on the first statement, whichever failed to prepare.
+			i = slices.IndexFunc(queue.QueuedQueries, func(q *pgx.QueuedQuery) bool { return q.SQL == pre.SQL() })
+		}
 		switch {
-		case err != nil && i < fromProjection:
+		case err != nil && i >= 0 && i < fromProjection:
 			res.Close()
 			return classify(ctx, tx.Conn(), err)
 		case err != nil && i == queue.Len()-1:
@@ -235,8 +240,11 @@ const analyzeFirst = 1_000
 // per batch within its first minute.
 //
 // A generation filling up (a rebuild, a catch-up) analyzes between two
-// batches, since the next ones need the statistics most; one keeping up
-// with live traffic analyzes in the background, so that no batch waits.
+// batches, since the next ones need the statistics most. One keeping up
+// with live traffic analyzes in the background, so that no batch waits, and
+// only tables that have changed by more rows than they held when last
+// analyzed: the count restarts with every process, and a mature read model
+// is left to autovacuum.
 func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, applied int, filling bool) {
 	r.sinceAttach += applied
 	if r.sinceAttach < r.nextAnalyze {
@@ -256,10 +264,32 @@ func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, appl
 	go func() {
 		defer r.wg.Done()
 		defer r.analyzing.Store(false)
-		if err := analyze(r.soft, r.pool, reg.schema); err != nil && r.soft.Err() == nil {
+		if err := analyzeGrown(r.soft, r.pool, reg.schema); err != nil && r.soft.Err() == nil {
 			r.log.Warn("could not analyze the read model's tables", "error", err)
 		}
 	}()
+}
+
+// analyzeGrown analyzes the tables of schema that were never analyzed or
+// have changed by more rows than they held when last analyzed.
+func analyzeGrown(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	rows, err := pool.Query(ctx, `SELECT format('%I.%I', t.schemaname, t.relname)
+		FROM pg_stat_user_tables t JOIN pg_class c ON c.oid = t.relid
+		WHERE t.schemaname = $1
+		  AND (t.last_analyze IS NULL AND t.last_autoanalyze IS NULL OR t.n_mod_since_analyze > greatest(c.reltuples, 0))`, schema)
+	if err != nil {
+		return err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if _, err := pool.Exec(ctx, `ANALYZE (SKIP_LOCKED) `+t); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func analyze(ctx context.Context, pool *pgxpool.Pool, schema string) error {
