@@ -252,7 +252,7 @@ func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, appl
 	}
 	r.nextAnalyze = 2 * r.sinceAttach
 	if filling {
-		if err := analyze(ctx, r.pool, reg.schema); err != nil && ctx.Err() == nil {
+		if err := analyze(ctx, r.pool, reg.schema, false); err != nil && ctx.Err() == nil {
 			r.log.Warn("could not analyze the read model's tables", "error", err)
 		}
 		return
@@ -264,36 +264,20 @@ func (r *Runner) analyzeWhileGrowing(ctx context.Context, reg registration, appl
 	go func() {
 		defer r.wg.Done()
 		defer r.analyzing.Store(false)
-		if err := analyzeGrown(r.soft, r.pool, reg.schema); err != nil && r.soft.Err() == nil {
+		if err := analyze(r.soft, r.pool, reg.schema, true); err != nil && r.soft.Err() == nil {
 			r.log.Warn("could not analyze the read model's tables", "error", err)
 		}
 	}()
 }
 
-// analyzeGrown analyzes the tables of schema that were never analyzed or
-// have changed by more rows than they held when last analyzed.
-func analyzeGrown(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+// analyze analyzes the tables of schema; with grownOnly, only those never
+// analyzed or changed by more rows than they held when last analyzed.
+func analyze(ctx context.Context, pool *pgxpool.Pool, schema string, grownOnly bool) error {
 	rows, err := pool.Query(ctx, `SELECT format('%I.%I', t.schemaname, t.relname)
 		FROM pg_stat_user_tables t JOIN pg_class c ON c.oid = t.relid
 		WHERE t.schemaname = $1
-		  AND (t.last_analyze IS NULL AND t.last_autoanalyze IS NULL OR t.n_mod_since_analyze > greatest(c.reltuples, 0))`, schema)
-	if err != nil {
-		return err
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return err
-	}
-	for _, t := range tables {
-		if _, err := pool.Exec(ctx, `ANALYZE (SKIP_LOCKED) `+t); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func analyze(ctx context.Context, pool *pgxpool.Pool, schema string) error {
-	rows, err := pool.Query(ctx, `SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = $1`, schema)
+		  AND (NOT $2 OR t.last_analyze IS NULL AND t.last_autoanalyze IS NULL OR t.n_mod_since_analyze > greatest(c.reltuples, 0))`,
+		schema, grownOnly)
 	if err != nil {
 		return err
 	}

@@ -653,7 +653,7 @@ func (b *Runner) index(ctx context.Context) error {
 		}
 	}
 	// Dashboards' queries meet the new tables with their statistics.
-	if err := analyze(ctx, b.pool, b.reg.schema); err != nil && ctx.Err() == nil {
+	if err := analyze(ctx, b.pool, b.reg.schema, false); err != nil && ctx.Err() == nil {
 		b.log.Warn("could not analyze the rebuilt tables; autovacuum will", "error", err)
 	}
 	b.build.indexed = true
