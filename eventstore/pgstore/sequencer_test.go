@@ -2,6 +2,7 @@ package pgstore
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -12,18 +13,132 @@ import (
 	"github.com/sightlinehq/sightline/internal/testdb"
 )
 
+func newTestStore(t *testing.T, cfg Config) (*Store, *testdb.DB) {
+	t.Helper()
+	db := testdb.New(t)
+	s, err := New(db.Pool, cfg)
+	require.NoError(t, err)
+	t.Cleanup(s.Close)
+	return s, db
+}
+
+func events(n int) []eventstore.EventData {
+	out := make([]eventstore.EventData, n)
+	for i := range out {
+		out[i] = eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)}
+	}
+	return out
+}
+
+// The sequencer vacuums its queue table, and analyzes the tables
+// subscribers read while the store is young, instead of leaving both to
+// autovacuum (which counts in other columns than these).
+func TestSequencerUpkeep(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, db := newTestStore(t, Config{SweepInterval: 50 * time.Millisecond})
+
+	// Past vacuumAfter, and past analyzeFrom and its next powers of two:
+	// each vacuum or analyze may find the table locked by autovacuum and
+	// skip it, so the appends go on until both have happened.
+	i := 0
+	require.Eventually(t, func() bool {
+		i++
+		_, err := s.Append(ctx, fmt.Sprintf("upkeep-%d", i), eventstore.NoStream, events(200)...)
+		require.NoError(t, err)
+		var vacuums, analyzes int64
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT
+			(SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'sightline.unsequenced'::regclass),
+			(SELECT analyze_count FROM pg_stat_user_tables WHERE relid = 'sightline.positions'::regclass)`).Scan(&vacuums, &analyzes))
+		return vacuums > 0 && analyzes > 0
+	}, 30*time.Second, 100*time.Millisecond, "unsequenced vacuumed and positions analyzed")
+}
+
+// A subscription that has caught up reads again only once the head has
+// moved past it, not once more after every batch to find nothing.
+func TestCaughtUpSubscriptionWaitsBeforeReading(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, _ := newTestStore(t, Config{})
+
+	sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{})
+	require.NoError(t, err)
+	defer sub.Close()
+	_, err = s.Append(ctx, "one", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	var got []eventstore.RecordedEvent
+	for len(got) == 0 {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		got = append(got, msg.Events...)
+		if len(got) > 0 {
+			require.True(t, msg.CaughtUp)
+		}
+	}
+	before := s.reads.Load()
+
+	idle, cancelIdle := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelIdle()
+	_, err = sub.Recv(idle)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Equal(t, before, s.reads.Load(), "no read while nothing was appended")
+
+	_, err = s.Append(ctx, "two", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	msg, err := sub.Recv(ctx)
+	require.NoError(t, err)
+	require.Len(t, msg.Events, 1)
+	require.Equal(t, "two", msg.Events[0].StreamID)
+}
+
+// A bulk load through AppendTx fills the queue of unpositioned events at
+// once, after the sequencer has run (and cached its plans) on a queue that
+// is nearly always empty and vacuumed: it is positioned all the same, in
+// runs that stay short. A plan that rescanned the queue for each event took
+// minutes per run here.
+func TestBulkLoadIsPositioned(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, db := newTestStore(t, Config{})
+
+	_, err := s.Append(ctx, "warm", eventstore.NoStream, events(500)...)
+	require.NoError(t, err)
+	// What a vacuum under traffic often leaves: no live rows counted, and
+	// pages it could not truncate, so that the planner expects none.
+	_, err = db.Pool.Exec(ctx, `VACUUM (TRUNCATE false) sightline.unsequenced`)
+	require.NoError(t, err)
+	for i := range 10 { // the sequencer's plans are made and cached by now
+		_, err := s.Append(ctx, fmt.Sprintf("warm-%d", i), eventstore.NoStream, events(1)...)
+		require.NoError(t, err)
+	}
+
+	const n = 60_000
+	tx, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	for i := range n / 1000 {
+		_, err := s.AppendTx(ctx, tx, fmt.Sprintf("bulk-%d", i), eventstore.NoStream, events(1000)...)
+		require.NoError(t, err)
+	}
+	require.NoError(t, tx.Commit(ctx))
+	for {
+		head, err := s.Head(ctx)
+		require.NoError(t, err, "positioned by the time the test's minute is up")
+		if head.Position.Commit >= n+510 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // An appender waiting for an event the database no longer has (its commit
 // was lost in a crash before it reached the disk) is told so, instead of
 // waiting for ever, and the sequencer goes on serving the others.
 func TestWaitForALostEvent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db := testdb.New(t)
-	s, err := New(db.Pool, Config{})
-	require.NoError(t, err)
-	defer s.Close()
+	s, _ := newTestStore(t, Config{})
 
-	_, err = s.seq.wait(ctx, uuid.New())
+	_, err := s.seq.wait(ctx, uuid.New())
 	require.ErrorIs(t, err, eventstore.ErrAppendLost)
 
 	res, err := s.Append(ctx, "after", eventstore.NoStream, eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)})
