@@ -51,7 +51,8 @@ type Batch struct {
 	Tx pgx.Tx
 	// Schema is the schema of the generation being written.
 	Schema string
-	// Events to apply.
+	// Events to apply. Read-only: their Data and Metadata may be shared
+	// with other projections reading the same store.
 	Events []eventstore.RecordedEvent
 
 	queue *pgx.Batch

@@ -145,3 +145,55 @@ func TestWaitForALostEvent(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "1", res.Position.String())
 }
+
+// Live subscribers woken by the same append share one read, and each gets
+// only what its filter matches, with its checkpoint moved past the rest.
+func TestLiveSubscribersShareReads(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, _ := newTestStore(t, Config{})
+
+	orders, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{"order-"}})
+	require.NoError(t, err)
+	defer orders.Close()
+	carts, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{"cart-"}})
+	require.NoError(t, err)
+	defer carts.Close()
+	for _, sub := range []eventstore.Subscription{orders, carts} {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		require.True(t, msg.CaughtUp)
+	}
+	before := s.reads.Load()
+
+	type got struct {
+		msg eventstore.Message
+		err error
+	}
+	results := make(chan got, 2)
+	for _, sub := range []eventstore.Subscription{orders, carts} {
+		go func() {
+			msg, err := sub.Recv(ctx)
+			results <- got{msg, err}
+		}()
+	}
+	res, err := s.Append(ctx, "order-1", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	var delivered, passed int
+	for range 2 {
+		g := <-results
+		require.NoError(t, g.err)
+		require.Equal(t, res.Position, g.msg.Checkpoint)
+		require.True(t, g.msg.CaughtUp)
+		switch len(g.msg.Events) {
+		case 1:
+			require.Equal(t, "order-1", g.msg.Events[0].StreamID)
+			delivered++
+		case 0:
+			passed++
+		}
+	}
+	require.Equal(t, 1, delivered, "the order subscriber got the event")
+	require.Equal(t, 1, passed, "the cart subscriber moved past it")
+	require.Equal(t, before+1, s.reads.Load(), "one read for both")
+}

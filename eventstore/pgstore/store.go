@@ -72,6 +72,7 @@ type Store struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
+	tail  tail         // live subscribers' shared read
 	reads atomic.Int64 // subscription reads, which tests count
 }
 

@@ -3,9 +3,12 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/sightlinehq/sightline/eventstore"
 )
@@ -17,22 +20,21 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	if from.Commit != from.Prepare {
 		return nil, fmt.Errorf("%w: %s is not an embedded-store position", eventstore.ErrInvalidPosition, from)
 	}
-	return &subscription{store: s, cur: from.Commit, prefixes: likePrefixes(filter.Prefixes()), types: append([]string{}, filter.EventTypes...), typePrefixes: likePrefixes(filter.EventTypePrefixes),
-		done: make(chan struct{})}, nil
+	filter.EventTypes = append([]string{}, filter.EventTypes...)
+	filter.EventTypePrefixes = append([]string{}, filter.EventTypePrefixes...)
+	return &subscription{store: s, cur: from.Commit, filter: filter, done: make(chan struct{})}, nil
 }
 
 // scanWindowFactor times ReadBatch is how many positions one read looks at.
 const scanWindowFactor = 4
 
 type subscription struct {
-	store        *Store
-	cur          uint64
-	prefixes     []string
-	types        []string
-	typePrefixes []string
-	told         bool          // a caught-up message was sent for the current position
-	done         chan struct{} // closed by Close
-	once         sync.Once
+	store  *Store
+	cur    uint64
+	filter eventstore.Filter
+	told   bool          // a caught-up message was sent for the current position
+	done   chan struct{} // closed by Close
+	once   sync.Once
 }
 
 // Close ends the subscription; a Recv waiting for events returns ErrClosed.
@@ -56,7 +58,11 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 				return eventstore.Message{}, err
 			}
 		}
-		head, scanned, events, err := sub.read(ctx)
+		read := sub.read
+		if sub.told {
+			read = sub.readShared
+		}
+		head, scanned, events, err := read(ctx)
 		if err != nil {
 			return eventstore.Message{}, err
 		}
@@ -78,14 +84,76 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 }
 
 // read returns the head and the first ReadBatch matching events after cur,
-// at or below the head, in one snapshot. It looks at no more than
-// scanWindow positions, so that the work of one read stays bounded whatever
-// the backlog or the filter; a read that finds nothing in its window still
-// moves the subscription past it.
+// at or below the head, in one snapshot, and the position it has scanned to.
 func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
-	window := uint64(sub.store.cfg.ReadBatch) * scanWindowFactor
-	sub.store.reads.Add(1)
-	rows, err := sub.store.pool.Query(ctx, `
+	r, err := sub.store.readAfter(ctx, sub.cur, sub.filter)
+	return r.head, r.scanned, r.events, err
+}
+
+// readShared is read for a subscriber that has caught up and been woken by
+// the head moving. Live subscribers sit at the same position and are woken
+// together, so they share one unfiltered read and each filters it: the
+// store reads the new events once, not once per projection. A subscriber
+// that finds no shared read from its position makes it, and one whose
+// shared read failed (the subscriber that made it went away) reads alone.
+func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
+	t := &sub.store.tail
+	t.mu.Lock()
+	r := t.last
+	t.mu.Unlock()
+	if r.from != sub.cur || r.head <= sub.cur {
+		v, err, _ := t.group.Do(strconv.FormatUint(sub.cur, 10), func() (any, error) {
+			r, err := sub.store.readAfter(ctx, sub.cur, eventstore.Filter{})
+			if err == nil {
+				t.mu.Lock()
+				t.last = r
+				t.mu.Unlock()
+			}
+			return r, err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return 0, 0, nil, err
+			}
+			return sub.read(ctx)
+		}
+		r = v.(tailRead)
+	}
+	events := make([]eventstore.RecordedEvent, 0, len(r.events))
+	for _, e := range r.events {
+		if sub.filter.Matches(e.StreamID, e.Type) {
+			events = append(events, e)
+		}
+	}
+	return r.head, r.scanned, events, nil
+}
+
+// tail holds the latest shared read of live subscribers. Its events, and
+// the bytes of their data, go to every subscriber that takes them: read-only.
+type tail struct {
+	group singleflight.Group
+	mu    sync.Mutex
+	last  tailRead
+}
+
+// tailRead is one read: the events after from matching its filter, up to
+// scanned, with the head at the time. Positions never change once given, so
+// a read stays true for as long as it is kept.
+type tailRead struct {
+	from, head, scanned uint64
+	events              []eventstore.RecordedEvent
+}
+
+// readAfter reads the first ReadBatch events matching filter after from, at
+// or below the head, in one snapshot. It looks at no more than scanWindow
+// positions, so that the work of one read stays bounded whatever the
+// backlog or the filter; a read that finds nothing in its window still
+// moves the subscription past it. When it returns ReadBatch events it has
+// scanned to the last of them, else to the end of its window.
+func (s *Store) readAfter(ctx context.Context, from uint64, filter eventstore.Filter) (tailRead, error) {
+	window := uint64(s.cfg.ReadBatch) * scanWindowFactor
+	s.reads.Add(1)
+	rows, err := s.pool.Query(ctx, `
 		WITH h AS MATERIALIZED (SELECT head FROM sightline.sequencer LIMIT 1)
 		SELECT h.head, e.position, e.stream_id, e.revision, e.event_id::text, e.type, e.data, e.metadata, e.created_at
 		FROM h
@@ -98,9 +166,9 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 			       OR e.type = ANY($4) OR e.type LIKE ANY($6))
 			ORDER BY p.position
 			LIMIT $2
-		) e ON true`, int64(sub.cur), sub.store.cfg.ReadBatch, sub.prefixes, sub.types, int64(sub.cur+window), sub.typePrefixes)
+		) e ON true`, int64(from), s.cfg.ReadBatch, likePrefixes(filter.Prefixes()), filter.EventTypes, int64(from+window), likePrefixes(filter.EventTypePrefixes))
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("read events after %d: %w", sub.cur, err)
+		return tailRead{}, fmt.Errorf("read events after %d: %w", from, err)
 	}
 	defer rows.Close()
 	var head int64
@@ -111,7 +179,7 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 		var data, meta []byte
 		var created *time.Time
 		if err := rows.Scan(&head, &pos, &stream, &rev, &id, &typ, &data, &meta, &created); err != nil {
-			return 0, 0, nil, err
+			return tailRead{}, err
 		}
 		if pos == nil {
 			continue
@@ -122,9 +190,13 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 		})
 	}
 	if err := rows.Err(); err != nil {
-		return 0, 0, nil, err
+		return tailRead{}, err
 	}
-	return uint64(head), min(uint64(head), sub.cur+window), events, nil
+	r := tailRead{from: from, head: uint64(head), scanned: min(uint64(head), from+window), events: events}
+	if len(events) == s.cfg.ReadBatch {
+		r.scanned = events[len(events)-1].Position.Commit
+	}
+	return r, nil
 }
 
 // likePrefixes turns stream prefixes into LIKE patterns that match them
