@@ -74,7 +74,9 @@ type EventData struct {
 	Metadata []byte
 }
 
-// RecordedEvent is an event as stored.
+// RecordedEvent is an event as stored. Subscribers must treat its Data and
+// Metadata as read-only: a store may hand the same bytes to several
+// subscriptions.
 type RecordedEvent struct {
 	StreamID  string
 	Revision  uint64

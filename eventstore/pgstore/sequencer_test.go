@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,4 +197,59 @@ func TestLiveSubscribersShareReads(t *testing.T) {
 	require.Equal(t, 1, delivered, "the order subscriber got the event")
 	require.Equal(t, 1, passed, "the cart subscriber moved past it")
 	require.Equal(t, before+1, s.reads.Load(), "one read for both")
+}
+
+// A shared read cut short at ReadBatch moves each subscriber only as far as
+// it read: every subscriber gets exactly its events, in order, once, with
+// checkpoints that never go back.
+func TestTruncatedSharedReads(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, _ := newTestStore(t, Config{ReadBatch: 2})
+
+	subs := map[string]eventstore.Subscription{}
+	for _, prefix := range []string{"order-", "cart-"} {
+		sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{StreamPrefixes: []string{prefix}})
+		require.NoError(t, err)
+		defer sub.Close()
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		require.True(t, msg.CaughtUp)
+		subs[prefix] = sub
+	}
+	tx, err := s.pool.Begin(ctx)
+	require.NoError(t, err)
+	want := map[string][]string{}
+	for i, stream := range []string{"order-1", "cart-1", "cart-2", "order-2", "order-3", "cart-3", "order-4"} {
+		_, err := s.AppendTx(ctx, tx, stream, eventstore.NoStream, events(1)...)
+		require.NoError(t, err, i)
+		prefix := stream[:strings.Index(stream, "-")+1]
+		want[prefix] = append(want[prefix], stream)
+	}
+	require.NoError(t, tx.Commit(ctx))
+	var head eventstore.Position
+	require.Eventually(t, func() bool {
+		h, err := s.Head(ctx)
+		require.NoError(t, err)
+		head = h.Position
+		return head.Commit == 7
+	}, 10*time.Second, 10*time.Millisecond)
+
+	for prefix, sub := range subs {
+		var got []string
+		last := eventstore.Start
+		for {
+			msg, err := sub.Recv(ctx)
+			require.NoError(t, err)
+			require.False(t, msg.Checkpoint.Before(last), "%s: checkpoints never go back", prefix)
+			last = msg.Checkpoint
+			for _, e := range msg.Events {
+				got = append(got, e.StreamID)
+			}
+			if msg.CaughtUp && msg.Checkpoint == head {
+				break
+			}
+		}
+		require.Equal(t, want[prefix], got, prefix)
+	}
 }

@@ -20,6 +20,9 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	if from.Commit != from.Prepare {
 		return nil, fmt.Errorf("%w: %s is not an embedded-store position", eventstore.ErrInvalidPosition, from)
 	}
+	// The subscription keeps its own copy, with the category folded into
+	// the prefixes once rather than on every event it filters.
+	filter.StreamPrefixes, filter.Category = append([]string{}, filter.Prefixes()...), ""
 	filter.EventTypes = append([]string{}, filter.EventTypes...)
 	filter.EventTypePrefixes = append([]string{}, filter.EventTypePrefixes...)
 	return &subscription{store: s, cur: from.Commit, filter: filter, done: make(chan struct{})}, nil
@@ -98,11 +101,16 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 // shared read failed (the subscriber that made it went away) reads alone.
 func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
 	t := &sub.store.tail
-	t.mu.Lock()
-	r := t.last
-	t.mu.Unlock()
-	if r.from != sub.cur || r.head <= sub.cur {
-		v, err, _ := t.group.Do(strconv.FormatUint(sub.cur, 10), func() (any, error) {
+	r, ok := t.from(sub.cur)
+	if !ok {
+		flight := t.group.DoChan(strconv.FormatUint(sub.cur, 10), func() (any, error) {
+			if r, ok := t.from(sub.cur); ok { // made by the flight before this one
+				return r, nil
+			}
+			// Not bound to the context of the subscriber that happens to
+			// make the read: the others wait for it too.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
+			defer cancel()
 			r, err := sub.store.readAfter(ctx, sub.cur, eventstore.Filter{})
 			if err == nil {
 				t.mu.Lock()
@@ -111,13 +119,15 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 			}
 			return r, err
 		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return 0, 0, nil, err
+		select {
+		case res := <-flight:
+			if res.Err != nil {
+				return sub.read(ctx)
 			}
-			return sub.read(ctx)
+			r = res.Val.(tailRead)
+		case <-ctx.Done():
+			return 0, 0, nil, ctx.Err()
 		}
-		r = v.(tailRead)
 	}
 	events := make([]eventstore.RecordedEvent, 0, len(r.events))
 	for _, e := range r.events {
@@ -128,17 +138,28 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 	return r.head, r.scanned, events, nil
 }
 
+// sharedReadTimeout bounds a shared read, which no subscriber's context
+// bounds alone.
+const sharedReadTimeout = 30 * time.Second
+
 // tail holds the latest shared read of live subscribers. Its events, and
 // the bytes of their data, go to every subscriber that takes them: read-only.
 type tail struct {
 	group singleflight.Group
 	mu    sync.Mutex
-	last  tailRead
+	last  tailRead // unfiltered: a filtered read kept here would make others skip events
 }
 
-// tailRead is one read: the events after from matching its filter, up to
-// scanned, with the head at the time. Positions never change once given, so
-// a read stays true for as long as it is kept.
+// from returns the kept read if it starts at cur and moved past it.
+func (t *tail) from(cur uint64) (tailRead, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last, t.last.from == cur && t.last.head > cur
+}
+
+// tailRead is one read: the events after from matching the read's filter,
+// up to scanned, with the head at the time. Positions never change once
+// given, so a read stays true for as long as it is kept.
 type tailRead struct {
 	from, head, scanned uint64
 	events              []eventstore.RecordedEvent
