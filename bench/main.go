@@ -177,21 +177,8 @@ func openDatabase(ctx context.Context, cfg config, name string, fresh bool) (*be
 			return nil, err
 		}
 	}
-	if err := migrate.EnsureDatabase(ctx, dbURL); err != nil {
-		return nil, err
-	}
-	pcfg, err := pgxpool.ParseConfig(dbURL)
+	pool, err := migrate.Open(ctx, dbURL, 24, cfg.logger)
 	if err != nil {
-		return nil, err
-	}
-	pcfg.MaxConns = 24
-	pcfg.ConnConfig.RuntimeParams["jit"] = "off"
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return nil, err
-	}
-	if err := migrate.Up(ctx, pool, cfg.logger); err != nil {
-		pool.Close()
 		return nil, err
 	}
 	store, err := pgstore.New(pool, pgstore.Config{})

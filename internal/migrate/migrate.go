@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 //go:embed migrations/*.sql
@@ -146,6 +147,37 @@ func EnsureDatabase(ctx context.Context, databaseURL string) error {
 		return fmt.Errorf("create database %q: %w", cfg.Database, err)
 	}
 	return nil
+}
+
+// ErrPoolSettings marks a database URL whose connection-pool settings
+// (pool_max_conns and the like) do not parse.
+var ErrPoolSettings = errors.New("database URL")
+
+// Open creates the database that databaseURL names if it is missing,
+// connects to it with at least maxConns connections and the settings
+// sightline runs with, and migrates it.
+//
+// JIT compiling is turned off: it costs more than it saves on sightline's
+// short, frequent queries (it once took 200 ms of a 4 ms read).
+func Open(ctx context.Context, databaseURL string, maxConns int32, logger *slog.Logger) (*pgxpool.Pool, error) {
+	if err := EnsureDatabase(ctx, databaseURL); err != nil {
+		return nil, err
+	}
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPoolSettings, err)
+	}
+	cfg.MaxConns = max(cfg.MaxConns, maxConns)
+	cfg.ConnConfig.RuntimeParams["jit"] = "off"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := Up(ctx, pool, logger); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
 }
 
 // Unreachable wraps a connection error with what to do about it.

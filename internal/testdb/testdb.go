@@ -63,7 +63,7 @@ func New(t testing.TB) *DB {
 	}
 	cfg.ConnConfig.Database = name
 	cfg.MaxConns = 16
-	cfg.ConnConfig.RuntimeParams["jit"] = "off" // as the sightline command sets it
+	cfg.ConnConfig.RuntimeParams["jit"] = "off" // as migrate.Open sets it
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
