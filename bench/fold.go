@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"time"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -69,7 +68,7 @@ func (f *ordersFold) add(e eventstore.RecordedEvent) error {
 		}
 		o.paid += v.Amount
 	default:
-		if err := decodeOther(e); err != nil {
+		if err := readmodel.CheckOther(e); err != nil {
 			return err
 		}
 	}
@@ -123,7 +122,7 @@ func (f *customersFold) add(e eventstore.RecordedEvent) error {
 		}
 		f.stat(f.customerOf[id])[1] += v.Amount
 	case readmodel.TypeOrderCancelled:
-		if err := decodeOther(e); err != nil {
+		if err := readmodel.CheckOther(e); err != nil {
 			return err
 		}
 		f.stat(f.customerOf[id])[2]++
@@ -167,29 +166,12 @@ func (f *dailyFold) add(e eventstore.RecordedEvent) error {
 		}
 		d[1] += v.Amount
 	case readmodel.TypeOrderCancelled:
-		if err := decodeOther(e); err != nil {
+		if err := readmodel.CheckOther(e); err != nil {
 			return err
 		}
 		d[2]++
 	}
 	return nil
-}
-
-// decodeOther decodes the events the projections check without using
-// their fields, as they do.
-func decodeOther(e eventstore.RecordedEvent) error {
-	var v any
-	switch e.Type {
-	case readmodel.TypeOrderShipped:
-		v = &readmodel.OrderShipped{}
-	case readmodel.TypeOrderDelivered:
-		v = &readmodel.OrderDelivered{}
-	case readmodel.TypeOrderCancelled:
-		v = &readmodel.OrderCancelled{}
-	default:
-		return nil
-	}
-	return json.Unmarshal(e.Data, v)
 }
 
 func (f *dailyFold) rows() (string, []string, [][]any) {

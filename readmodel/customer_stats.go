@@ -99,7 +99,7 @@ func (CustomerStats) Apply(ctx context.Context, b *projections.Batch) error {
 			}
 			add(customer).total += v.Amount
 		case TypeOrderCancelled:
-			if err := checkOther(e); err != nil {
+			if err := CheckOther(e); err != nil {
 				return err
 			}
 			if customer == "" {

@@ -58,7 +58,7 @@ func (DailySales) Apply(ctx context.Context, b *projections.Batch) error {
 			}
 			d.revenue += v.Amount
 		case TypeOrderCancelled:
-			if err := checkOther(e); err != nil {
+			if err := CheckOther(e); err != nil {
 				return err
 			}
 			d.cancelled++

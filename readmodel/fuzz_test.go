@@ -50,6 +50,6 @@ func FuzzDecode(f *testing.F) {
 		if err == nil && paid.Amount < 0 {
 			t.Fatalf("%q: accepted a negative amount %d", data, paid.Amount)
 		}
-		check(checkOther(e))
+		check(CheckOther(e))
 	})
 }

@@ -126,7 +126,7 @@ func (Orders) Apply(ctx context.Context, b *projections.Batch) error {
 			}
 			c.paid += v.Amount
 		default:
-			if err := checkOther(e); err != nil {
+			if err := CheckOther(e); err != nil {
 				return err
 			}
 		}
