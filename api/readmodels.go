@@ -38,17 +38,30 @@ var orderStatuses = map[string]bool{
 	readmodel.StatusDelivered: true, readmodel.StatusCancelled: true,
 }
 
+// getOrder reads the order and whether a parked event holds its stream in
+// one round trip.
 func (s *Server) getOrder(c echo.Context) error {
-	rows, err := s.cfg.Pool.Query(c.Request().Context(), `SELECT `+orderColumns+` FROM readmodel.orders WHERE id = $1`, c.Param("id"))
-	if err != nil {
+	b := &pgx.Batch{}
+	held := queueHeld(c, b)
+	var o Order
+	found := false
+	b.Queue(`SELECT `+orderColumns+` FROM readmodel.orders WHERE id = $1`, c.Param("id")).Query(func(rows pgx.Rows) error {
+		var err error
+		o, err = pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Order])
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		found = err == nil
+		return err
+	})
+	if err := s.cfg.Pool.SendBatch(c.Request().Context(), b).Close(); err != nil {
 		return err
 	}
-	o, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[Order])
-	if errors.Is(err, pgx.ErrNoRows) {
+	if err := held.answer(c); err != nil {
+		return err
+	}
+	if !found {
 		return problem(c, http.StatusNotFound, "Order not found", "no order "+c.Param("id")+" in the read model (yet: see "+HeaderMinPosition+")")
-	}
-	if err != nil {
-		return err
 	}
 	return c.JSON(http.StatusOK, o)
 }

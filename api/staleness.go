@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/labstack/echo/v4"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -64,30 +65,61 @@ func (s *Server) fresh(projection string, stream ...func(echo.Context) string) e
 				}
 			}
 			s.stalenessHeaders(c, r)
-			if len(stream) > 0 {
-				if err := s.checkHeld(c, r, projection, stream[0](c), want); err != nil {
-					return err
-				}
+			if len(stream) == 0 {
+				return next(c)
 			}
-			return next(c)
+			hc := &heldCheck{r: r, projection: projection, stream: stream[0](c), want: want}
+			c.Set(heldKey, hc)
+			err = next(c)
+			if !hc.queued {
+				s.cfg.Logger.Error("the handler did not check whether the stream it read is held", "path", c.Path(), "stream", hc.stream)
+			}
+			return err
 		}
 	}
 }
 
-// checkHeld sets HeaderStreamParked when a parked event holds stream, and
-// refuses a read-your-writes request that the held events cover.
-func (s *Server) checkHeld(c echo.Context, r *projections.Runner, projection, stream string, want eventstore.Position) error {
-	hold, err := r.Held(c.Request().Context(), stream, want)
-	if err != nil || hold.ParkedID == 0 {
-		return err
+// heldKey is where fresh leaves a heldCheck in the echo.Context.
+const heldKey = "sightline.held"
+
+// heldCheck is the check of a read of one stream's row against the parked
+// events holding that stream. fresh leaves it to the handler, which queues
+// it before its own query (queueHeld) so both take one round trip, and
+// answers it before writing the row (answer).
+type heldCheck struct {
+	r                  *projections.Runner
+	projection, stream string
+	want               eventstore.Position
+	hold               projections.Hold
+	queued             bool
+}
+
+// queueHeld queues on b the check fresh left for this request, if any.
+// b must go to the read models' database, which is the projections'.
+func queueHeld(c echo.Context, b *pgx.Batch) *heldCheck {
+	hc, _ := c.Get(heldKey).(*heldCheck)
+	if hc != nil {
+		hc.r.QueueHeld(b, hc.stream, hc.want, &hc.hold)
+		hc.queued = true
 	}
+	return hc
+}
+
+// answer sets HeaderStreamParked when a parked event holds the stream, and
+// refuses a read-your-writes request that the held events cover. A nil
+// check answers nothing.
+func (hc *heldCheck) answer(c echo.Context) error {
+	if hc == nil || hc.hold.ParkedID == 0 {
+		return nil
+	}
+	hold := hc.hold
 	c.Response().Header().Set(HeaderStreamParked, strconv.FormatInt(hold.ParkedID, 10))
-	if want.IsStart() || !hold.Covers {
+	if hc.want.IsStart() || !hold.Covers {
 		return nil
 	}
 	return &Problem{Status: http.StatusConflict, Title: "Stream held by a parked event",
 		Detail: fmt.Sprintf("%s is held from revision %d by parked event %d of %s, so position %s is not in the read model; see /v1/projections/%s/parked/%d",
-			stream, hold.From, hold.ParkedID, projection, want, projection, hold.ParkedID)}
+			hc.stream, hold.From, hold.ParkedID, hc.projection, hc.want, hc.projection, hold.ParkedID)}
 }
 
 // waitFor waits for r to reach pos, until ctx ends or the server stops.
@@ -129,14 +161,28 @@ func (s *Server) readYourWrites(c echo.Context) (eventstore.Position, time.Durat
 	return want, wait, nil
 }
 
+// stalenessHeaders sets the headers from the projection's status at the
+// store's head as of now. A store that keeps its head in memory
+// (eventstore.HeadKeeper) saves every request a round trip. If its
+// notifications die without a word, what it keeps can fall behind, but
+// never below the head that the runner reads from the store on each status
+// tick, so the headers are then at most a tick out of date.
 func (s *Server) stalenessHeaders(c echo.Context, r *projections.Runner) {
-	var st projections.Status
-	ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
-	defer cancel()
-	if head, err := s.cfg.Store.Head(ctx); err == nil {
-		st = r.StatusAt(head)
-	} else {
-		st = r.Status() // the head as last seen
+	st, known := projections.Status{}, false
+	if k, ok := s.cfg.Store.(eventstore.HeadKeeper); ok {
+		var head eventstore.Head
+		if head, known = k.KnownHead(); known {
+			st = r.StatusAt(head)
+		}
+	}
+	if !known {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), time.Second)
+		defer cancel()
+		if head, err := s.cfg.Store.Head(ctx); err == nil {
+			st = r.StatusAt(head)
+		} else {
+			st = r.Status() // the head as last seen
+		}
 	}
 	h := c.Response().Header()
 	h.Set(HeaderPosition, st.Position.String())

@@ -35,6 +35,16 @@ type Store interface {
 	ParsePosition(token string) (Position, error)
 }
 
+// HeadKeeper is a Store that keeps its head in memory as it moves, so that
+// callers on a hot path (every query's staleness headers) need not ask the
+// server. KnownHead's ok is false when the store cannot vouch for what it
+// keeps (its notifications are down); Head must then be asked. Its Time
+// may be later than the event's, never earlier: an age computed from it
+// is a lower bound.
+type HeadKeeper interface {
+	KnownHead() (head Head, ok bool)
+}
+
 // Subscription is a stream of messages from Store.Subscribe. Recv blocks
 // until a message is ready, the context ends, or the subscription fails.
 type Subscription interface {

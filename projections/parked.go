@@ -308,18 +308,31 @@ type Hold struct {
 // the checkpoint says is fresh is not, for a held stream.
 func (r *Runner) Held(ctx context.Context, stream string, upTo eventstore.Position) (Hold, error) {
 	var h Hold
-	var from int64
-	err := r.pool.QueryRow(ctx, `SELECT
+	b := &pgx.Batch{}
+	r.QueueHeld(b, stream, upTo, &h)
+	return h, r.pool.SendBatch(ctx, b).Close()
+}
+
+// QueueHeld queues Held's query on b, for a caller that reads the stream's
+// row in the same round trip; h holds the answer once b's results are read.
+// b must go to the runner's database.
+func (r *Runner) QueueHeld(b *pgx.Batch, stream string, upTo eventstore.Position, h *Hold) {
+	b.Queue(`SELECT
 			(array_agg(id ORDER BY revision))[1], min(revision),
 			coalesce(bool_or((commit_position, prepare_position) <= ($4::bigint, $5::bigint)), false)
 		FROM sightline.parked
 		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND `+waitingRows+`
-		HAVING count(*) > 0`, r.p.Name(), r.registration().generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).Scan(&h.ParkedID, &from, &h.Covers)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Hold{}, nil
-	}
-	h.From = uint64(from)
-	return h, err
+		HAVING count(*) > 0`, r.p.Name(), r.registration().generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).
+		QueryRow(func(row pgx.Row) error {
+			var from int64
+			err := row.Scan(&h.ParkedID, &from, &h.Covers)
+			if errors.Is(err, pgx.ErrNoRows) {
+				*h = Hold{}
+				return nil
+			}
+			h.From = uint64(from)
+			return err
+		})
 }
 
 // Retry is RetryParked for the runner's projection, with its metrics and

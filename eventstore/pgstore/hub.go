@@ -27,6 +27,7 @@ type hub struct {
 
 	mu      sync.Mutex
 	head    uint64
+	seen    time.Time     // when head was learned
 	changed chan struct{} // closed when head moves
 }
 
@@ -43,9 +44,18 @@ func (h *hub) publish(head uint64) {
 	if head <= h.head {
 		return
 	}
-	h.head = head
+	h.head, h.seen = head, time.Now()
 	close(h.changed)
 	h.changed = make(chan struct{})
+}
+
+// known returns the newest head published and when it was, and whether
+// notifications are being received, without which it may be behind.
+func (h *hub) known() (head uint64, seen time.Time, ok bool) {
+	ok = h.connected()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.head, h.seen, ok && !h.seen.IsZero()
 }
 
 // waitBeyond returns once the head is beyond after, or ctx ends, or stop

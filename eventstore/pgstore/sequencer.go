@@ -252,7 +252,6 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 			return err
 		}
 		if head > 0 {
-			q.hub.publish(head)
 			q.analyzeIfGrown(ctx, head)
 		}
 		if n < q.cfg.SequenceBatch {
@@ -334,6 +333,13 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	head := uint64(0)
 	for _, p := range done {
 		head = max(head, uint64(p.Pos))
+	}
+	if head > 0 {
+		// Before the appenders hear: a caller that reads KnownHead once its
+		// append has returned sees the append's position.
+		q.hub.publish(head)
+	}
+	for _, p := range done {
 		q.resolve(p.ID, placing{pos: uint64(p.Pos)})
 	}
 	return len(done), head, nil

@@ -253,3 +253,32 @@ func TestTruncatedSharedReads(t *testing.T) {
 		require.Equal(t, want[prefix], got, prefix)
 	}
 }
+
+// The known head is vouched for only while notifications are received:
+// without them it may be behind whatever other processes appended.
+func TestKnownHeadNeedsNotifications(t *testing.T) {
+	h := newHub(nil, nil)
+	_, _, ok := h.known()
+	require.False(t, ok, "nothing known yet")
+	h.publish(5)
+	_, _, ok = h.known()
+	require.False(t, ok, "a head published while not listening")
+	h.up.Store(true)
+	head, seen, ok := h.known()
+	require.True(t, ok)
+	require.Equal(t, uint64(5), head)
+	require.False(t, seen.IsZero())
+	h.publish(3)
+	head, _, _ = h.known()
+	require.Equal(t, uint64(5), head, "a head never goes back")
+}
+
+// The generic plan of the sequencer's statement is kept (migration 0006):
+// planning it anew each run cost as much as running it.
+func TestSequencerStatementIsPlannedOnce(t *testing.T) {
+	ctx := context.Background()
+	_, db := newTestStore(t, Config{})
+	var config []string
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT proconfig FROM pg_proc WHERE oid = 'sightline.position_events(integer)'::regprocedure`).Scan(&config))
+	require.Contains(t, config, "plan_cache_mode=force_generic_plan")
+}

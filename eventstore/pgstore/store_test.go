@@ -3,6 +3,7 @@ package pgstore_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -68,6 +69,33 @@ func TestReadsAreWindowed(t *testing.T) {
 	require.Len(t, got, 1)
 	require.Equal(t, want.Position, got[0].Position)
 	require.Greater(t, messages, 5, "54 positions in windows of 8")
+}
+
+// TestKnownHead: a store knows the head without asking the server, its
+// own appends' as soon as they return, another process's once notified.
+func TestKnownHead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, db := newStore(t, pgstore.Config{})
+	other, err := pgstore.New(db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	t.Cleanup(other.Close)
+	require.Eventually(t, s.Connected, 10*time.Second, 10*time.Millisecond)
+
+	before := time.Now()
+	own, err := s.Append(ctx, "order-1", eventstore.Any, storetest.Event("T", `{}`))
+	require.NoError(t, err)
+	head, ok := s.KnownHead()
+	require.True(t, ok)
+	require.Equal(t, own.Position, head.Position, "known as soon as the append returns")
+	require.False(t, head.Time.Before(before), "learned after it was written")
+
+	theirs, err := other.Append(ctx, "order-2", eventstore.Any, storetest.Event("T", `{}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		head, ok := s.KnownHead()
+		return ok && head.Position == theirs.Position
+	}, 10*time.Second, 5*time.Millisecond, "another process's append, notified")
 }
 
 // TestCloseReleasesWaiters: Close ends a Recv waiting for events, and so
