@@ -43,22 +43,14 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer conn.Release() // back to the pool only when idle: after COMMIT or the rollback below
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // the error that brought us here is the one to report
-		}
-	}()
 
-	// One round trip: lock the checkpoint row, so that batches of the same
-	// projection (and parked-event retries) never interleave, and read the
-	// streams' last revisions and which of them are held.
+	// One round trip: begin, lock the checkpoint row, so that batches of the
+	// same projection (and parked-event retries) never interleave, and read
+	// the streams' last revisions and which of them are held.
 	revsTable := pgx.Identifier{reg.schema, "_stream_revisions"}.Sanitize()
 	read := &pgx.Batch{}
+	tx := queueBegin(conn.Conn(), read)
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // ErrTxClosed once committed; otherwise the error that brought us here is the one to report
 	if r.build != nil {
 		// A rebuild's batches may be lost in a server crash without harm: a
 		// lost commit loses its checkpoint with its rows, and nobody reads
@@ -72,6 +64,10 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
 		GROUP BY stream_id`, r.p.Name(), reg.generation, streams.order)
 	res := tx.SendBatch(ctx, read)
+	if _, err := res.Exec(); err != nil {
+		res.Close()
+		return fmt.Errorf("begin: %w", err)
+	}
 	if r.build != nil {
 		if _, err := res.Exec(); err != nil {
 			res.Close()
@@ -156,7 +152,6 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	if err := commitWith(ctx, tx, queue, fromProjection); err != nil {
 		return err
 	}
-	committed = true
 
 	now := time.Now()
 	applied := plan.applied()
@@ -194,11 +189,10 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 // classified as the events' errors may be; the rest are the projector's.
 //
 // The COMMIT goes in the batch rather than through tx.Commit, which would
-// cost a round trip of its own. tx is left behind unfinished: the caller
-// releases the connection, which goes back to the pool because it is idle
-// (pgxpool closes a connection released inside a transaction), and rolls
-// tx back only when this fails.
-func commitWith(ctx context.Context, tx pgx.Tx, queue *pgx.Batch, fromProjection int) error {
+// cost a round trip of its own; tx is closed once it has succeeded. When
+// it fails, the caller rolls tx back, or releases the connection, which
+// pgxpool closes if it is still inside the transaction.
+func commitWith(ctx context.Context, tx *batchTx, queue *pgx.Batch, fromProjection int) error {
 	queue.Queue(`COMMIT`)
 	res := tx.SendBatch(ctx, queue)
 	for i := range queue.Len() {
@@ -223,7 +217,9 @@ func commitWith(ctx context.Context, tx pgx.Tx, queue *pgx.Batch, fromProjection
 			return fmt.Errorf("commit: the server rolled the transaction back (%s)", tag)
 		}
 	}
-	return res.Close()
+	err := res.Close()
+	tx.closed = err == nil
+	return err
 }
 
 // analyzeFirst is how many events a projector applies to a generation

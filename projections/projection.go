@@ -47,7 +47,8 @@ type Indexer interface {
 // their first event arrived.
 type Batch struct {
 	// Tx is the batch's transaction. Reads of the read model go through it;
-	// writes may too, but Queue is faster.
+	// writes may too, but Queue is faster. Begin makes a savepoint, as with
+	// pgx; LargeObjects is not available (it returns the zero value).
 	Tx pgx.Tx
 	// Schema is the schema of the generation being written.
 	Schema string

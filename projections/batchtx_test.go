@@ -1,0 +1,156 @@
+package projections
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/testdb"
+)
+
+// A batchTx behaves as pgx's Tx does, savepoints included, though its
+// BEGIN went out with other statements.
+func TestBatchTx(t *testing.T) {
+	ctx := context.Background()
+	db := testdb.New(t)
+	_, err := db.Pool.Exec(ctx, `CREATE TABLE nums (n int)`)
+	require.NoError(t, err)
+	conn, err := db.Pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	nums := func() []int {
+		rows, _ := db.Pool.Query(ctx, `SELECT n FROM nums ORDER BY n`)
+		ns, err := pgx.CollectRows(rows, pgx.RowTo[int])
+		require.NoError(t, err)
+		return ns
+	}
+
+	b := &pgx.Batch{}
+	tx := queueBegin(conn.Conn(), b)
+	b.Queue(`INSERT INTO nums VALUES (1)`)
+	require.NoError(t, tx.SendBatch(ctx, b).Close())
+	require.Equal(t, byte('T'), conn.Conn().PgConn().TxStatus(), "begun by the batch")
+
+	sp, err := tx.Begin(ctx)
+	require.NoError(t, err)
+	_, err = sp.Exec(ctx, `INSERT INTO nums VALUES (2)`)
+	require.NoError(t, err)
+	require.NoError(t, sp.Rollback(ctx))
+	_, err = sp.Exec(ctx, `INSERT INTO nums VALUES (20)`)
+	require.ErrorIs(t, err, pgx.ErrTxClosed)
+
+	sp, err = tx.Begin(ctx)
+	require.NoError(t, err)
+	inner, err := sp.Begin(ctx)
+	require.NoError(t, err)
+	_, err = inner.Exec(ctx, `INSERT INTO nums VALUES (3)`)
+	require.NoError(t, err)
+	require.NoError(t, inner.Commit(ctx))
+	require.NoError(t, sp.Commit(ctx))
+	require.ErrorIs(t, sp.Commit(ctx), pgx.ErrTxClosed)
+	require.Empty(t, nums(), "nothing visible before the commit")
+
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, []int{1, 3}, nums())
+	require.ErrorIs(t, tx.Rollback(ctx), pgx.ErrTxClosed, "a deferred rollback after the commit")
+	_, err = tx.Exec(ctx, `INSERT INTO nums VALUES (4)`)
+	require.ErrorIs(t, err, pgx.ErrTxClosed)
+	rows, err := tx.Query(ctx, `SELECT 1`)
+	require.ErrorIs(t, err, pgx.ErrTxClosed)
+	_, err = pgx.CollectRows(rows, pgx.RowTo[int])
+	require.ErrorIs(t, err, pgx.ErrTxClosed, "rows readable despite the error, as pgx's are")
+	require.ErrorIs(t, tx.QueryRow(ctx, `SELECT 1`).Scan(new(int)), pgx.ErrTxClosed)
+	require.ErrorIs(t, tx.SendBatch(ctx, &pgx.Batch{}).Close(), pgx.ErrTxClosed)
+
+	// A transaction that failed rolls back on commit, and says so.
+	b = &pgx.Batch{}
+	tx = queueBegin(conn.Conn(), b)
+	require.NoError(t, tx.SendBatch(ctx, b).Close())
+	_, err = tx.Exec(ctx, `INSERT INTO nums VALUES (5)`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 'x'::int`)
+	require.Error(t, err)
+	require.ErrorIs(t, tx.Commit(ctx), pgx.ErrTxCommitRollback)
+	require.Equal(t, byte('I'), conn.Conn().PgConn().TxStatus())
+	require.Equal(t, []int{1, 3}, nums())
+}
+
+// beginCounter counts the transactions pgx began with a round trip of
+// their own (pgx's Begin sends "begin" alone).
+type beginCounter struct{ n atomic.Int64 }
+
+func (c *beginCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if d.SQL == "begin" {
+		c.n.Add(1)
+	}
+	return ctx
+}
+
+func (c *beginCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// A live batch costs no round trip for its BEGIN.
+func TestBatchBeginsWithItsReads(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.New(t)
+	cfg := db.Pool.Config()
+	begins := &beginCounter{}
+	cfg.ConnConfig.Tracer = begins
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	store, err := pgstore.New(pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer store.Close()
+	d, err := NewDaemon(pool, store, []Projection{counter{}}, Config{StatusInterval: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the test is over
+	r := d.Runner("counter")
+
+	before := begins.n.Load()
+	const batches = 20
+	for range batches {
+		res, err := store.Append(ctx, "c-1", eventstore.Any, eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)})
+		require.NoError(t, err)
+		require.NoError(t, r.WaitFor(ctx, res.Position))
+	}
+	require.Less(t, begins.n.Load()-before, int64(batches/2), "most batches began with their reads")
+	var n, rows int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT max(n), count(*) FROM readmodel.counter`).Scan(&n, &rows))
+	require.Equal(t, int64(batches), n, "each batch read the rows of the last through its Tx")
+	require.Equal(t, int64(batches), rows)
+}
+
+// counter counts its events; it reads through the batch's Tx, as a
+// handler that needs the read model's state does.
+type counter struct{}
+
+func (counter) Name() string              { return "counter" }
+func (counter) Version() int              { return 1 }
+func (counter) Tables() []string          { return []string{"counter"} }
+func (counter) Filter() eventstore.Filter { return eventstore.Filter{StreamPrefixes: []string{"c-"}} }
+func (counter) Setup(ctx context.Context, tx pgx.Tx, schema string) error {
+	_, err := tx.Exec(ctx, `CREATE TABLE `+pgx.Identifier{schema, "counter"}.Sanitize()+` (n bigint NOT NULL)`)
+	return err
+}
+
+func (counter) Apply(ctx context.Context, b *Batch) error {
+	var n int64
+	if err := b.Tx.QueryRow(ctx, `SELECT count(*) FROM `+b.Table("counter")).Scan(&n); err != nil {
+		return err
+	}
+	for range b.Events {
+		n++
+		b.Queue(`INSERT INTO `+b.Table("counter")+` VALUES ($1)`, n)
+	}
+	return nil
+}
