@@ -3,8 +3,10 @@ package api
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -92,9 +94,22 @@ func (s *Server) listOrders(c echo.Context) error {
 		}
 		after = string(b)
 	}
-	rows, err := s.cfg.Pool.Query(c.Request().Context(), `SELECT `+orderColumns+` FROM readmodel.orders
-		WHERE ($1 = '' OR status = $1) AND ($2 = '' OR customer_id = $2) AND id > $3
-		ORDER BY id LIMIT $4`, status, customer, after, limit+1)
+	// Only the filters given, so that the plan (which pgx prepares once per
+	// statement and connection) reads the (status, id) or (customer_id, id)
+	// index from the cursor on, rather than walking every order by id and
+	// testing each one, which gets slower with the table.
+	where, args := []string{"id > $1"}, []any{after}
+	if status != "" {
+		args = append(args, status)
+		where = append(where, fmt.Sprintf("status = $%d", len(args)))
+	}
+	if customer != "" {
+		args = append(args, customer)
+		where = append(where, fmt.Sprintf("customer_id = $%d", len(args)))
+	}
+	args = append(args, limit+1)
+	rows, err := s.cfg.Pool.Query(c.Request().Context(), fmt.Sprintf(`SELECT `+orderColumns+` FROM readmodel.orders
+		WHERE %s ORDER BY id LIMIT $%d`, strings.Join(where, " AND "), len(args)), args...)
 	if err != nil {
 		return err
 	}

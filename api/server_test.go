@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -344,6 +345,45 @@ func TestOrdersPagination(t *testing.T) {
 		cursor = page.NextCursor
 	}
 	require.Equal(t, []string{"p0", "p1", "p2", "p3", "p4", "p5", "p6"}, ids)
+}
+
+// TestOrdersFilters: each filter alone, both, and none choose exactly the
+// orders they name.
+func TestOrdersFilters(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t, api.Config{})
+	for i, o := range []struct{ customer, status string }{
+		{"fa", "placed"}, {"fa", "paid"}, {"fb", "paid"}, {"fb", "placed"}, {"fb", "paid"},
+	} {
+		events := []eventstore.EventData{storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"`+o.customer+`","items":[],"total":5}`)}
+		if o.status == "paid" {
+			events = append(events, storetest.Event(readmodel.TypeOrderPaid, `{"amount":5}`))
+		}
+		_, err := b.store.Append(ctx, fmt.Sprintf("order-f%d", i), eventstore.NoStream, events...)
+		require.NoError(t, err)
+	}
+	readmodeltest.WaitCaughtUp(t, ctx, b.pool, "orders")
+	list := func(query string) []string {
+		r := get(t, b.url+"/v1/orders?"+query)
+		require.Equal(t, http.StatusOK, r.StatusCode, r.body)
+		var page struct {
+			Orders []api.Order `json:"orders"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(r.body), &page))
+		var ids []string
+		for _, o := range page.Orders {
+			if strings.HasPrefix(o.ID, "f") {
+				ids = append(ids, o.ID)
+			}
+		}
+		return ids
+	}
+	require.Equal(t, []string{"f0", "f1", "f2", "f3", "f4"}, list(""))
+	require.Equal(t, []string{"f1", "f2", "f4"}, list("status=paid"))
+	require.Equal(t, []string{"f2", "f3", "f4"}, list("customer_id=fb"))
+	require.Equal(t, []string{"f2", "f4"}, list("status=paid&customer_id=fb"))
+	require.Equal(t, []string{"f4"}, list("status=paid&customer_id=fb&cursor="+base64.RawURLEncoding.EncodeToString([]byte("f2"))))
+	require.Empty(t, list("status=shipped&customer_id=fa"))
 }
 
 func TestProjectionStatus(t *testing.T) {
