@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -503,14 +504,20 @@ func (b *Runner) runBuild(ctx context.Context) error {
 
 // takeOver waits until the build has caught up with the source, then
 // swaps it in; it tries again while the active generation is ahead.
+// Caught up means applied as far as where the reader first caught up: the
+// reader runs messages ahead, and a take-over before they are applied
+// would leave them to whichever projector runs next, if any does.
 func (b *Runner) takeOver() error {
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(0))
 	for {
 		for {
 			b.mu.Lock()
-			caughtUp := b.state.caughtUp
+			caughtUp, at := b.state.caughtUp, b.state.caughtUpAt
 			b.mu.Unlock()
 			if caughtUp {
+				if err := b.WaitFor(b.soft, at); err != nil {
+					return cmp.Or(b.soft.Err(), err)
+				}
 				break
 			}
 			if !sleep(b.soft, 100*time.Millisecond) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -419,4 +420,42 @@ func TestTakeOverWaitsForLongReaders(t *testing.T) {
 
 	require.NoError(t, report.Rollback(ctx))
 	require.Eventually(t, func() bool { gen, _ := activeGeneration(t, ctx, b, "daily_sales"); return gen == rb.Generation }, 20*time.Second, 10*time.Millisecond)
+}
+
+// slowOrders is the orders projection taking its time over each batch, so
+// that a rebuild's reader runs ahead of what it has applied.
+type slowOrders struct{ readmodel.Orders }
+
+func (p slowOrders) Apply(ctx context.Context, b *projections.Batch) error {
+	time.Sleep(5 * time.Millisecond)
+	return p.Orders.Apply(ctx, b)
+}
+
+// TestRebuildTakesOverOnceItHasAppliedWhatItRead: a rebuild whose reader
+// has reached the head takes over only once it has applied as far, even
+// when the active generation is further behind; 'sightline rebuild --wait'
+// with no projector running would otherwise leave the read model short of
+// the head it reported.
+func TestRebuildTakesOverOnceItHasAppliedWhatItRead(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	// Registered, never run: the active generation stays at the start.
+	d, err := projections.NewDaemon(b.db.Pool, storetest.Silent{Store: b.store}, readmodel.All(), projections.Config{})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	require.NoError(t, d.Stop(ctx))
+	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 150, Customers: 30, Writers: 4, Seed: 23})
+	require.NoError(t, err)
+	head, err := b.store.Head(ctx)
+	require.NoError(t, err)
+
+	small, err := pgstore.New(b.db.Pool, pgstore.Config{ReadBatch: 20})
+	require.NoError(t, err)
+	t.Cleanup(small.Close)
+	_, err = projections.RequestRebuild(ctx, b.db.Pool, readmodel.Orders{})
+	require.NoError(t, err)
+	require.NoError(t, projections.RunRebuild(ctx, b.db.Pool, small, slowOrders{}, projections.Config{RebuildBatchSize: 20}, nil))
+	gen, _ := activeGeneration(t, ctx, b, "orders")
+	require.Equal(t, 2, gen)
+	require.Equal(t, head.Position, checkpointOf(t, ctx, b, "orders", 2))
 }

@@ -164,12 +164,13 @@ type Runner struct {
 }
 
 type runState struct {
-	stopped      bool       // the runner has ended; every other status is derived
-	oldest       time.Time  // write time of the oldest event being applied
-	behind       []sighting // heads seen beyond the position, oldest first
-	live         bool       // the last message forwarded said the source is live
-	caughtUp     bool       // the last message forwarded had reached the head, or was live
-	pending      int        // messages forwarded and not yet committed
+	stopped      bool                // the runner has ended; every other status is derived
+	oldest       time.Time           // write time of the oldest event being applied
+	behind       []sighting          // heads seen beyond the position, oldest first
+	live         bool                // the last message forwarded said the source is live
+	caughtUp     bool                // the last message forwarded had reached the head, or was live
+	caughtUpAt   eventstore.Position // that message's checkpoint
+	pending      int                 // messages forwarded and not yet committed
 	head         eventstore.Head
 	lastProgress time.Time
 	failing      bool
@@ -500,6 +501,9 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 		r.state.pending++
 		r.state.live = msg.Live
 		r.state.caughtUp = msg.CaughtUp || msg.Live
+		if r.state.caughtUp {
+			r.state.caughtUpAt = msg.Checkpoint
+		}
 		r.mu.Unlock()
 		select {
 		case out <- msg:
