@@ -29,6 +29,7 @@ type sequencer struct {
 	pool   *pgxpool.Pool
 	cfg    Config
 	hub    *hub
+	tail   *tail           // where a run leaves the rows it positioned, for live subscribers
 	closed <-chan struct{} // closed by Store.Close
 
 	wake chan struct{}
@@ -43,6 +44,7 @@ type sequencer struct {
 
 	mu      sync.Mutex
 	waiters map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
+	running chan struct{}                // closed when the run under way has kept its rows and published; nil between runs
 }
 
 // placing is what an appender waiting for its event learns.
@@ -51,8 +53,8 @@ type placing struct {
 	err error // eventstore.ErrAppendLost when the event is gone
 }
 
-func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, closed <-chan struct{}, wg *sync.WaitGroup) *sequencer {
-	q := &sequencer{pool: pool, cfg: cfg, hub: h, closed: closed, wg: wg, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
+func newSequencer(pool *pgxpool.Pool, cfg Config, h *hub, t *tail, closed <-chan struct{}, wg *sync.WaitGroup) *sequencer {
+	q := &sequencer{pool: pool, cfg: cfg, hub: h, tail: t, closed: closed, wg: wg, wake: make(chan struct{}, 1), waiters: map[uuid.UUID][]chan placing{}}
 	q.vacuumAfter.Store(time.Time{})
 	return q
 }
@@ -313,12 +315,29 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 // other setting (on, local, remote_write, remote_apply) already waits for
 // the local flush and is kept.
 func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
+	running := make(chan struct{})
+	q.mu.Lock()
+	q.running = running
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		q.running = nil
+		q.mu.Unlock()
+		close(running)
+	}()
 	b := &pgx.Batch{} // one round trip and one implicit transaction
 	b.Queue(`SELECT set_config('synchronous_commit', 'local', true) WHERE current_setting('synchronous_commit') = 'off'`)
-	run := b.Queue(`SELECT event_id, position FROM sightline.position_events($1)`, q.cfg.SequenceBatch)
+	run := b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
+		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, q.cfg.ReadBatch)
 	type placed struct {
-		ID  uuid.UUID
-		Pos int64
+		ID       uuid.UUID
+		Pos      int64
+		Stream   *string
+		Revision *int64
+		Type     *string
+		Data     []byte
+		Metadata []byte
+		Created  *time.Time
 	}
 	var done []placed
 	run.Query(func(rows pgx.Rows) error {
@@ -330,19 +349,40 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 		return 0, 0, err
 	}
 	q.positioned += len(done)
-	head := uint64(0)
+	if len(done) == 0 {
+		return 0, 0, nil
+	}
+	head := uint64(done[len(done)-1].Pos) // in position order
+	// The run's positions follow the head it found: its rows, when it
+	// returned them, are everything from there to its head.
+	r := tailRead{from: uint64(done[0].Pos) - 1, head: head, scanned: head, events: make([]eventstore.RecordedEvent, 0, len(done))}
 	for _, p := range done {
-		head = max(head, uint64(p.Pos))
+		if p.Stream == nil || p.Revision == nil || p.Type == nil || p.Created == nil {
+			break // a bulk run, without its rows
+		}
+		r.events = append(r.events, eventstore.RecordedEvent{
+			StreamID: *p.Stream, Revision: uint64(*p.Revision), Position: eventstore.At(uint64(p.Pos)),
+			EventID: p.ID.String(), Type: *p.Type, Data: p.Data, Metadata: p.Metadata, CreatedAt: *p.Created,
+		})
 	}
-	if head > 0 {
-		// Before the appenders hear: a caller that reads KnownHead once its
-		// append has returned sees the append's position.
-		q.hub.publish(head)
+	if len(r.events) == len(done) {
+		q.tail.keep(r)
 	}
+	// Before the appenders hear: a caller that reads KnownHead once its
+	// append has returned sees the append's position.
+	q.hub.publish(head)
 	for _, p := range done {
 		q.resolve(p.ID, placing{pos: uint64(p.Pos)})
 	}
 	return len(done), head, nil
+}
+
+// inRun returns a channel closed once the run under way, if any, has kept
+// its rows in the tail and published its head; nil between runs.
+func (q *sequencer) inRun() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.running
 }
 
 func (q *sequencer) resolve(id uuid.UUID, p placing) {

@@ -88,7 +88,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Store{pool: pool, cfg: cfg, cancel: cancel, closed: make(chan struct{})}
 	s.hub = newHub(pool, cfg.Logger)
-	s.seq = newSequencer(pool, cfg, s.hub, s.closed, &s.wg)
+	s.seq = newSequencer(pool, cfg, s.hub, &s.tail, s.closed, &s.wg)
 	s.hub.onAppend = s.seq.kick
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.hub.run(ctx) }()

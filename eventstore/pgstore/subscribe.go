@@ -96,12 +96,26 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 // readShared is read for a subscriber that has caught up and been woken by
 // the head moving. Live subscribers sit at the same position and are woken
 // together, so they share one unfiltered read and each filters it: the
-// store reads the new events once, not once per projection. A subscriber
+// store reads the new events once, not once per projection. When this
+// process's sequencer positioned them, it kept their rows, and there is
+// nothing to read. A subscriber
 // that finds no shared read from its position makes it, and one whose
 // shared read failed (the subscriber that made it went away) reads alone.
 func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
 	t := &sub.store.tail
 	r, ok := t.from(sub.cur)
+	if done := sub.store.seq.inRun(); !ok && done != nil {
+		// Woken, most likely by the notification of this process's own
+		// sequencer run, which is about to keep the rows it positioned
+		// in the tail: they are what this subscriber waits for.
+		select {
+		case <-done:
+		case <-time.After(runWait):
+		case <-ctx.Done():
+			return 0, 0, nil, ctx.Err()
+		}
+		r, ok = t.from(sub.cur)
+	}
 	if !ok {
 		flight := t.group.DoChan(strconv.FormatUint(sub.cur, 10), func() (any, error) {
 			if r, ok := t.from(sub.cur); ok { // made by the flight before this one
@@ -113,9 +127,7 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 			defer cancel()
 			r, err := sub.store.readAfter(ctx, sub.cur, eventstore.Filter{})
 			if err == nil {
-				t.mu.Lock()
-				t.last = r
-				t.mu.Unlock()
+				t.keep(r)
 			}
 			return r, err
 		})
@@ -138,16 +150,34 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 	return r.head, r.scanned, events, nil
 }
 
+// runWait bounds how long a woken subscriber waits for this process's
+// sequencer run to hand over its rows before it reads them instead. The
+// wait costs nothing when the run is what woke it: its events are not
+// visible to a read before the run is over. Otherwise (another process's
+// run) it delays those events by the time the run takes.
+const runWait = time.Second
+
 // sharedReadTimeout bounds a shared read, which no subscriber's context
 // bounds alone.
 const sharedReadTimeout = 30 * time.Second
 
-// tail holds the latest shared read of live subscribers. Its events, and
-// the bytes of their data, go to every subscriber that takes them: read-only.
+// tail holds the latest shared read of live subscribers, or the rows the
+// last sequencer run positioned, whichever starts later. Its events, and
+// the bytes of their data, go to every subscriber that takes them:
+// read-only.
 type tail struct {
 	group singleflight.Group
 	mu    sync.Mutex
 	last  tailRead // unfiltered: a filtered read kept here would make others skip events
+}
+
+// keep keeps r unless what is kept starts later.
+func (t *tail) keep(r tailRead) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if r.from >= t.last.from {
+		t.last = r
+	}
 }
 
 // from returns the kept read if it starts at cur and moved past it.

@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS sightline.position_events_rows(integer, integer);
