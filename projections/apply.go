@@ -66,7 +66,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	res := tx.SendBatch(ctx, read)
 	if _, err := res.Exec(); err != nil {
 		res.Close()
-		return fmt.Errorf("begin: %w", err)
+		return fmt.Errorf("begin and read checkpoint and revisions: %w", err)
 	}
 	if r.build != nil {
 		if _, err := res.Exec(); err != nil {

@@ -504,9 +504,10 @@ func (b *Runner) runBuild(ctx context.Context) error {
 
 // takeOver waits until the build has caught up with the source, then
 // swaps it in; it tries again while the active generation is ahead.
-// Caught up means applied as far as where the reader first caught up: the
-// reader runs messages ahead, and a take-over before they are applied
-// would leave them to whichever projector runs next, if any does.
+// Caught up means applied as far as the reader had caught up when this
+// found it caught up: the reader runs messages ahead, and a take-over
+// before they are applied would leave them to whichever projector runs
+// next, if any does.
 func (b *Runner) takeOver() error {
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(0))
 	for {

@@ -283,12 +283,23 @@ func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 // just read it.
 func (r *Runner) StatusAt(head eventstore.Head) Status {
 	r.mu.Lock()
-	if r.state.head.Position.Before(head.Position) {
-		r.state.head = head
-	}
+	r.seeHeadLocked(head)
 	r.sightLocked(head.Position, time.Now())
 	r.mu.Unlock()
 	return r.Status()
+}
+
+// seeHeadLocked records head if it is newer than the one known, or the
+// same with an earlier time: heads learned from notifications carry the
+// time they arrived, which the store's own word on the head corrects.
+func (r *Runner) seeHeadLocked(head eventstore.Head) {
+	known := r.state.head
+	switch {
+	case known.Position.Before(head.Position), known.Time.IsZero() && !head.Position.Before(known.Position):
+		r.state.head = head
+	case known.Position == head.Position && !head.Time.IsZero() && head.Time.Before(known.Time):
+		r.state.head.Time = head.Time
+	}
 }
 
 // Done is closed when the runner has stopped.

@@ -93,9 +93,7 @@ func (r *Runner) reportStatus() {
 		cancel()
 		if err == nil {
 			r.mu.Lock()
-			if r.state.head.Position.Before(h.Position) || r.state.head.Time.IsZero() {
-				r.state.head = h
-			}
+			r.seeHeadLocked(h)
 			r.mu.Unlock()
 		}
 		now := time.Now()

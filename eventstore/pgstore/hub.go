@@ -1,6 +1,7 @@
 package pgstore
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"strconv"
@@ -27,7 +28,7 @@ type hub struct {
 
 	mu      sync.Mutex
 	head    uint64
-	seen    time.Time     // when head was learned
+	seen    time.Time     // when head's event was written, or when head was learned
 	changed chan struct{} // closed when head moves
 }
 
@@ -37,19 +38,20 @@ func newHub(pool *pgxpool.Pool, logger *slog.Logger) *hub {
 
 func (h *hub) connected() bool { return h.up.Load() }
 
-// publish records that positions up to head exist.
-func (h *hub) publish(head uint64) {
+// publish records that positions up to head exist, the newest written at
+// (or, when that is not known, learned at) at.
+func (h *hub) publish(head uint64, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if head <= h.head {
 		return
 	}
-	h.head, h.seen = head, time.Now()
+	h.head, h.seen = head, at
 	close(h.changed)
 	h.changed = make(chan struct{})
 }
 
-// known returns the newest head published and when it was, and whether
+// known returns the newest head published and its time, and whether
 // notifications are being received, without which it may be behind.
 func (h *hub) known() (head uint64, seen time.Time, ok bool) {
 	ok = h.connected()
@@ -109,10 +111,11 @@ func (h *hub) listen(ctx context.Context, retry backoff.BackOff) error {
 	}
 	// Whatever was notified while we were not listening shows in the head.
 	var head int64
-	if err := conn.QueryRow(ctx, `SELECT head FROM sightline.sequencer`).Scan(&head); err != nil {
+	var at *time.Time
+	if err := conn.QueryRow(ctx, `SELECT head, head_at FROM sightline.sequencer`).Scan(&head, &at); err != nil {
 		return err
 	}
-	h.publish(uint64(head))
+	h.publish(uint64(head), cmp.Or(deref(at), time.Now()))
 	if h.onAppend != nil {
 		h.onAppend() // and in appends committed meanwhile
 	}
@@ -126,7 +129,7 @@ func (h *hub) listen(ctx context.Context, retry backoff.BackOff) error {
 		switch n.Channel {
 		case "sightline_events":
 			if v, err := strconv.ParseUint(n.Payload, 10, 64); err == nil {
-				h.publish(v)
+				h.publish(v, time.Now()) // a little after the event was written
 			}
 		case "sightline_append":
 			if h.onAppend != nil {
@@ -134,4 +137,11 @@ func (h *hub) listen(ctx context.Context, retry backoff.BackOff) error {
 			}
 		}
 	}
+}
+
+func deref(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }

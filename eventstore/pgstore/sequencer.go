@@ -290,6 +290,15 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var highest int64
+	for _, e := range events {
+		if e.Pos != nil {
+			highest = max(highest, *e.Pos)
+		}
+	}
+	if highest > 0 {
+		q.hub.publish(uint64(highest), time.Now()) // as sequence does, before the appenders hear
+	}
 	var unplaced error
 	for _, e := range events {
 		switch {
@@ -304,8 +313,8 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 	return unplaced
 }
 
-// sequence runs sightline.position_events once and returns how many events
-// it positioned and the highest position it gave. Appenders learn their
+// sequence runs sightline.position_events_rows once and returns how many
+// events it positioned and the highest position it gave. Appenders learn their
 // positions only once the run has committed: rows arrive before the commit,
 // and a run that fails after them gives its positions out again.
 //
@@ -327,8 +336,12 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	}()
 	b := &pgx.Batch{} // one round trip and one implicit transaction
 	b.Queue(`SELECT set_config('synchronous_commit', 'local', true) WHERE current_setting('synchronous_commit') = 'off'`)
+	rows := 0 // the rows are for this process's subscribers, if it has any
+	if q.tail.open.Load() > 0 {
+		rows = q.cfg.ReadBatch
+	}
 	run := b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
-		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, q.cfg.ReadBatch)
+		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, rows)
 	type placed struct {
 		ID       uuid.UUID
 		Pos      int64
@@ -365,12 +378,14 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 			EventID: p.ID.String(), Type: *p.Type, Data: p.Data, Metadata: p.Metadata, CreatedAt: *p.Created,
 		})
 	}
+	at := time.Now()
 	if len(r.events) == len(done) {
 		q.tail.keep(r)
+		at = r.events[len(r.events)-1].CreatedAt
 	}
 	// Before the appenders hear: a caller that reads KnownHead once its
 	// append has returned sees the append's position.
-	q.hub.publish(head)
+	q.hub.publish(head, at)
 	for _, p := range done {
 		q.resolve(p.ID, placing{pos: uint64(p.Pos)})
 	}

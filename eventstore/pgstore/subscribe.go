@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -25,6 +26,7 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	filter.StreamPrefixes, filter.Category = append([]string{}, filter.Prefixes()...), ""
 	filter.EventTypes = append([]string{}, filter.EventTypes...)
 	filter.EventTypePrefixes = append([]string{}, filter.EventTypePrefixes...)
+	s.tail.open.Add(1)
 	return &subscription{store: s, cur: from.Commit, filter: filter, done: make(chan struct{})}, nil
 }
 
@@ -42,7 +44,10 @@ type subscription struct {
 
 // Close ends the subscription; a Recv waiting for events returns ErrClosed.
 func (sub *subscription) Close() error {
-	sub.once.Do(func() { close(sub.done) })
+	sub.once.Do(func() {
+		close(sub.done)
+		sub.store.tail.open.Add(-1)
+	})
 	return nil
 }
 
@@ -113,6 +118,10 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 		case <-time.After(runWait):
 		case <-ctx.Done():
 			return 0, 0, nil, ctx.Err()
+		case <-sub.done:
+			return 0, 0, nil, eventstore.ErrClosed
+		case <-sub.store.closed:
+			return 0, 0, nil, eventstore.ErrClosed
 		}
 		r, ok = t.from(sub.cur)
 	}
@@ -153,8 +162,9 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 // runWait bounds how long a woken subscriber waits for this process's
 // sequencer run to hand over its rows before it reads them instead. The
 // wait costs nothing when the run is what woke it: its events are not
-// visible to a read before the run is over. Otherwise (another process's
-// run) it delays those events by the time the run takes.
+// visible to a read before the run is over. When another process's run
+// woke it, the wait delays those events by what is left of the local run
+// (a few milliseconds; a sweep that finds nothing, less).
 const runWait = time.Second
 
 // sharedReadTimeout bounds a shared read, which no subscriber's context
@@ -167,6 +177,7 @@ const sharedReadTimeout = 30 * time.Second
 // read-only.
 type tail struct {
 	group singleflight.Group
+	open  atomic.Int64 // subscriptions open: with none, sequencer runs return no rows to keep
 	mu    sync.Mutex
 	last  tailRead // unfiltered: a filtered read kept here would make others skip events
 }
