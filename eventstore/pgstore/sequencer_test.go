@@ -308,3 +308,46 @@ func TestSequencerStatementIsPlannedOnce(t *testing.T) {
 		require.Contains(t, config, "plan_cache_mode=force_generic_plan", fn)
 	}
 }
+
+// A run that positioned more events than a read returns keeps no rows:
+// the subscribers read them, window by window, and get each once, in order.
+func TestBulkRunIsRead(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, _ := newTestStore(t, Config{ReadBatch: 5})
+	sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{})
+	require.NoError(t, err)
+	defer sub.Close()
+	msg, err := sub.Recv(ctx)
+	require.NoError(t, err)
+	require.True(t, msg.CaughtUp)
+	before := s.reads.Load()
+
+	_, err = s.Append(ctx, "order-bulk", eventstore.NoStream, events(12)...)
+	require.NoError(t, err)
+	stored, err := s.ReadStream(ctx, "order-bulk", 0, 100)
+	require.NoError(t, err)
+	var got []eventstore.RecordedEvent
+	for len(got) < len(stored) {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		got = append(got, msg.Events...)
+	}
+	require.Equal(t, stored, got)
+	require.Greater(t, s.reads.Load(), before, "read, not kept")
+}
+
+// What is kept is never replaced by something that starts earlier.
+func TestTailKeepsTheLatest(t *testing.T) {
+	var tl tail
+	tl.keep(tailRead{from: 10, head: 12})
+	tl.keep(tailRead{from: 7, head: 9})
+	_, ok := tl.from(7)
+	require.False(t, ok)
+	r, ok := tl.from(10)
+	require.True(t, ok)
+	require.Equal(t, uint64(12), r.head)
+	tl.keep(tailRead{from: 12, head: 15})
+	_, ok = tl.from(12)
+	require.True(t, ok)
+}
