@@ -19,18 +19,23 @@ import (
 // zero pgx.LargeObjects, which pgx gives no way to build for a transaction
 // of one's own.
 type batchTx struct {
-	conn       *pgx.Conn
+	txConn
 	savepoints int64
 	closed     bool
 }
 
-var _ pgx.Tx = (*batchTx)(nil)
+var (
+	_ pgx.Tx = (*batchTx)(nil)
+	_ pgx.Tx = (*savepointTx)(nil)
+)
 
 // queueBegin queues the BEGIN of a batchTx on conn as b's first statement;
 // the transaction is open once b's results have been read without error.
 func queueBegin(conn *pgx.Conn, b *pgx.Batch) *batchTx {
 	b.Queue(`BEGIN`)
-	return &batchTx{conn: conn}
+	tx := &batchTx{}
+	tx.txConn = txConn{conn: conn, open: func() bool { return !tx.closed }}
+	return tx
 }
 
 // Begin makes a savepoint, which the returned Tx releases or rolls back to.
@@ -40,6 +45,7 @@ func (tx *batchTx) Begin(ctx context.Context) (pgx.Tx, error) {
 	}
 	tx.savepoints++
 	sp := &savepointTx{tx: tx, name: "sp_" + strconv.FormatInt(tx.savepoints, 10)}
+	sp.txConn = txConn{conn: tx.conn, open: func() bool { return !sp.closed && !tx.closed }}
 	if _, err := tx.conn.Exec(ctx, "SAVEPOINT "+sp.name); err != nil {
 		return nil, err
 	}
@@ -73,54 +79,9 @@ func (tx *batchTx) Rollback(ctx context.Context) error {
 	return err
 }
 
-func (tx *batchTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if tx.closed {
-		return pgconn.CommandTag{}, pgx.ErrTxClosed
-	}
-	return tx.conn.Exec(ctx, sql, args...)
-}
-
-func (tx *batchTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if tx.closed {
-		return errRows{pgx.ErrTxClosed}, pgx.ErrTxClosed // readable, as pgx's are
-	}
-	return tx.conn.Query(ctx, sql, args...)
-}
-
-func (tx *batchTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if tx.closed {
-		return errRow{pgx.ErrTxClosed}
-	}
-	return tx.conn.QueryRow(ctx, sql, args...)
-}
-
-func (tx *batchTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	if tx.closed {
-		return errBatchResults{pgx.ErrTxClosed}
-	}
-	return tx.conn.SendBatch(ctx, b)
-}
-
-func (tx *batchTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if tx.closed {
-		return 0, pgx.ErrTxClosed
-	}
-	return tx.conn.CopyFrom(ctx, table, columns, src)
-}
-
-func (tx *batchTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
-	if tx.closed {
-		return nil, pgx.ErrTxClosed
-	}
-	return tx.conn.Prepare(ctx, name, sql)
-}
-
-func (tx *batchTx) LargeObjects() pgx.LargeObjects { return pgx.LargeObjects{} }
-
-func (tx *batchTx) Conn() *pgx.Conn { return tx.conn }
-
 // savepointTx is a savepoint of a batchTx, as pgx's nested transactions are.
 type savepointTx struct {
+	txConn
 	tx     *batchTx
 	name   string
 	closed bool
@@ -138,7 +99,7 @@ func (sp *savepointTx) Commit(ctx context.Context) error {
 	if sp.closed {
 		return pgx.ErrTxClosed
 	}
-	_, err := sp.tx.Exec(ctx, "RELEASE SAVEPOINT "+sp.name)
+	_, err := sp.Exec(ctx, "RELEASE SAVEPOINT "+sp.name)
 	sp.closed = true
 	return err
 }
@@ -148,56 +109,64 @@ func (sp *savepointTx) Rollback(ctx context.Context) error {
 	if sp.closed {
 		return pgx.ErrTxClosed
 	}
-	_, err := sp.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+sp.name)
+	_, err := sp.Exec(ctx, "ROLLBACK TO SAVEPOINT "+sp.name)
 	sp.closed = true
 	return err
 }
 
-func (sp *savepointTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if sp.closed {
+// txConn runs the statements of a transaction (or savepoint) on its
+// connection while open says it is open, and fails them with
+// pgx.ErrTxClosed after.
+type txConn struct {
+	conn *pgx.Conn
+	open func() bool
+}
+
+func (t txConn) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if !t.open() {
 		return pgconn.CommandTag{}, pgx.ErrTxClosed
 	}
-	return sp.tx.Exec(ctx, sql, args...)
+	return t.conn.Exec(ctx, sql, args...)
 }
 
-func (sp *savepointTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if sp.closed {
-		return errRows{pgx.ErrTxClosed}, pgx.ErrTxClosed
+func (t txConn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if !t.open() {
+		return errRows{pgx.ErrTxClosed}, pgx.ErrTxClosed // readable, as pgx's are
 	}
-	return sp.tx.Query(ctx, sql, args...)
+	return t.conn.Query(ctx, sql, args...)
 }
 
-func (sp *savepointTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if sp.closed {
+func (t txConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if !t.open() {
 		return errRow{pgx.ErrTxClosed}
 	}
-	return sp.tx.QueryRow(ctx, sql, args...)
+	return t.conn.QueryRow(ctx, sql, args...)
 }
 
-func (sp *savepointTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	if sp.closed {
+func (t txConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	if !t.open() {
 		return errBatchResults{pgx.ErrTxClosed}
 	}
-	return sp.tx.SendBatch(ctx, b)
+	return t.conn.SendBatch(ctx, b)
 }
 
-func (sp *savepointTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if sp.closed {
+func (t txConn) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
+	if !t.open() {
 		return 0, pgx.ErrTxClosed
 	}
-	return sp.tx.CopyFrom(ctx, table, columns, src)
+	return t.conn.CopyFrom(ctx, table, columns, src)
 }
 
-func (sp *savepointTx) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
-	if sp.closed {
+func (t txConn) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
+	if !t.open() {
 		return nil, pgx.ErrTxClosed
 	}
-	return sp.tx.Prepare(ctx, name, sql)
+	return t.conn.Prepare(ctx, name, sql)
 }
 
-func (sp *savepointTx) LargeObjects() pgx.LargeObjects { return pgx.LargeObjects{} }
+func (t txConn) LargeObjects() pgx.LargeObjects { return pgx.LargeObjects{} }
 
-func (sp *savepointTx) Conn() *pgx.Conn { return sp.tx.conn }
+func (t txConn) Conn() *pgx.Conn { return t.conn }
 
 // errRow is a pgx.Row that fails with err.
 type errRow struct{ err error }

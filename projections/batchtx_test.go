@@ -58,7 +58,11 @@ func TestBatchTx(t *testing.T) {
 	require.ErrorIs(t, sp.Commit(ctx), pgx.ErrTxClosed)
 	require.Empty(t, nums(), "nothing visible before the commit")
 
+	sp, err = tx.Begin(ctx)
+	require.NoError(t, err)
 	require.NoError(t, tx.Commit(ctx))
+	_, err = sp.Exec(ctx, `INSERT INTO nums VALUES (30)`)
+	require.ErrorIs(t, err, pgx.ErrTxClosed, "a savepoint of a committed transaction")
 	require.Equal(t, []int{1, 3}, nums())
 	require.ErrorIs(t, tx.Rollback(ctx), pgx.ErrTxClosed, "a deferred rollback after the commit")
 	_, err = tx.Exec(ctx, `INSERT INTO nums VALUES (4)`)
