@@ -103,9 +103,9 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 // together, so they share one unfiltered read and each filters it: the
 // store reads the new events once, not once per projection. When this
 // process's sequencer positioned them, it kept their rows, and there is
-// nothing to read. A subscriber
-// that finds no shared read from its position makes it, and one whose
-// shared read failed (the subscriber that made it went away) reads alone.
+// nothing to read. A subscriber that finds no shared read from its
+// position makes it, and one whose shared read failed (the subscriber that
+// made it went away) reads alone.
 func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
 	t := &sub.store.tail
 	r, ok := t.from(sub.cur)
