@@ -120,10 +120,13 @@ func applyOne(ctx context.Context, db Conn, m Migration) (bool, error) {
 // exist, by connecting to the server's "postgres" database. It returns a
 // clear error when the server cannot be reached at all.
 func EnsureDatabase(ctx context.Context, databaseURL string) error {
-	cfg, err := pgx.ParseConfig(databaseURL)
+	// Parsed as the pool's URL: its pool_* settings are the pool's, and the
+	// server would refuse them as parameters of the connection.
+	pcfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
-		return fmt.Errorf("database URL: %w", err)
+		return fmt.Errorf("%w: %w", ErrPoolSettings, err)
 	}
+	cfg := pcfg.ConnConfig
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err == nil {
 		return conn.Close(ctx)
@@ -149,8 +152,8 @@ func EnsureDatabase(ctx context.Context, databaseURL string) error {
 	return nil
 }
 
-// ErrPoolSettings marks a database URL whose connection-pool settings
-// (pool_max_conns and the like) do not parse.
+// ErrPoolSettings marks a database URL that does not parse, its
+// connection-pool settings (pool_max_conns and the like) included.
 var ErrPoolSettings = errors.New("database URL")
 
 // Open creates the database that databaseURL names if it is missing,
@@ -160,12 +163,12 @@ var ErrPoolSettings = errors.New("database URL")
 // JIT compiling is turned off: it costs more than it saves on sightline's
 // short, frequent queries (it once took 200 ms of a 4 ms read).
 func Open(ctx context.Context, databaseURL string, maxConns int32, logger *slog.Logger) (*pgxpool.Pool, error) {
-	if err := EnsureDatabase(ctx, databaseURL); err != nil {
-		return nil, err
-	}
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPoolSettings, err)
+	}
+	if err := EnsureDatabase(ctx, databaseURL); err != nil {
+		return nil, err
 	}
 	cfg.MaxConns = max(cfg.MaxConns, maxConns)
 	cfg.ConnConfig.RuntimeParams["jit"] = "off"

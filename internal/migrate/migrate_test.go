@@ -3,6 +3,7 @@ package migrate_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +69,34 @@ func TestEnsureDatabaseCreatesAMissingOne(t *testing.T) {
 	conn, err := pgx.Connect(ctx, url)
 	require.NoError(t, err)
 	require.NoError(t, conn.Close(ctx))
+}
+
+// TestOpenTakesPoolSettings: a database URL may carry pgxpool's settings;
+// they go to the pool, not to the server, which refuses them. A bad one is
+// ErrPoolSettings.
+func TestOpenTakesPoolSettings(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(testdb.AdminURL())
+	require.NoError(t, err)
+	name := fmt.Sprintf("sltest_pool_%d", time.Now().UnixNano())
+	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	t.Cleanup(func() {
+		admin, err := pgx.Connect(context.Background(), testdb.AdminURL())
+		if err == nil {
+			_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			admin.Close(context.Background())
+		}
+	})
+	pool, err := migrate.Open(ctx, url+"&pool_max_conns=7&pool_min_conns=1", 2, slog.New(slog.DiscardHandler))
+	require.NoError(t, err, "a missing database created and migrated, with the pool's settings")
+	defer pool.Close()
+	require.Equal(t, int32(7), pool.Config().MaxConns)
+	require.NoError(t, pool.Ping(ctx))
+
+	_, err = migrate.Open(ctx, url+"&pool_max_conns=many", 2, slog.New(slog.DiscardHandler))
+	require.ErrorIs(t, err, migrate.ErrPoolSettings)
 }
 
 func TestEnsureDatabaseSaysHowToStartPostgres(t *testing.T) {
