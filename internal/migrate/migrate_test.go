@@ -53,10 +53,21 @@ func TestEnsureDatabaseCreatesAMissingOne(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	url := missingDatabase(t, "sltest_ensure")
+	require.NoError(t, migrate.EnsureDatabase(ctx, url))
+	require.NoError(t, migrate.EnsureDatabase(ctx, url), "and leaves an existing one alone")
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close(ctx))
+}
+
+// missingDatabase is the URL of a database that does not exist yet on the
+// test server, dropped when t ends if something created it.
+func missingDatabase(t *testing.T, prefix string) string {
+	t.Helper()
 	cfg, err := pgx.ParseConfig(testdb.AdminURL())
 	require.NoError(t, err)
-	name := fmt.Sprintf("sltest_ensure_%d", time.Now().UnixNano())
-	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
+	name := fmt.Sprintf("%s_%d", prefix, time.Now().UnixNano())
 	t.Cleanup(func() {
 		admin, err := pgx.Connect(context.Background(), testdb.AdminURL())
 		if err == nil {
@@ -64,11 +75,7 @@ func TestEnsureDatabaseCreatesAMissingOne(t *testing.T) {
 			admin.Close(context.Background())
 		}
 	})
-	require.NoError(t, migrate.EnsureDatabase(ctx, url))
-	require.NoError(t, migrate.EnsureDatabase(ctx, url), "and leaves an existing one alone")
-	conn, err := pgx.Connect(ctx, url)
-	require.NoError(t, err)
-	require.NoError(t, conn.Close(ctx))
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
 }
 
 // TestOpenTakesPoolSettings: a database URL may carry pgxpool's settings;
@@ -78,17 +85,7 @@ func TestOpenTakesPoolSettings(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg, err := pgx.ParseConfig(testdb.AdminURL())
-	require.NoError(t, err)
-	name := fmt.Sprintf("sltest_pool_%d", time.Now().UnixNano())
-	url := fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name)
-	t.Cleanup(func() {
-		admin, err := pgx.Connect(context.Background(), testdb.AdminURL())
-		if err == nil {
-			_, _ = admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			admin.Close(context.Background())
-		}
-	})
+	url := missingDatabase(t, "sltest_pool")
 	pool, err := migrate.Open(ctx, url+"&pool_max_conns=7&pool_min_conns=1", 2, slog.New(slog.DiscardHandler))
 	require.NoError(t, err, "a missing database created and migrated, with the pool's settings")
 	defer pool.Close()
