@@ -303,19 +303,12 @@ type Hold struct {
 	Covers bool
 }
 
-// Held reports whether stream is held in the runner's projection, and
-// whether an event at or before upTo is among those waiting. A read that
-// the checkpoint says is fresh is not, for a held stream.
-func (r *Runner) Held(ctx context.Context, stream string, upTo eventstore.Position) (Hold, error) {
-	var h Hold
-	b := &pgx.Batch{}
-	r.QueueHeld(b, stream, upTo, &h)
-	return h, r.pool.SendBatch(ctx, b).Close()
-}
-
-// QueueHeld queues Held's query on b, for a caller that reads the stream's
-// row in the same round trip; h holds the answer once b's results are read.
-// b must go to the runner's database.
+// QueueHeld queues on b the query that says whether stream is held in the
+// runner's projection, and whether an event at or before upTo is among
+// those waiting: a read that the checkpoint says is fresh is not, for a
+// held stream. The caller reads the stream's row in the same round trip; h
+// holds the answer once b's results are read. b must go to the runner's
+// database.
 func (r *Runner) QueueHeld(b *pgx.Batch, stream string, upTo eventstore.Position, h *Hold) {
 	b.Queue(`SELECT
 			(array_agg(id ORDER BY revision))[1], min(revision),
