@@ -113,9 +113,10 @@ func (s *Store) Connected() bool { return s.hub.connected() }
 
 // KnownHead is the head as this process last learned it, from its own
 // sequencer or from the notification every other one sends, without a
-// round trip to PostgreSQL. Its Time is when its event was written, when
-// this process's sequencer positioned it; when another process's did, it
-// is when the notification arrived, a little after. ok is false while
+// round trip to PostgreSQL. Its Time is when its event was written if
+// this process's sequencer positioned it with subscriptions open (it then
+// has the rows); otherwise when the head was learned, a little after the
+// event was written. ok is false while
 // notifications are not being received: the known head may then be
 // behind, and Head must be asked.
 func (s *Store) KnownHead() (eventstore.Head, bool) {
