@@ -110,12 +110,11 @@ func (h *hub) listen(ctx context.Context, retry backoff.BackOff) error {
 		return err
 	}
 	// Whatever was notified while we were not listening shows in the head.
-	var head int64
-	var at *time.Time
-	if err := conn.QueryRow(ctx, `SELECT head, head_at FROM sightline.sequencer`).Scan(&head, &at); err != nil {
+	head, err := readHead(ctx, conn)
+	if err != nil {
 		return err
 	}
-	h.publish(uint64(head), cmp.Or(deref(at), time.Now()))
+	h.publish(head.Position.Commit, cmp.Or(head.Time, time.Now()))
 	if h.onAppend != nil {
 		h.onAppend() // and in appends committed meanwhile
 	}
@@ -137,11 +136,4 @@ func (h *hub) listen(ctx context.Context, retry backoff.BackOff) error {
 			}
 		}
 	}
-}
-
-func deref(t *time.Time) time.Time {
-	if t == nil {
-		return time.Time{}
-	}
-	return *t
 }

@@ -336,12 +336,12 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	}()
 	b := &pgx.Batch{} // one round trip and one implicit transaction
 	b.Queue(`SELECT set_config('synchronous_commit', 'local', true) WHERE current_setting('synchronous_commit') = 'off'`)
-	rows := 0 // the rows are for this process's subscribers, if it has any
+	maxRows := 0 // the rows are for this process's subscribers, if it has any
 	if q.tail.open.Load() > 0 {
-		rows = q.cfg.ReadBatch
+		maxRows = q.cfg.ReadBatch
 	}
 	run := b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
-		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, rows)
+		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, maxRows)
 	type placed struct {
 		ID       uuid.UUID
 		Pos      int64

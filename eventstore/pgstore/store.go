@@ -138,9 +138,15 @@ func (s *Store) ParsePosition(token string) (eventstore.Position, error) {
 
 // Head reports the newest sequenced position and its event's time.
 func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
+	return readHead(ctx, s.pool)
+}
+
+// readHead reads the newest sequenced position and its event's time; the
+// time is zero while the store is empty.
+func readHead(ctx context.Context, q querier) (eventstore.Head, error) {
 	var head int64
 	var at *time.Time
-	if err := s.pool.QueryRow(ctx, `SELECT head, head_at FROM sightline.sequencer`).Scan(&head, &at); err != nil {
+	if err := q.QueryRow(ctx, `SELECT head, head_at FROM sightline.sequencer`).Scan(&head, &at); err != nil {
 		return eventstore.Head{}, fmt.Errorf("read head: %w", err)
 	}
 	h := eventstore.Head{Position: eventstore.At(uint64(head))}
