@@ -126,7 +126,10 @@ func EnsureDatabase(ctx context.Context, databaseURL string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrPoolSettings, err)
 	}
-	cfg := pcfg.ConnConfig
+	return ensureDatabase(ctx, pcfg.ConnConfig)
+}
+
+func ensureDatabase(ctx context.Context, cfg *pgx.ConnConfig) error {
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err == nil {
 		return conn.Close(ctx)
@@ -167,7 +170,7 @@ func Open(ctx context.Context, databaseURL string, maxConns int32, logger *slog.
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPoolSettings, err)
 	}
-	if err := EnsureDatabase(ctx, databaseURL); err != nil {
+	if err := ensureDatabase(ctx, cfg.ConnConfig); err != nil {
 		return nil, err
 	}
 	cfg.MaxConns = max(cfg.MaxConns, maxConns)
