@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"runtime/debug"
 	"slices"
 	"time"
@@ -154,21 +155,22 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	}
 
 	now := time.Now()
-	applied := plan.applied()
+	applied := 0
+	for e := range plan.applied() {
+		applied++
+		r.m.endToEnd.Observe(now.Sub(e.CreatedAt).Seconds())
+	}
 	r.mu.Lock()
 	r.setPositionLocked(newPosition)
-	r.state.applied += uint64(len(applied))
+	r.state.applied += uint64(applied)
 	r.state.lastProgress = now
 	r.mu.Unlock()
-	r.m.applied.Add(float64(len(applied)))
+	r.m.applied.Add(float64(applied))
 	r.m.duplicate.Add(float64(plan.duplicates))
 	r.m.gapUnfilled.Add(float64(plan.unfilled))
 	r.m.gapsRepaired.Add(float64(plan.repaired))
 	r.m.batchDuration.Observe(now.Sub(start).Seconds())
 	r.m.batchEvents.Observe(float64(len(events)))
-	for _, e := range applied {
-		r.m.endToEnd.Observe(now.Sub(e.CreatedAt).Seconds())
-	}
 	for _, g := range plan.gaps {
 		r.log.Warn("revisions missing from the store; going on without them",
 			"stream", g.stream, "from_revision", g.from, "to_revision", g.to)
@@ -180,7 +182,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	r.mu.Lock()
 	filling := r.build != nil || !r.state.caughtUp
 	r.mu.Unlock()
-	r.analyzeWhileGrowing(ctx, reg, len(applied), filling)
+	r.analyzeWhileGrowing(ctx, reg, applied, filling)
 	return nil
 }
 
@@ -569,22 +571,42 @@ func (r *Runner) logParked(rows []parkedRow) {
 	}
 }
 
-// streamEvents groups a batch by stream, in the order streams first appear.
+// streamEvents groups a batch by stream, in the order streams first appear:
+// events[i] is the events of order[i], sharing one array.
 type streamEvents struct {
 	order  []string
-	events map[string][]eventstore.RecordedEvent
+	events [][]eventstore.RecordedEvent
 }
 
 func byStream(events []eventstore.RecordedEvent, f eventstore.Filter) streamEvents {
-	s := streamEvents{events: map[string][]eventstore.RecordedEvent{}}
+	var s streamEvents
+	index := map[string]int{}
+	var counts []int
+	n := 0
 	for _, e := range events {
 		if !f.Matches(e.StreamID, e.Type) {
 			continue // not this projection's; a source may deliver more than asked
 		}
-		if _, ok := s.events[e.StreamID]; !ok {
+		i, ok := index[e.StreamID]
+		if !ok {
+			i = len(s.order)
+			index[e.StreamID] = i
 			s.order = append(s.order, e.StreamID)
+			counts = append(counts, 0)
 		}
-		s.events[e.StreamID] = append(s.events[e.StreamID], e)
+		counts[i]++
+		n++
+	}
+	all := make([]eventstore.RecordedEvent, 0, n)
+	s.events = make([][]eventstore.RecordedEvent, len(s.order))
+	for i, c := range counts {
+		s.events[i] = all[len(all) : len(all) : len(all)+c]
+		all = all[:len(all)+c]
+	}
+	for _, e := range events {
+		if i, ok := index[e.StreamID]; ok && f.Matches(e.StreamID, e.Type) {
+			s.events[i] = append(s.events[i], e)
+		}
 	}
 	return s
 }
@@ -633,23 +655,19 @@ func (p batchPlan) live() []*streamPlan {
 }
 
 // applied is the events the batch applies.
-func (p batchPlan) applied() []eventstore.RecordedEvent {
-	n := 0
-	for _, s := range p.streams {
-		n += len(s.events)
-	}
-	out := make([]eventstore.RecordedEvent, 0, n)
-	for _, s := range p.streams {
-		if s.held {
-			continue
-		}
-		for _, e := range s.pending() {
-			if !s.skips(e) {
-				out = append(out, e)
+func (p batchPlan) applied() iter.Seq[eventstore.RecordedEvent] {
+	return func(yield func(eventstore.RecordedEvent) bool) {
+		for _, s := range p.streams {
+			if s.held {
+				continue
+			}
+			for _, e := range s.pending() {
+				if !s.skips(e) && !yield(e) {
+					return
+				}
 			}
 		}
 	}
-	return out
 }
 
 // skips says whether e is one of the events s skips as skipped before.
@@ -714,20 +732,28 @@ func eventsOf(streams []*streamPlan) []eventstore.RecordedEvent {
 // the next one is a gap, filled from the store first, or recorded when the
 // store cannot.
 func (r *Runner) plan(ctx context.Context, s streamEvents, last, held map[string]int64) (batchPlan, error) {
-	var p batchPlan
-	for _, stream := range s.order {
-		events := s.events[stream]
+	p := batchPlan{streams: make([]*streamPlan, 0, len(s.order))}
+	plans := make([]streamPlan, len(s.order))
+	for i, stream := range s.order {
+		events := s.events[i]
 		slices.SortStableFunc(events, func(a, b eventstore.RecordedEvent) int { return compareUint(a.Revision, b.Revision) })
 		next := uint64(0)
 		if rev, ok := last[stream]; ok {
 			next = uint64(rev) + 1
 		}
-		sp := &streamPlan{stream: stream}
+		sp := &plans[i]
+		sp.stream = stream
 		if rev, ok := held[stream]; ok {
 			sp.held = true
 			next = max(next, uint64(rev)+1)
 		}
 		sp.next = next
+		if inSequence(events, next) { // the usual case: nothing to drop or fill
+			sp.events = events
+			sp.through = events[len(events)-1].Revision
+			p.streams = append(p.streams, sp)
+			continue
+		}
 		for _, e := range events {
 			switch {
 			case e.Revision < next:
@@ -745,6 +771,16 @@ func (r *Runner) plan(ctx context.Context, s streamEvents, last, held map[string
 		p.streams = append(p.streams, sp)
 	}
 	return p, nil
+}
+
+// inSequence says events, in revision order, are next, next+1 and so on.
+func inSequence(events []eventstore.RecordedEvent, next uint64) bool {
+	for i, e := range events {
+		if e.Revision != next+uint64(i) {
+			return false
+		}
+	}
+	return len(events) > 0
 }
 
 // fillGap reads revisions [from, to) of a stream from the store and plans
