@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -235,20 +236,22 @@ func (s *Store) readAfter(ctx context.Context, from uint64, filter eventstore.Fi
 	defer rows.Close()
 	var head int64
 	events := make([]eventstore.RecordedEvent, 0, 16)
+	// Value types rather than pointers: a pointer costs an allocation per
+	// column and row, and a rebuild reads millions of rows.
+	var pos, rev pgtype.Int8
+	var stream, id, typ pgtype.Text
+	var created pgtype.Timestamptz
 	for rows.Next() {
-		var pos, rev *int64
-		var stream, id, typ *string
 		var data, meta []byte
-		var created *time.Time
 		if err := rows.Scan(&head, &pos, &stream, &rev, &id, &typ, &data, &meta, &created); err != nil {
 			return tailRead{}, err
 		}
-		if pos == nil {
-			continue
+		if !pos.Valid {
+			continue // the head's row, when nothing follows from
 		}
 		events = append(events, eventstore.RecordedEvent{
-			StreamID: *stream, Revision: uint64(*rev), Position: eventstore.At(uint64(*pos)),
-			EventID: *id, Type: *typ, Data: data, Metadata: meta, CreatedAt: *created,
+			StreamID: stream.String, Revision: uint64(rev.Int64), Position: eventstore.At(uint64(pos.Int64)),
+			EventID: id.String, Type: typ.String, Data: data, Metadata: meta, CreatedAt: created.Time,
 		})
 	}
 	if err := rows.Err(); err != nil {
