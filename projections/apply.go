@@ -28,7 +28,7 @@ import (
 // and the checkpoint advances all the same; one that has attempts left
 // rolls the transaction back with an eventRetryError, so that the backoff
 // before its next attempt holds no transaction open.
-func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, iso *isolation) error {
+func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, iso *isolation) (err error) {
 	start := time.Now()
 	streams := byStream(events, r.p.Filter())
 
@@ -39,6 +39,20 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		return nil // nothing to apply and nothing to record
 	}
 
+	revsTable := pgx.Identifier{reg.schema, "_stream_revisions"}.Sanitize()
+	var known *knownRevisions // a builder's memory of its generation: nil otherwise
+	if r.build != nil {
+		m := &r.build.memory
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		defer func() {
+			if err != nil {
+				m.forget() // a COMMIT that failed may have happened; the next batch loads what is there
+			}
+		}()
+		known = m.recall(ctx, r.pool, revsTable, r.p.Name(), reg.generation)
+	}
+
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -47,8 +61,8 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 
 	// One round trip: begin, lock the checkpoint row, so that batches of the
 	// same projection (and parked-event retries) never interleave, and read
-	// the streams' last revisions and which of them are held.
-	revsTable := pgx.Identifier{reg.schema, "_stream_revisions"}.Sanitize()
+	// the streams' last revisions and which of them are held, unless the
+	// builder knows them.
 	read := &pgx.Batch{}
 	tx := queueBegin(conn.Conn(), read)
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // ErrTxClosed once committed; otherwise the error that brought us here is the one to report
@@ -60,10 +74,14 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	}
 	read.Queue(`SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
 		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), reg.generation)
-	read.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams.order)
-	read.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
-		GROUP BY stream_id`, r.p.Name(), reg.generation, streams.order)
+	if known == nil {
+		read.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams.order)
+	}
+	if known == nil || known.held {
+		read.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
+			WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
+			GROUP BY stream_id`, r.p.Name(), reg.generation, streams.order)
+	}
 	res := tx.SendBatch(ctx, read)
 	if _, err := res.Exec(); err != nil {
 		res.Close()
@@ -95,9 +113,13 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		r.mu.Unlock()
 		return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
 	}
-	last, err := readRevisions(res)
-	var held map[string]int64
-	if err == nil {
+	var last, held map[string]int64
+	if known != nil {
+		last = known.last // plan only reads it
+	} else {
+		last, err = readRevisions(res)
+	}
+	if err == nil && (known == nil || known.held) {
 		held, err = readRevisions(res)
 	}
 	if cerr := res.Close(); err == nil {
@@ -152,6 +174,9 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	}
 	if err := commitWith(ctx, tx, queue, fromProjection); err != nil {
 		return err
+	}
+	if r.build != nil {
+		r.build.memory.committed(plan, parked)
 	}
 
 	now := time.Now()

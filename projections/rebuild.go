@@ -366,6 +366,8 @@ type buildState struct {
 	indexed bool
 	// until, for a verify's replay, is the position not to apply beyond.
 	until *eventstore.Position
+	// memory is what the builder knows of its generation's revisions.
+	memory buildMemory
 }
 
 // errReachedUntil ends a replay that has reached its until position.
@@ -525,6 +527,7 @@ func (b *Runner) takeOver() error {
 				return b.soft.Err()
 			}
 		}
+		b.build.memory.retire() // the generation may be active from here on
 		done, err := b.swap(b.soft)
 		if err != nil {
 			b.mu.Lock()

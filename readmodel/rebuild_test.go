@@ -8,13 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/chaos"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -134,4 +137,81 @@ func (s slowSub) Recv(ctx context.Context) (eventstore.Message, error) {
 		return eventstore.Message{}, ctx.Err()
 	}
 	return s.Subscription.Recv(ctx)
+}
+
+// TestRebuildsExactUnderChaosAndKilledConnections rebuilds every example
+// projection from a source that duplicates, reorders, delays, loses and
+// redelivers events, while the rebuilds' connections are terminated again
+// and again, in small batches so that most streams span many of them: a
+// build that applied an event twice, or lost one, would leave a read
+// model that differs from the fold of the events.
+func TestRebuildsExactUnderChaosAndKilledConnections(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, pgstore.Config{ReadBatch: 50})
+	require.NoError(t, err)
+	defer store.Close()
+	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 400, Customers: 30, Writers: 4, Seed: 51})
+	require.NoError(t, err)
+	d, _ := startExamples(t, ctx, db.Pool, store, projections.Config{})
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	require.NoError(t, d.Stop(ctx))
+
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	require.NoError(t, err)
+	cfg.ConnConfig.RuntimeParams["application_name"] = "sightline-rebuilder"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	source, err := pgstore.New(pool, pgstore.Config{ReadBatch: 50})
+	require.NoError(t, err)
+	defer source.Close()
+	chaotic := chaos.Wrap(source, chaos.Config{Seed: 52, Duplicate: 0.05, Reorder: 0.05, Late: 0.03, Drop: 0.05, Fail: 0.02, MaxDelay: 5 * time.Millisecond})
+
+	// Every connection of the builds but the one holding the build lock,
+	// whose loss ends a rebuild by design, once a build has begun (a
+	// rebuild whose request fails returns the error), and again once a
+	// batch has committed since, so that a slow machine still progresses.
+	var building atomic.Bool
+	killing, stopKilling := context.WithCancel(ctx)
+	defer stopKilling()
+	killed := make(chan int, 1)
+	go func() {
+		n, progress := 0, int64(-1)
+		defer func() { killed <- n }()
+		tick := time.NewTicker(60 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-killing.Done():
+				return
+			case <-tick.C:
+			}
+			var now int64
+			if !building.Load() || db.Pool.QueryRow(killing, `SELECT sum(commit_position) FROM sightline.checkpoints`).Scan(&now) != nil || now == progress {
+				continue
+			}
+			progress = now
+			var k int
+			if err := db.Pool.QueryRow(killing, `SELECT count(*) FROM (
+				SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE application_name = 'sightline-rebuilder' AND datname = current_database() AND state <> 'idle'
+				  AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')) k`).Scan(&k); err == nil {
+				n += k
+			}
+		}
+	}()
+	for _, p := range readmodel.All() {
+		err := projections.RunRebuild(ctx, pool, chaotic, p, projections.Config{RebuildBatchSize: 37, StatusInterval: 20 * time.Millisecond},
+			func(projections.Rebuild) { building.Store(true) })
+		building.Store(false)
+		require.NoError(t, err, p.Name())
+	}
+	stopKilling()
+	n := <-killed
+	require.Positive(t, n, "connections were terminated")
+	t.Logf("terminated %d connections", n)
+	readmodeltest.RequireExact(t, ctx, db.Pool)
 }
