@@ -157,7 +157,9 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	if err != nil {
 		return err
 	}
-	if streams, revs := plan.revisions(); len(streams) > 0 {
+	if streams, revs := plan.revisions(); known != nil {
+		known.queueWrites(queue, revsTable, streams, revs)
+	} else if len(streams) > 0 {
 		queue.Queue(`INSERT INTO `+revsTable+` (stream_id, revision)
 			SELECT * FROM unnest($1::text[], $2::bigint[])
 			ON CONFLICT (stream_id) DO UPDATE SET revision = excluded.revision`, streams, revs)

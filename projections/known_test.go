@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -38,6 +39,19 @@ func TestBuildMemory(t *testing.T) {
 	require.Equal(t, map[string]int64{"a": 6, "b": 0, "c": 2}, k.last)
 	require.True(t, k.held)
 
+	// It writes what it was told: inserts for streams it has not seen,
+	// updates for the others; an insert it was wrong about fails.
+	q := &pgx.Batch{}
+	(&knownRevisions{last: map[string]int64{"a": 4, "b": 0}}).queueWrites(q, revs, []string{"a", "c", "d"}, []int64{6, 2, 0})
+	require.Len(t, q.QueuedQueries, 2)
+	require.NoError(t, db.Pool.SendBatch(ctx, q).Close())
+	require.Equal(t, map[string]int64{"a": 6, "b": 0, "c": 2, "d": 0}, tableRevisions(t, db))
+	q = &pgx.Batch{}
+	(&knownRevisions{last: map[string]int64{}}).queueWrites(q, revs, []string{"a"}, []int64{7})
+	require.Error(t, db.Pool.SendBatch(ctx, q).Close())
+	_, err = db.Pool.Exec(ctx, `DELETE FROM g._stream_revisions WHERE stream_id IN ('c', 'd')`)
+	require.NoError(t, err)
+
 	// After forget it knows what the table holds, and whether the
 	// generation has held streams.
 	m.forget()
@@ -63,4 +77,15 @@ func TestBuildMemory(t *testing.T) {
 	require.NotNil(t, m.recall(ctx, db.Pool, revs, "p", 2))
 	m.retire()
 	require.Nil(t, m.recall(ctx, db.Pool, revs, "p", 2))
+}
+
+func tableRevisions(t *testing.T, db *testdb.DB) map[string]int64 {
+	rows, err := db.Pool.Query(context.Background(), `SELECT stream_id, revision FROM g._stream_revisions`)
+	require.NoError(t, err)
+	got := map[string]int64{}
+	var s string
+	var r int64
+	_, err = pgx.ForEachRow(rows, []any{&s, &r}, func() error { got[s] = r; return nil })
+	require.NoError(t, err)
+	return got
 }
