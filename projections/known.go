@@ -8,8 +8,9 @@ import (
 )
 
 // knownStreamsMax bounds how many streams a builder remembers the revisions
-// of (about 60 bytes each). A build of more streams reads them, as a live
-// projector does, once it has seen this many.
+// of (270 000 streams raised a rebuild's RSS by about 35 MB). A build of
+// more streams reads them, as a live projector does, once it has seen this
+// many.
 const knownStreamsMax = 1 << 19
 
 // knownRevisions is what a builder knows of its own generation: the last
