@@ -100,16 +100,49 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	if cfg.only["append"] {
+		if err := settle(ctx, cfg); err != nil {
+			return err
+		}
 		if err := benchAppend(ctx, cfg, rep); err != nil {
 			return fmt.Errorf("append: %w", err)
 		}
 	}
 	if cfg.only["live"] {
+		if err := settle(ctx, cfg); err != nil {
+			return err
+		}
 		if err := benchLive(ctx, cfg, rep); err != nil {
 			return fmt.Errorf("live: %w", err)
 		}
 	}
 	rep.print(os.Stdout)
+	return nil
+}
+
+// settle lets the server finish what the parts before left it, so that a
+// timed part does not share the machine with it: a checkpoint of the
+// rebuilds' WAL, and autovacuum of their tables (up to two minutes).
+func settle(ctx context.Context, cfg config) error {
+	admin, err := pgxpool.New(ctx, cfg.server)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	start := time.Now()
+	if _, err := admin.Exec(ctx, `CHECKPOINT`); err != nil {
+		cfg.logger.Warn("could not checkpoint before the next part", "error", err)
+	}
+	for time.Since(start) < 2*time.Minute {
+		var vacuuming int
+		if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'`).Scan(&vacuuming); err != nil {
+			return err
+		}
+		if vacuuming == 0 {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	fmt.Fprintf(os.Stderr, "bench: server settled in %s\n", time.Since(start).Round(100*time.Millisecond))
 	return nil
 }
 
