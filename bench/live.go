@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -76,7 +77,11 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 	if err != nil {
 		return err
 	}
-	idle := attack(targets, cfg.phase)
+	var idle *vegeta.Metrics
+	idleCPU, err := measureCPU(func() { idle = attack(targets, cfg.phase) })
+	if err != nil {
+		return err
+	}
 
 	traffic, stopTraffic := context.WithCancel(ctx)
 	defer stopTraffic()
@@ -95,8 +100,10 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	startCount, start := appended.Load(), time.Now()
-	probes, err := probe(ctx, store, base, cfg.phase)
-	if err != nil {
+	var probes []time.Duration
+	var probeErr error
+	liveCPU, err := measureCPU(func() { probes, probeErr = probe(ctx, store, base, cfg.phase) })
+	if err = cmp.Or(probeErr, err); err != nil {
 		return err
 	}
 	if len(probes) == 0 {
@@ -109,18 +116,22 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 	}
 	hist := after.minus(before)
 	p50, p99, maxBound := hist.quantile(0.50), hist.quantile(0.99), hist.maxBound()
-	rep.add(fmt.Sprintf("live, orders: event written → visible, end-to-end histogram (interpolated in power-of-two buckets), %.0f events/s appended for %s (p50 / p99 / max bucket)", rate, cfg.phase),
+	rep.add(fmt.Sprintf("live, orders: event written → visible, end-to-end histogram (interpolated in power-of-two buckets), %.0f events/s appended for %s (p50 / p99 / max bucket; %s)", rate, cfg.phase, liveCPU),
 		fmt.Sprintf("%s / %s / ≤ %s", ms(p50), ms(p99), ms(maxBound)), "", "", "p99 < 50 ms at 2 000 events/s", p99 < 50*time.Millisecond && rate >= 0.95*liveRate)
 	rep.add(fmt.Sprintf("live, orders: append sent → read back with Projection-Min-Position, %d probes (p50 / p99 / max)", len(probes)),
 		fmt.Sprintf("%s / %s / %s", ms(pct(probes, 0.50)), ms(pct(probes, 0.99)), ms(probes[len(probes)-1])), "", "", "p99 < 50 ms", pct(probes, 0.99) < 50*time.Millisecond)
 
 	// Phase 2: queries under load, with the traffic still going.
-	busy := attack(targets, cfg.phase)
+	var busy *vegeta.Metrics
+	busyCPU, err := measureCPU(func() { busy = attack(targets, cfg.phase) })
+	if err != nil {
+		return err
+	}
 	stopTraffic()
 	if err := <-trafficDone; err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	rep.add(fmt.Sprintf("queries: GET orders, order lists, customer stats, daily sales at %.0f requests/s for %s while projecting the traffic above (p50 / p99 / max; %.1f%%, reference %.1f%% succeeded); reference: the same before the traffic", busy.Rate, cfg.phase, 100*busy.Success, 100*idle.Success),
+	rep.add(fmt.Sprintf("queries: GET orders, order lists, customer stats, daily sales at %.0f requests/s for %s while projecting the traffic above (p50 / p99 / max; %.1f%%, reference %.1f%% succeeded; %s); reference: the same before the traffic (%s)", busy.Rate, cfg.phase, 100*busy.Success, 100*idle.Success, busyCPU, idleCPU),
 		fmt.Sprintf("%s / %s / %s", ms(busy.Latencies.P50), ms(busy.Latencies.P99), ms(busy.Latencies.Max)),
 		fmt.Sprintf("%s / %s / %s", ms(idle.Latencies.P50), ms(idle.Latencies.P99), ms(idle.Latencies.Max)),
 		fmt.Sprintf("p99 %.1f×", float64(busy.Latencies.P99)/float64(idle.Latencies.P99)),

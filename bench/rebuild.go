@@ -55,14 +55,14 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 	label := fmt.Sprintf("%.1fM events", float64(events)/1e6)
 	var ordersRate float64
 	for _, p := range readmodel.All() {
-		var rates, cpu []float64
+		var rates, cpu, pgCores []float64
 		var rss int64
 		for range cfg.runs {
 			r, err := rebuildOnce(ctx, cfg, dbURL, conf, pool, p.Name(), events)
 			if err != nil {
 				return err
 			}
-			rates, cpu = append(rates, r.rate), append(cpu, r.cpuShare)
+			rates, cpu, pgCores = append(rates, r.rate), append(cpu, r.cpuShare), append(pgCores, r.pgCores)
 			rss = max(rss, r.rssKB)
 		}
 		var ceilings []float64
@@ -77,7 +77,11 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 		if p.Name() == "orders" {
 			ordersRate = rate
 		}
-		rep.add(fmt.Sprintf("rebuild %s, %s (median of %d; RSS peak %d MiB; sightline process CPU %.0f%% of wall)", p.Name(), label, cfg.runs, rss/1024, 100*median(cpu)),
+		pg := "PostgreSQL not measured"
+		if median(pgCores) >= 0 {
+			pg = fmt.Sprintf("PostgreSQL %.2f cores", median(pgCores))
+		}
+		rep.add(fmt.Sprintf("rebuild %s, %s (median of %d; RSS peak %d MiB; sightline process CPU %.0f%% of wall, %s)", p.Name(), label, cfg.runs, rss/1024, 100*median(cpu), pg),
 			perSecond(rate), "ceiling "+perSecond(ceil), fmt.Sprintf("%.0f%% of ceiling", 100*rate/ceil),
 			"≥ 50k/s and ≥ 50% of ceiling", rate >= 50_000 && rate >= ceil/2)
 		if cfg.events >= 5_000_000 {
@@ -114,6 +118,7 @@ type rebuildRun struct {
 	rate     float64 // events per second over the process's wall time
 	rssKB    int64
 	cpuShare float64 // the sightline process's CPU time over the wall time
+	pgCores  float64 // the local PostgreSQL server's CPU time over the wall time; -1 when not local
 }
 
 // rebuildOnce runs 'sightline rebuild NAME --wait' and times it from the
@@ -133,6 +138,10 @@ func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxp
 	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	cpuFrom, err := sampleCPU()
+	if err != nil {
+		return rebuildRun{}, err
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return rebuildRun{}, err
@@ -153,16 +162,24 @@ func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxp
 			}
 		}
 	}()
-	err := cmd.Wait()
+	err = cmd.Wait()
 	close(done)
 	rss := <-peak
 	if err != nil {
 		return rebuildRun{}, fmt.Errorf("sightline rebuild %s: %w\n%s", name, err, out.String())
 	}
 	wall := time.Since(start)
+	cpuTo, err := sampleCPU()
+	if err != nil {
+		return rebuildRun{}, err
+	}
+	pgCores := -1.0
+	if cpuFrom.postgresReadable && cpuTo.postgresReadable {
+		pgCores = (cpuTo.postgres - cpuFrom.postgres) / wall.Seconds()
+	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	return rebuildRun{rate: float64(events) / wall.Seconds(), rssKB: rss, cpuShare: cpu.Seconds() / wall.Seconds()}, nil
+	return rebuildRun{rate: float64(events) / wall.Seconds(), rssKB: rss, cpuShare: cpu.Seconds() / wall.Seconds(), pgCores: pgCores}, nil
 }
 
 // vmHWM is the peak resident set of process pid, in KiB, as Linux reports
