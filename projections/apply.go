@@ -46,7 +46,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		defer func() {
-			if err != nil {
+			if err != nil && !failedOnEvents(err) {
 				m.forget() // a COMMIT that failed may have happened; the next batch loads what is there
 			}
 		}()
@@ -74,14 +74,14 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	}
 	read.Queue(`SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
 		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), reg.generation)
-	if known == nil {
-		read.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams.order)
+	if known != nil {
+		// Whether the generation is still built: read once the lock is
+		// held, this sees a take-over, and any operator's decision after
+		// it, committed before the lock was granted.
+		read.Queue(`SELECT state IN ('building', 'scratch') FROM sightline.generations
+			WHERE projection = $1 AND generation = $2`, r.p.Name(), reg.generation)
 	}
-	if known == nil || known.held {
-		read.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
-			WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
-			GROUP BY stream_id`, r.p.Name(), reg.generation, streams.order)
-	}
+	r.queueStreamReads(read, known, revsTable, reg.generation, streams.order)
 	res := tx.SendBatch(ctx, read)
 	if _, err := res.Exec(); err != nil {
 		res.Close()
@@ -112,6 +112,24 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 		r.setPositionLocked(stored)
 		r.mu.Unlock()
 		return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
+	}
+	if known != nil {
+		var built bool
+		if err := res.QueryRow().Scan(&built); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			res.Close()
+			return fmt.Errorf("read the generation's state: %w", err)
+		}
+		if !built {
+			// Taken over by a builder that replaced this one, which then
+			// lost its build lock: others may have written the generation.
+			// From here on the batch reads what it needs, as others do.
+			res.Close()
+			r.build.memory.retireLocked()
+			known = nil
+			again := &pgx.Batch{}
+			r.queueStreamReads(again, nil, revsTable, reg.generation, streams.order)
+			res = tx.SendBatch(ctx, again)
+		}
 	}
 	var last, held map[string]int64
 	if known != nil {
@@ -316,6 +334,27 @@ func analyze(ctx context.Context, pool *pgxpool.Pool, schema string, grownOnly b
 		}
 	}
 	return nil
+}
+
+// queueStreamReads queues the reads of streams' last revisions and of
+// which of them are held, but what known makes needless.
+func (r *Runner) queueStreamReads(b *pgx.Batch, known *knownRevisions, revsTable string, gen int, streams []string) {
+	if known == nil {
+		b.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams)
+	}
+	if known == nil || known.held {
+		b.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
+			WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
+			GROUP BY stream_id`, r.p.Name(), gen, streams)
+	}
+}
+
+// failedOnEvents says a batch failed on its events, in a transaction
+// rolled back before its COMMIT: it wrote nothing.
+func failedOnEvents(err error) bool {
+	var herr *handlerError
+	var rerr *eventRetryError
+	return errors.As(err, &herr) || errors.As(err, &rerr)
 }
 
 func readRevisions(res pgx.BatchResults) (map[string]int64, error) {

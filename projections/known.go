@@ -17,12 +17,16 @@ const knownStreamsMax = 1 << 19
 // revision of every stream it has recorded, and whether any stream is held
 // behind a parked event. With it a batch of a rebuild need not read them.
 //
-// It holds because nothing else writes to a generation while it is built:
-// the build lock keeps other builders out, live projectors apply only the
-// active generation, and the parked events of a generation that is not
-// active can be neither retried nor skipped. Once the build starts taking
-// over, its generation may become active at any moment; from then on its
-// batches read what they need like everyone else's.
+// It holds because nothing else writes to a generation while it is built
+// without moving its checkpoint, which every batch checks: live projectors
+// apply only the active generation, and the parked events of a generation
+// that is not active can be neither retried nor skipped. Another builder
+// (one that took over the build when this one lost its build lock) moves
+// the checkpoint with every batch. Once the build starts taking over, its
+// generation may become active at any moment, so the builder retires its
+// memory first; and a batch that finds its generation no longer building
+// (another builder took it over) retires it too. From then on its batches
+// read what they need like everyone else's.
 type knownRevisions struct {
 	last map[string]int64
 	// held: some stream is held, so batches read which ones.
@@ -30,10 +34,10 @@ type knownRevisions struct {
 }
 
 // queueWrites queues the writes of streams' new revisions: an insert of
-// those it has not seen, which costs PostgreSQL half what an upsert does,
-// and an update of the others. Should the memory be wrong, the insert
-// fails on the primary key, and the batch is applied again after loading
-// what the table holds.
+// those it has not seen, which costs PostgreSQL about half what an upsert
+// does, and an update of the others. Should the memory lack a stream the
+// table has, the insert fails on the primary key, and the batch is applied
+// again after loading what the table holds.
 func (k *knownRevisions) queueWrites(queue *pgx.Batch, revsTable string, streams []string, revs []int64) {
 	var newStreams, oldStreams []string
 	var newRevs, oldRevs []int64
@@ -122,8 +126,9 @@ func (m *buildMemory) committed(plan batchPlan, parked []parkedRow) {
 }
 
 // forget drops what the builder knows, to be loaded again by the next
-// batch: a commit whose outcome is unknown may or may not have written
-// its revisions. The caller holds mu.
+// batch: after a batch that failed other than on its events, whose COMMIT
+// may or may not have happened, or that found its checkpoint moved. The
+// caller holds mu.
 func (m *buildMemory) forget() { m.known = nil }
 
 // retire stops the builder relying on its memory for good: its generation
@@ -131,5 +136,8 @@ func (m *buildMemory) forget() { m.known = nil }
 func (m *buildMemory) retire() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.known, m.retired = nil, true
+	m.retireLocked()
 }
+
+// retireLocked is retire for a caller that holds mu.
+func (m *buildMemory) retireLocked() { m.known, m.retired = nil, true }

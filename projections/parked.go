@@ -150,7 +150,8 @@ type Release struct {
 //
 // It is safe while p's runner runs, in this process or another: both lock
 // the projection's checkpoint row, and the runner re-reads which streams
-// are held in every batch.
+// are held in every batch. (A rebuild's builder, which remembers them
+// instead, builds a generation that is not active, which this refuses.)
 func RetryParked(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64) (Release, error) {
 	return release(ctx, pool, p, id, false)
 }

@@ -459,3 +459,59 @@ func TestRebuildTakesOverOnceItHasAppliedWhatItRead(t *testing.T) {
 	require.Equal(t, 2, gen)
 	require.Equal(t, head.Position, checkpointOf(t, ctx, b, "orders", 2))
 }
+
+// TestBuilderReadsRevisionsOnceItsGenerationIsNoLongerBuilt: a builder
+// remembers the revisions it wrote rather than reading them, which holds
+// only while nothing else writes its generation. Here the generation is
+// taken over under it (as by a builder that replaced it after it lost its
+// build lock) and two of a stream's events are recorded as applied by
+// someone else; the builder must then read the stream's revision and skip
+// them, not apply them again.
+func TestBuilderReadsRevisionsOnceItsGenerationIsNoLongerBuilt(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	tl := newTally()
+	d := b.start(t, ctx, tl)
+	var positions []eventstore.Position
+	for i := range 6 {
+		res := appendOrder(t, ctx, b.store, "t-a", storetest.Event("Added", fmt.Sprintf(`{"n":%d}`, 1<<i)))
+		positions = append(positions, res.Position)
+	}
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, "tally")
+	require.NoError(t, d.Stop(ctx))
+
+	// One event per message, three let through at first.
+	small, err := pgstore.New(b.db.Pool, pgstore.Config{ReadBatch: 1})
+	require.NoError(t, err)
+	defer small.Close()
+	gate := newReplayGate(small, 3)
+	built := make(chan error, 1)
+	started := make(chan struct{})
+	go func() {
+		built <- projections.RunRebuild(ctx, b.db.Pool, gate, tl, projections.Config{RebuildBatchSize: 10}, func(projections.Rebuild) { close(started) })
+	}()
+	select {
+	case <-started:
+	case err := <-built:
+		t.Fatalf("the rebuild ended before it began: %v", err)
+	}
+	require.Eventually(t, func() bool { return !checkpointOf(t, ctx, b, "tally", 2).Before(positions[2]) }, 10*time.Second, 5*time.Millisecond)
+
+	// What a take-over by another builder writes, then an operator's
+	// retry of revisions 3 and 4 as far as the revisions go.
+	_, err = b.db.Pool.Exec(ctx, `
+		UPDATE sightline.generations SET state = 'retired', retired_at = now(), drop_after = now() + interval '1 hour'
+			WHERE projection = 'tally' AND generation = 1;
+		UPDATE sightline.checkpoints SET superseded = true WHERE projection = 'tally' AND generation = 1;
+		UPDATE sightline.generations SET state = 'active', activated_at = now() WHERE projection = 'tally' AND generation = 2;
+		UPDATE sightline.projections SET generation = 2 WHERE name = 'tally';
+		UPDATE sl_tally_g2._stream_revisions SET revision = 4 WHERE stream_id = 't-a'`)
+	require.NoError(t, err)
+	gate.allow(-1)
+	require.Eventually(t, func() bool { return !checkpointOf(t, ctx, b, "tally", 2).Before(positions[5]) }, 10*time.Second, 5*time.Millisecond)
+
+	var events, sum int64
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT events, sum FROM sl_tally_g2.tally WHERE stream_id = 't-a'`).Scan(&events, &sum))
+	require.Equal(t, []int64{4, 1 + 2 + 4 + 32}, []int64{events, sum}, "revisions 0-2 and 5 applied, 3 and 4 skipped")
+	<-built // whatever the take-over of a generation already active makes of it
+}

@@ -556,7 +556,8 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, limit int
 
 // applyWithRetry applies a batch, retrying with backoff while it fails on
 // the infrastructure (or on anything no event caused): each attempt is a
-// fresh transaction that re-reads the checkpoint and the revisions, so a
+// fresh transaction that re-reads the checkpoint and the revisions (a
+// builder loads its memory of them again after such a failure), so a
 // retry can never apply anything twice. When the events cause the failure,
 // the batch is applied again at once, isolating the failing events to park
 // them.
