@@ -482,7 +482,7 @@ func (r *Runner) isolate(ctx context.Context, tx pgx.Tx, iso *isolation, streams
 	s := streams[0]
 	s.carried = nil // found again on every attempt
 	for i, e := range s.pending() {
-		err := applyInSavepoint(ctx, tx, r.p, reg.schema, s.events[i:i+1])
+		err := applyInSavepoint(ctx, tx, r.p, reg.schema, s.events[i:i+1:i+1]) // capped: a projection appending to its Events must not overwrite the next event
 		if err == nil {
 			continue
 		}
