@@ -137,7 +137,7 @@ func (r *Runner) apply(ctx context.Context, events []eventstore.RecordedEvent, c
 	} else {
 		last, err = readRevisions(res)
 	}
-	if err == nil && (known == nil || known.held) {
+	if err == nil && known.readsHeld() {
 		held, err = readRevisions(res)
 	}
 	if cerr := res.Close(); err == nil {
@@ -342,7 +342,7 @@ func (r *Runner) queueStreamReads(b *pgx.Batch, known *knownRevisions, revsTable
 	if known == nil {
 		b.Queue(`SELECT stream_id, revision FROM `+revsTable+` WHERE stream_id = ANY($1)`, streams)
 	}
-	if known == nil || known.held {
+	if known.readsHeld() {
 		b.Queue(`SELECT stream_id, max(revision) FROM sightline.parked
 			WHERE projection = $1 AND generation = $2 AND `+waitingRows+` AND stream_id = ANY($3)
 			GROUP BY stream_id`, r.p.Name(), gen, streams)

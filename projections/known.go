@@ -33,6 +33,10 @@ type knownRevisions struct {
 	held bool
 }
 
+// readsHeld says a batch must read which of its streams are held: always
+// without a memory (nil), and with one once some stream is held.
+func (k *knownRevisions) readsHeld() bool { return k == nil || k.held }
+
 // queueWrites queues the writes of streams' new revisions: an insert of
 // those it has not seen, which costs PostgreSQL about half what an upsert
 // does, and an update of the others. Should the memory lack a stream the
