@@ -648,10 +648,12 @@ func byStream(events []eventstore.RecordedEvent, f eventstore.Filter) streamEven
 	var s streamEvents
 	index := map[string]int{}
 	var counts []int
+	slot := make([]int, len(events)) // each event's stream in order; -1 when filtered out
 	n := 0
-	for _, e := range events {
+	for j, e := range events {
 		if !f.Matches(e.StreamID, e.Type) {
-			continue // not this projection's; a source may deliver more than asked
+			slot[j] = -1 // not this projection's; a source may deliver more than asked
+			continue
 		}
 		i, ok := index[e.StreamID]
 		if !ok {
@@ -660,6 +662,7 @@ func byStream(events []eventstore.RecordedEvent, f eventstore.Filter) streamEven
 			s.order = append(s.order, e.StreamID)
 			counts = append(counts, 0)
 		}
+		slot[j] = i
 		counts[i]++
 		n++
 	}
@@ -669,8 +672,8 @@ func byStream(events []eventstore.RecordedEvent, f eventstore.Filter) streamEven
 		s.events[i] = all[len(all) : len(all) : len(all)+c]
 		all = all[:len(all)+c]
 	}
-	for _, e := range events {
-		if i, ok := index[e.StreamID]; ok && f.Matches(e.StreamID, e.Type) {
+	for j, e := range events {
+		if i := slot[j]; i >= 0 {
 			s.events[i] = append(s.events[i], e)
 		}
 	}
