@@ -11,6 +11,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -342,15 +343,15 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	}
 	run := b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
 		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, maxRows)
-	type placed struct {
+	type placed struct { // value types, as readAfter scans: no allocation per column
 		ID       uuid.UUID
 		Pos      int64
-		Stream   *string
-		Revision *int64
-		Type     *string
+		Stream   pgtype.Text
+		Revision pgtype.Int8
+		Type     pgtype.Text
 		Data     []byte
 		Metadata []byte
-		Created  *time.Time
+		Created  pgtype.Timestamptz
 	}
 	var done []placed
 	run.Query(func(rows pgx.Rows) error {
@@ -370,12 +371,12 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	// returned them, are everything from there to its head.
 	r := tailRead{from: uint64(done[0].Pos) - 1, head: head, scanned: head, events: make([]eventstore.RecordedEvent, 0, len(done))}
 	for _, p := range done {
-		if p.Stream == nil || p.Revision == nil || p.Type == nil || p.Created == nil {
+		if !p.Stream.Valid || !p.Revision.Valid || !p.Type.Valid || !p.Created.Valid {
 			break // a bulk run, without its rows
 		}
 		r.events = append(r.events, eventstore.RecordedEvent{
-			StreamID: *p.Stream, Revision: uint64(*p.Revision), Position: eventstore.At(uint64(p.Pos)),
-			EventID: p.ID.String(), Type: *p.Type, Data: p.Data, Metadata: p.Metadata, CreatedAt: *p.Created,
+			StreamID: p.Stream.String, Revision: uint64(p.Revision.Int64), Position: eventstore.At(uint64(p.Pos)),
+			EventID: p.ID.String(), Type: p.Type.String, Data: p.Data, Metadata: p.Metadata, CreatedAt: p.Created.Time,
 		})
 	}
 	at := time.Now()
