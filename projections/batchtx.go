@@ -8,11 +8,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// batchTx is the transaction of a live batch. Its BEGIN goes to the server
-// in the same round trip as the batch's first reads (queue it with
-// queueBegin), where pgx's own Tx would wait for BEGIN's answer first: on
-// a busy server every round trip on the path from an append to the read
-// model counts. Otherwise it behaves as pgx's Tx: Begin makes a savepoint,
+// batchTx is the transaction of a batch, live or a rebuild's. Its BEGIN
+// goes to the server in the same round trip as the batch's first reads
+// (queue it with queueBegin), where pgx's own Tx would wait for BEGIN's
+// answer first: on a busy server every round trip on the path from an
+// append to the read model counts. Otherwise it behaves as pgx's Tx: Begin makes a savepoint,
 // and statements on a closed transaction fail with pgx.ErrTxClosed.
 //
 // Large objects are not available through it: LargeObjects returns the
