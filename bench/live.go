@@ -83,6 +83,16 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 
+	// The floor: PostgreSQL alone under the traffic's write rate.
+	ids, err := orderIDs(ctx, pool, 200)
+	if err != nil {
+		return err
+	}
+	pgAlone, err := measureFloor(ctx, pool, ids, cfg.phase)
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+
 	traffic, stopTraffic := context.WithCancel(ctx)
 	defer stopTraffic()
 	var appended atomic.Int64
@@ -136,6 +146,9 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		fmt.Sprintf("%s / %s / %s", ms(idle.Latencies.P50), ms(idle.Latencies.P99), ms(idle.Latencies.Max)),
 		fmt.Sprintf("p99 %.1f×", float64(busy.Latencies.P99)/float64(idle.Latencies.P99)),
 		"p99 < 5 ms at 1 000 requests/s", busy.Latencies.P99 < 5*time.Millisecond && busy.Success == 1)
+	rep.add(fmt.Sprintf("queries' floor: PostgreSQL alone, a primary-key read of orders at %.0f/s while %d writers insert single events into a plain table at %.0f/s, no projector, API or HTTP (p50 / p99 / max; %s)", pgAlone.readRate, liveWriters, pgAlone.inserted, pgAlone.cpu),
+		"", fmt.Sprintf("%s / %s / %s", ms(pct(pgAlone.reads, 0.50)), ms(pct(pgAlone.reads, 0.99)), ms(pgAlone.reads[len(pgAlone.reads)-1])),
+		fmt.Sprintf("queries' p99 %.1f× this", float64(busy.Latencies.P99)/float64(pct(pgAlone.reads, 0.99))), "", false)
 	return nil
 }
 
