@@ -16,6 +16,18 @@ import (
 // appendWriters is how many concurrent single-event writers SPEC §1 names.
 const appendWriters = 8
 
+// The plain inserts that appends are measured against, and that the
+// queries' floor writes: single events into a table of the event log's
+// shape (columns, keys, indexes), with no sequencing.
+const (
+	createPlain = `CREATE TABLE bench_plain (LIKE sightline.event_log INCLUDING ALL)`
+	insertPlain = `INSERT INTO bench_plain (stream_id, revision, event_id, type, data) VALUES ($1, 0, $2, $3, $4)`
+)
+
+// plainEvent is the data of every event the plain inserts and the
+// measured appends write.
+var plainEvent = []byte(`{"customer_id":"c-00042","items":[{"sku":"SKU-0042","qty":2,"price":1250}],"total":2500}`)
+
 // benchAppend measures appends of single events by 8 concurrent writers to
 // the embedded store against plain concurrent inserts of the same rows
 // into a table of the same shape (columns, keys, indexes), in alternating
@@ -27,24 +39,22 @@ func benchAppend(ctx context.Context, cfg config, rep *report) error {
 	}
 	defer db.Close()
 	pool, store := db.pool, db.store
-	if _, err := pool.Exec(ctx, `CREATE TABLE bench_plain (LIKE sightline.event_log INCLUDING ALL)`); err != nil {
+	if _, err := pool.Exec(ctx, createPlain); err != nil {
 		return err
 	}
-	data := []byte(`{"customer_id":"c-00042","items":[{"sku":"SKU-0042","qty":2,"price":1250}],"total":2500}`)
 	var stores, plains []float64
 	round := cfg.phase / 3
 	for r := range cfg.runs {
 		s, err := writeFor(ctx, round, func(ctx context.Context, w, i int) error {
 			_, err := store.Append(ctx, fmt.Sprintf("order-r%d-w%d-%d", r, w, i), eventstore.NoStream,
-				eventstore.EventData{EventID: uuid.NewString(), Type: readmodel.TypeOrderPlaced, Data: data})
+				eventstore.EventData{EventID: uuid.NewString(), Type: readmodel.TypeOrderPlaced, Data: plainEvent})
 			return err
 		})
 		if err != nil {
 			return err
 		}
 		p, err := writeFor(ctx, round, func(ctx context.Context, w, i int) error {
-			_, err := pool.Exec(ctx, `INSERT INTO bench_plain (stream_id, revision, event_id, type, data) VALUES ($1, 0, $2, $3, $4)`,
-				fmt.Sprintf("order-r%d-w%d-%d", r, w, i), uuid.NewString(), readmodel.TypeOrderPlaced, data)
+			_, err := pool.Exec(ctx, insertPlain, fmt.Sprintf("order-r%d-w%d-%d", r, w, i), uuid.NewString(), readmodel.TypeOrderPlaced, plainEvent)
 			return err
 		})
 		if err != nil {

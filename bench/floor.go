@@ -10,18 +10,16 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
 
 	"github.com/sightlinehq/sightline/readmodel"
 )
 
-// floor is what PostgreSQL alone does on this machine under the live
-// part's write rate: the latency of a bare primary-key read while plain
-// inserts go in, with no store, projector, API, HTTP or JSON in the way.
-// It is the least that reading a read model from this server costs under
-// that load.
+// floor is what PostgreSQL alone does on this machine at the live part's
+// write rate: the latency of reading an order's row by primary key while
+// plain inserts go in, with no store, no projection work, and no HTTP or
+// JSON in the way.
 type floor struct {
 	reads    []time.Duration // sorted
 	readRate float64         // reads per second sent
@@ -32,44 +30,47 @@ type floor struct {
 // floorReadRate is the query part's rate.
 const floorReadRate = 1000
 
-// measureFloor inserts single events into a plain table of the event log's
-// shape at liveRate from liveWriters writers (as the append part's plain
-// inserts do, one transaction each), and meanwhile reads orders by id,
-// round robin, at 1 000/s, each read on its own from the pool, timed from
-// its start to its row as vegeta times a request. The reads go out on
-// schedule whatever the answers take, so slow answers do not slow the
-// load.
+// measureFloor inserts single events into a plain table (insertPlain) at
+// liveRate from liveWriters writers, one transaction each, and meanwhile
+// reads orders by id, round robin, at 1 000/s, each read on its own from
+// the pool that the writers share, as the API's reads do during the
+// traffic. A read is timed from its start to its row, as vegeta times a
+// request, and goes out when it is due whatever the answers before it
+// take, so that slow answers do not slow the load.
 func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Duration) (floor, error) {
 	if len(ids) == 0 {
-		return floor{}, errors.New("floor: no orders to read")
+		return floor{}, errors.New("no orders to read")
 	}
-	if _, err := pool.Exec(ctx, `CREATE TABLE bench_plain (LIKE sightline.event_log INCLUDING ALL)`); err != nil {
+	if _, err := pool.Exec(ctx, createPlain); err != nil {
 		return floor{}, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	data := []byte(`{"customer_id":"c-00042","items":[{"sku":"SKU-0042","qty":2,"price":1250}],"total":2500}`)
-	limiter := rate.NewLimiter(liveRate, liveWriters)
-	var inserted int
-	var mu sync.Mutex
-	var firstErr error
+	defer func() {
+		// Gone before the traffic starts, so that autovacuum has nothing
+		// of it to do meanwhile; the database is dropped by the next run
+		// if this fails.
+		_, _ = pool.Exec(context.WithoutCancel(ctx), `DROP TABLE bench_plain`)
+	}()
+	load, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu       sync.Mutex
+		inserted int
+		firstErr error
+	)
 	fail := func(err error) {
 		mu.Lock()
 		defer mu.Unlock()
-		if firstErr == nil && ctx.Err() == nil {
+		if firstErr == nil && load.Err() == nil {
 			firstErr = err
 		}
-		cancel()
+		stop()
 	}
+	limiter := rate.NewLimiter(liveRate, liveWriters)
 	var writers sync.WaitGroup
 	for w := range liveWriters {
 		writers.Go(func() {
-			for i := 0; ; i++ {
-				if limiter.Wait(ctx) != nil {
-					return
-				}
-				if _, err := pool.Exec(ctx, `INSERT INTO bench_plain (stream_id, revision, event_id, type, data) VALUES ($1, 0, $2, $3, $4)`,
-					fmt.Sprintf("floor-w%d-%d", w, i), uuid.NewString(), readmodel.TypeOrderPlaced, data); err != nil {
+			for i := 0; limiter.Wait(load) == nil; i++ {
+				if _, err := pool.Exec(load, insertPlain, fmt.Sprintf("floor-w%d-%d", w, i), uuid.NewString(), readmodel.TypeOrderPlaced, plainEvent); err != nil {
 					fail(err)
 					return
 				}
@@ -86,13 +87,10 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 	insertedBefore := inserted
 	mu.Unlock()
 	start := time.Now()
-	var err error
-	f.cpu, err = measureCPU(func() {
+	cpu, err := measureCPU(func() {
 		var readers sync.WaitGroup
 		sent := 0
-		for ; ctx.Err() == nil; sent++ {
-			// Each read is due at its place in the schedule; one that is
-			// late goes at once, as vegeta's pacer sends.
+		for ; load.Err() == nil; sent++ {
 			due := start.Add(time.Duration(sent) * time.Second / floorReadRate)
 			if due.Sub(start) >= d {
 				break
@@ -101,42 +99,37 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 			id := ids[sent%len(ids)]
 			readers.Go(func() {
 				began := time.Now()
-				var got string
-				if err := pool.QueryRow(ctx, `SELECT id FROM readmodel.orders WHERE id = $1`, id).Scan(&got); err != nil {
+				rows, err := pool.Query(load, `SELECT * FROM readmodel.orders WHERE id = $1`, id)
+				if err == nil {
+					for rows.Next() {
+					}
+					err = rows.Err()
+				}
+				took := time.Since(began)
+				if err != nil {
 					fail(fmt.Errorf("read order %s: %w", id, err))
 					return
 				}
-				took := time.Since(began)
 				mu.Lock()
 				f.reads = append(f.reads, took)
 				mu.Unlock()
 			})
 		}
+		f.readRate = float64(sent) / time.Since(start).Seconds()
 		readers.Wait()
-		f.readRate = float64(sent) / d.Seconds()
 	})
 	mu.Lock()
 	f.inserted = float64(inserted-insertedBefore) / time.Since(start).Seconds()
 	mu.Unlock()
-	cancel()
+	stop()
 	writers.Wait()
-	if err = cmp.Or(firstErr, err); err != nil {
+	if err := cmp.Or(ctx.Err(), firstErr, err); err != nil {
 		return floor{}, err
 	}
-	// Gone before the traffic starts, so that autovacuum has nothing of it
-	// to do meanwhile.
-	if _, err := pool.Exec(context.WithoutCancel(ctx), `DROP TABLE bench_plain`); err != nil {
-		return floor{}, err
+	if len(f.reads) == 0 {
+		return floor{}, errors.New("no read answered")
 	}
+	f.cpu = cpu
 	slices.Sort(f.reads)
 	return f, nil
-}
-
-// orderIDs returns up to n ids of orders in the read model.
-func orderIDs(ctx context.Context, pool *pgxpool.Pool, n int) ([]string, error) {
-	rows, err := pool.Query(ctx, `SELECT id FROM readmodel.orders LIMIT $1`, n)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
 }

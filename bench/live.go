@@ -73,22 +73,19 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE)`); err != nil {
 		return err
 	}
-	targets, err := queryTargets(ctx, pool, base)
+	orders, customers, err := readModelIDs(ctx, pool)
 	if err != nil {
 		return err
 	}
+	targets := queryTargets(base, orders, customers)
 	var idle *vegeta.Metrics
 	idleCPU, err := measureCPU(func() { idle = attack(targets, cfg.phase) })
 	if err != nil {
 		return err
 	}
 
-	// The floor: PostgreSQL alone under the traffic's write rate.
-	ids, err := orderIDs(ctx, pool, 200)
-	if err != nil {
-		return err
-	}
-	pgAlone, err := measureFloor(ctx, pool, ids, cfg.phase)
+	// The floor: PostgreSQL alone at the traffic's write rate.
+	pgAlone, err := measureFloor(ctx, pool, orders, cfg.phase)
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
@@ -146,7 +143,7 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		fmt.Sprintf("%s / %s / %s", ms(idle.Latencies.P50), ms(idle.Latencies.P99), ms(idle.Latencies.Max)),
 		fmt.Sprintf("p99 %.1f×", float64(busy.Latencies.P99)/float64(idle.Latencies.P99)),
 		"p99 < 5 ms at 1 000 requests/s", busy.Latencies.P99 < 5*time.Millisecond && busy.Success == 1)
-	rep.add(fmt.Sprintf("queries' floor: PostgreSQL alone, a primary-key read of orders at %.0f/s while %d writers insert single events into a plain table at %.0f/s, no projector, API or HTTP (p50 / p99 / max; %s)", pgAlone.readRate, liveWriters, pgAlone.inserted, pgAlone.cpu),
+	rep.add(fmt.Sprintf("queries' floor: PostgreSQL alone, before the traffic, an order's row read by primary key at %.0f/s while %d writers insert single events into a plain table at %.0f/s, the projector and the API idle (p50 / p99 / max; %s)", pgAlone.readRate, liveWriters, pgAlone.inserted, pgAlone.cpu),
 		"", fmt.Sprintf("%s / %s / %s", ms(pct(pgAlone.reads, 0.50)), ms(pct(pgAlone.reads, 0.99)), ms(pgAlone.reads[len(pgAlone.reads)-1])),
 		fmt.Sprintf("queries' p99 %.1f× this", float64(busy.Latencies.P99)/float64(pct(pgAlone.reads, 0.99))), "", false)
 	return nil
@@ -221,32 +218,42 @@ func pct(sorted []time.Duration, q float64) time.Duration {
 	return sorted[min(len(sorted)-1, int(math.Ceil(q*float64(len(sorted))))-1)]
 }
 
-// queryTargets are the example endpoints, over orders and customers the
-// read models hold.
-func queryTargets(ctx context.Context, db interface {
+// readModelIDs returns up to 200 orders and 200 customers that the read
+// models hold.
+func readModelIDs(ctx context.Context, db interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, base string) ([]vegeta.Target, error) {
+}) (orders, customers []string, err error) {
 	rows, err := db.Query(ctx, `(SELECT 'o', id FROM readmodel.orders LIMIT 200) UNION ALL (SELECT 'c', customer_id FROM readmodel.customer_stats LIMIT 200)`)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var targets []vegeta.Target
 	var kind, id string
-	if _, err := pgx.ForEachRow(rows, []any{&kind, &id}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&kind, &id}, func() error {
 		if kind == "o" {
-			targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/orders/" + id})
+			orders = append(orders, id)
 		} else {
-			targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/customers/" + id + "/stats"})
+			customers = append(customers, id)
 		}
 		return nil
-	}); err != nil {
-		return nil, err
+	})
+	return orders, customers, err
+}
+
+// queryTargets are the example endpoints, over the orders and customers
+// given.
+func queryTargets(base string, orders, customers []string) []vegeta.Target {
+	var targets []vegeta.Target
+	for _, id := range orders {
+		targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/orders/" + id})
+	}
+	for _, id := range customers {
+		targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/customers/" + id + "/stats"})
 	}
 	for _, status := range []string{"placed", "paid", "shipped", "delivered", "cancelled"} {
 		targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/orders?status=" + status + "&limit=50"})
 	}
 	targets = append(targets, vegeta.Target{Method: http.MethodGet, URL: base + "/v1/sales/daily"})
-	return targets, nil
+	return targets
 }
 
 // histogram is a snapshot of sightline_end_to_end_seconds for orders.
