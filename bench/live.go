@@ -38,7 +38,9 @@ const (
 // writers, and measures event written → visible, from the end-to-end
 // histogram and from a probe that appends an order and reads it back with
 // Projection-Min-Position; then, with the traffic going on, the example
-// endpoints' latency under 1 000 requests/s.
+// endpoints' latency under 1 000 requests/s. Before the traffic, it
+// measures the same query load and the queries' floor (measureFloor), as
+// references.
 func benchLive(ctx context.Context, cfg config, rep *report) error {
 	db, err := openDatabase(ctx, cfg, "sightline_bench_live", true)
 	if err != nil {
