@@ -11,7 +11,6 @@ import (
 
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
@@ -25,10 +24,7 @@ func TestConnectionsKilledUnderLoad(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	writer, err := pgstore.New(db.Pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer writer.Close()
+	db, writer := openStore(t, pgstore.Config{})
 
 	cfg, err := pgxpool.ParseConfig(db.URL)
 	require.NoError(t, err)

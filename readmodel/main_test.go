@@ -10,12 +10,26 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
+	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
+}
+
+// openStore opens the embedded store with cfg on a fresh database. The
+// store is closed when the test ends, after the projectors that
+// startExamples started have stopped.
+func openStore(t *testing.T, cfg pgstore.Config) (*testdb.DB, *pgstore.Store) {
+	t.Helper()
+	db := testdb.New(t)
+	store, err := pgstore.New(db.Pool, cfg)
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	return db, store
 }
 
 // startExamples runs the example projections on pool and store with cfg

@@ -12,7 +12,6 @@ import (
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
@@ -28,10 +27,7 @@ func TestBadEventsAreParked(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
+	db, store := openStore(t, pgstore.Config{})
 	d, metrics := startExamples(t, ctx, db.Pool, store, projections.Config{BatchSize: 50, StatusInterval: 50 * time.Millisecond})
 
 	traffic := make(chan error, 1)

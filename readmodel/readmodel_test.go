@@ -11,7 +11,6 @@ import (
 	"github.com/sightlinehq/sightline/eventstore/chaos"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
@@ -24,13 +23,10 @@ func TestExactUnderChaos(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{ReadBatch: 64})
-	require.NoError(t, err)
-	defer store.Close()
+	db, store := openStore(t, pgstore.Config{ReadBatch: 64})
 
 	// Traffic before the projector starts: it catches up under chaos.
-	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 300, Customers: 40, Writers: 4, Seed: 1})
+	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 300, Customers: 40, Writers: 4, Seed: 1})
 	require.NoError(t, err)
 
 	chaotic := chaos.Wrap(store, chaos.Config{Seed: 7, Duplicate: 0.05, Reorder: 0.05, Late: 0.03, Drop: 0.05, MaxDelay: time.Millisecond, Fail: 0.02})

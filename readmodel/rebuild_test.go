@@ -15,7 +15,6 @@ import (
 	"github.com/sightlinehq/sightline/eventstore/chaos"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/internal/testdb"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
@@ -30,13 +29,10 @@ func TestRebuildOrdersUnderTrafficWhileReadersQuery(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{ReadBatch: 500})
-	require.NoError(t, err)
-	defer store.Close()
+	db, store := openStore(t, pgstore.Config{ReadBatch: 500})
 	// Replays are slowed down, so that the build takes a while.
 	d, _ := startExamples(t, ctx, db.Pool, slowReplay{store}, projections.Config{StatusInterval: 20 * time.Millisecond, RebuildBatchSize: 500})
-	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 2000, Customers: 100, Writers: 4, Seed: 41})
+	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 2000, Customers: 100, Writers: 4, Seed: 41})
 	require.NoError(t, err)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	var seeded int64
@@ -149,11 +145,8 @@ func TestRebuildsExactUnderChaosAndKilledConnections(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{ReadBatch: 50})
-	require.NoError(t, err)
-	defer store.Close()
-	_, err = simulate.Run(ctx, store, simulate.Config{Orders: 400, Customers: 30, Writers: 4, Seed: 51})
+	db, store := openStore(t, pgstore.Config{ReadBatch: 50})
+	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 400, Customers: 30, Writers: 4, Seed: 51})
 	require.NoError(t, err)
 	d, _ := startExamples(t, ctx, db.Pool, store, projections.Config{})
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)

@@ -27,10 +27,7 @@ import (
 func TestPostgresRestartUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	store, err := pgstore.New(db.Pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
+	db, store := openStore(t, pgstore.Config{})
 	d, metrics := startExamples(t, ctx, db.Pool, store, projections.Config{BatchSize: 100})
 
 	traffic := make(chan error, 1)
