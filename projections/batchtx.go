@@ -12,8 +12,11 @@ import (
 // goes to the server in the same round trip as the batch's first reads
 // (queue it with queueBegin), where pgx's own Tx would wait for BEGIN's
 // answer first: on a busy server every round trip on the path from an
-// append to the read model counts. Otherwise it behaves as pgx's Tx: Begin makes a savepoint,
-// and statements on a closed transaction fail with pgx.ErrTxClosed.
+// append to the read model counts. A batch that needs no reads first holds
+// its BEGIN back (deferBegin) until the COMMIT's round trip, or until
+// something asks the transaction for an answer. Otherwise it behaves as
+// pgx's Tx: Begin makes a savepoint, and statements on a closed
+// transaction fail with pgx.ErrTxClosed.
 //
 // Large objects are not available through it: LargeObjects returns the
 // zero pgx.LargeObjects, which pgx gives no way to build for a transaction
@@ -22,6 +25,12 @@ type batchTx struct {
 	txConn
 	savepoints int64
 	closed     bool
+	// unsent holds the BEGIN and whatever followed it until the first
+	// statement that needs an answer, or the COMMIT, takes it along.
+	unsent *pgx.Batch
+	// unsentErr is the error of the round trip that sent unsent: the
+	// transaction is aborted, and every statement after fails with it.
+	unsentErr error
 }
 
 var (
@@ -34,18 +43,56 @@ var (
 func queueBegin(conn *pgx.Conn, b *pgx.Batch) *batchTx {
 	b.Queue(`BEGIN`)
 	tx := &batchTx{}
-	tx.txConn = txConn{conn: conn, open: func() bool { return !tx.closed }}
+	tx.txConn = txConn{conn: conn, ready: tx.ready}
 	return tx
+}
+
+// deferBegin returns a batchTx on conn whose BEGIN waits in unsent, where
+// the caller may queue more statements to go with it: the first statement
+// that needs an answer sends them first (and fails if one of them does),
+// and commitWith sends them with the COMMIT.
+func deferBegin(conn *pgx.Conn) (*batchTx, *pgx.Batch) {
+	unsent := &pgx.Batch{}
+	tx := queueBegin(conn, unsent)
+	tx.unsent = unsent
+	return tx, unsent
+}
+
+// ready sends what waits in unsent, and says whether statements may run.
+func (tx *batchTx) ready(ctx context.Context) error {
+	switch {
+	case tx.closed:
+		return pgx.ErrTxClosed
+	case tx.unsentErr != nil:
+		return tx.unsentErr
+	case tx.unsent == nil:
+		return nil
+	}
+	b := tx.takeUnsent()
+	tx.unsentErr = tx.conn.SendBatch(ctx, b).Close()
+	return tx.unsentErr
+}
+
+// takeUnsent returns what waits to be sent, for the caller to send.
+func (tx *batchTx) takeUnsent() *pgx.Batch {
+	b := tx.unsent
+	tx.unsent = nil
+	return b
 }
 
 // Begin makes a savepoint, which the returned Tx releases or rolls back to.
 func (tx *batchTx) Begin(ctx context.Context) (pgx.Tx, error) {
-	if tx.closed {
-		return nil, pgx.ErrTxClosed
+	if err := tx.ready(ctx); err != nil {
+		return nil, err
 	}
 	tx.savepoints++
 	sp := &savepointTx{tx: tx, name: "sp_" + strconv.FormatInt(tx.savepoints, 10)}
-	sp.txConn = txConn{conn: tx.conn, open: func() bool { return !sp.closed && !tx.closed }}
+	sp.txConn = txConn{conn: tx.conn, ready: func(ctx context.Context) error {
+		if sp.closed {
+			return pgx.ErrTxClosed
+		}
+		return tx.ready(ctx)
+	}}
 	if _, err := tx.conn.Exec(ctx, "SAVEPOINT "+sp.name); err != nil {
 		return nil, err
 	}
@@ -55,8 +102,8 @@ func (tx *batchTx) Begin(ctx context.Context) (pgx.Tx, error) {
 // Commit commits the transaction; pgx.ErrTxCommitRollback if the server
 // rolled it back instead.
 func (tx *batchTx) Commit(ctx context.Context) error {
-	if tx.closed {
-		return pgx.ErrTxClosed
+	if err := tx.ready(ctx); err != nil {
+		return err
 	}
 	tag, err := tx.conn.Exec(ctx, "COMMIT")
 	tx.closed = true
@@ -69,13 +116,18 @@ func (tx *batchTx) Commit(ctx context.Context) error {
 	return nil
 }
 
-// Rollback rolls the transaction back; safe to call after Commit.
+// Rollback rolls the transaction back; safe to call after Commit. A
+// transaction whose BEGIN was never sent has nothing to roll back.
 func (tx *batchTx) Rollback(ctx context.Context) error {
 	if tx.closed {
 		return pgx.ErrTxClosed
 	}
-	_, err := tx.conn.Exec(ctx, "ROLLBACK")
 	tx.closed = true
+	if tx.unsent != nil {
+		tx.unsent = nil
+		return nil
+	}
+	_, err := tx.conn.Exec(ctx, "ROLLBACK")
 	return err
 }
 
@@ -115,51 +167,51 @@ func (sp *savepointTx) Rollback(ctx context.Context) error {
 }
 
 // txConn runs the statements of a transaction (or savepoint) on its
-// connection while open says it is open, and fails them with
-// pgx.ErrTxClosed after.
+// connection once ready says they may run, and fails them with ready's
+// error otherwise (pgx.ErrTxClosed after the end).
 type txConn struct {
-	conn *pgx.Conn
-	open func() bool
+	conn  *pgx.Conn
+	ready func(context.Context) error
 }
 
 func (t txConn) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if !t.open() {
-		return pgconn.CommandTag{}, pgx.ErrTxClosed
+	if err := t.ready(ctx); err != nil {
+		return pgconn.CommandTag{}, err
 	}
 	return t.conn.Exec(ctx, sql, args...)
 }
 
 func (t txConn) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if !t.open() {
-		return errRows{pgx.ErrTxClosed}, pgx.ErrTxClosed // readable, as pgx's are
+	if err := t.ready(ctx); err != nil {
+		return errRows{err}, err // readable, as pgx's are
 	}
 	return t.conn.Query(ctx, sql, args...)
 }
 
 func (t txConn) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if !t.open() {
-		return errRow{pgx.ErrTxClosed}
+	if err := t.ready(ctx); err != nil {
+		return errRow{err}
 	}
 	return t.conn.QueryRow(ctx, sql, args...)
 }
 
 func (t txConn) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
-	if !t.open() {
-		return errBatchResults{pgx.ErrTxClosed}
+	if err := t.ready(ctx); err != nil {
+		return errBatchResults{err}
 	}
 	return t.conn.SendBatch(ctx, b)
 }
 
 func (t txConn) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if !t.open() {
-		return 0, pgx.ErrTxClosed
+	if err := t.ready(ctx); err != nil {
+		return 0, err
 	}
 	return t.conn.CopyFrom(ctx, table, columns, src)
 }
 
 func (t txConn) Prepare(ctx context.Context, name, sql string) (*pgconn.StatementDescription, error) {
-	if !t.open() {
-		return nil, pgx.ErrTxClosed
+	if err := t.ready(ctx); err != nil {
+		return nil, err
 	}
 	return t.conn.Prepare(ctx, name, sql)
 }

@@ -158,3 +158,76 @@ func (counter) Apply(ctx context.Context, b *Batch) error {
 	}
 	return nil
 }
+
+// roundTrips counts the batches pgx sent, and those that carried a whole
+// transaction, BEGIN to COMMIT.
+type roundTrips struct{ batches, whole atomic.Int64 }
+
+func (c *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+func (c *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (c *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	q := d.Batch.QueuedQueries
+	if len(q) > 0 && q[0].SQL == "BEGIN" {
+		c.batches.Add(1)
+		if q[len(q)-1].SQL == "COMMIT" {
+			c.whole.Add(1)
+		}
+	}
+	return ctx
+}
+func (c *roundTrips) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (c *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// A live batch of a projection that only writes goes to the server in one
+// round trip: its checks, writes and COMMIT behind its BEGIN.
+func TestLiveBatchInOneRoundTrip(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.New(t)
+	cfg := db.Pool.Config()
+	trips := &roundTrips{}
+	cfg.ConnConfig.Tracer = trips
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	store, err := pgstore.New(pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer store.Close()
+	d, err := NewDaemon(pool, store, []Projection{tally{}}, Config{StatusInterval: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the test is over
+	r := d.Runner("tally")
+
+	const appends = 20
+	for range appends {
+		last, err := store.Append(ctx, "c-1", eventstore.Any, eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)})
+		require.NoError(t, err)
+		require.NoError(t, r.WaitFor(ctx, last.Position))
+	}
+	require.Greater(t, trips.whole.Load(), int64(appends/2), "most batches went in one round trip (%d of %d)", trips.whole.Load(), trips.batches.Load())
+
+	var n int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT n FROM readmodel.tally`).Scan(&n))
+	require.Equal(t, int64(appends), n)
+}
+
+// tally counts its events in one row without reading it.
+type tally struct{}
+
+func (tally) Name() string              { return "tally" }
+func (tally) Version() int              { return 1 }
+func (tally) Tables() []string          { return []string{"tally"} }
+func (tally) Filter() eventstore.Filter { return eventstore.Filter{StreamPrefixes: []string{"c-"}} }
+func (tally) Setup(ctx context.Context, tx pgx.Tx, schema string) error {
+	_, err := tx.Exec(ctx, `CREATE TABLE `+pgx.Identifier{schema, "tally"}.Sanitize()+` (one bool PRIMARY KEY, n bigint NOT NULL)`)
+	return err
+}
+
+func (tally) Apply(_ context.Context, b *Batch) error {
+	b.Queue(`INSERT INTO `+b.Table("tally")+` VALUES (true, $1) ON CONFLICT (one) DO UPDATE SET n = `+b.Table("tally")+`.n + $1`, len(b.Events))
+	return nil
+}

@@ -139,6 +139,42 @@ func TestTwoProjectorsNeverApplyTwice(t *testing.T) {
 	readmodeltest.RequireExact(t, ctx, b.db.Pool)
 }
 
+// TestBatchFindsCheckpointMovedInOneRoundTrip: a live batch sent in one
+// round trip, with its writes and COMMIT behind the checks, finds the
+// checkpoint moved by another process as a batch that reads first does:
+// it writes nothing and the runner goes on from the stored checkpoint.
+func TestBatchFindsCheckpointMovedInOneRoundTrip(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	gate := &gatedStore{Store: b.store, open: make(chan struct{})}
+	close(gate.open)
+	d, err := projections.NewDaemon(b.db.Pool, gate, []projections.Projection{readmodel.Orders{}}, projections.Config{StatusInterval: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(context.Background()) //nolint:errcheck
+	r := d.Runner("orders")
+	placed := storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":1}`)
+
+	require.NoError(t, r.WaitFor(ctx, appendOrder(t, ctx, b.store, "order-1", placed).Position))
+	gate.hold()
+	moved := appendOrder(t, ctx, b.store, "order-2", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":2}`)).Position
+	// Another process has applied up to order-2's position (the row it
+	// wrote is left out, so that only the checkpoint tells).
+	_, err = b.db.Pool.Exec(ctx, `UPDATE sightline.checkpoints SET commit_position = $1, prepare_position = $2
+		WHERE projection = 'orders' AND generation = (SELECT generation FROM sightline.projections WHERE name = 'orders')`,
+		int64(moved.Commit), int64(moved.Prepare))
+	require.NoError(t, err)
+	gate.release()
+	last := appendOrder(t, ctx, b.store, "order-3", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c","items":[],"total":3}`)).Position
+	require.NoError(t, r.WaitFor(ctx, last))
+
+	rows, err := b.db.Pool.Query(ctx, `SELECT id FROM readmodel.orders ORDER BY id`)
+	require.NoError(t, err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"1", "3"}, ids, "order-2 was the other process's to apply")
+}
+
 func TestStopBeforeStartReturns(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t)
