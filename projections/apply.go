@@ -112,13 +112,17 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 	if toApply := plan.live(); iso == nil && len(toApply) > 0 {
 		b := &Batch{Tx: tx, Schema: reg.schema, Events: eventsOf(toApply), queue: queue}
 		if err := safeApply(ctx, r.p, b); err != nil {
-			if tx.unsentErr != nil { // Apply read, and the checks sent before its read failed
-				return r.assumptionFailed(tx.unsentErr, reg, expected)
+			// Apply may have failed on an event the checks, still unsent,
+			// would have kept from it (a duplicate, one of a held stream):
+			// they answer first, so that only an event that is its to
+			// apply gets isolated and perhaps parked.
+			if cerr := tx.ready(ctx); cerr != nil {
+				return r.assumptionFailed(cerr, reg, expected)
 			}
-			return classify(ctx, tx.Conn(), err)
+			return classify(ctx, tx.conn, err)
 		}
 	}
-	if tx.unsentErr != nil { // the same, should Apply have gone on after its read failed
+	if tx.unsentErr != nil { // Apply read, the checks sent before its read failed, and Apply went on
 		return r.assumptionFailed(tx.unsentErr, reg, expected)
 	}
 	fromProjection := queue.Len()
@@ -130,8 +134,8 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 	if streams, revs := plan.revisions(); known != nil {
 		known.queueWrites(queue, revsTable, streams, revs)
 	} else if assumed {
-		// The checks sent first hold the streams where last says: which
-		// are new is known.
+		// The checks hold the streams where last says: which are new is
+		// known.
 		(&knownRevisions{last: last}).queueWrites(queue, revsTable, streams, revs)
 	} else if len(streams) > 0 {
 		queue.Queue(`INSERT INTO `+revsTable+` (stream_id, revision)
@@ -209,22 +213,23 @@ func assumedRevisions(s streamEvents) map[string]int64 {
 	return last
 }
 
-// oneTrip starts a live batch that need not wait for the answers to its
-// first statements. It assumes what the batch that reads first would have
-// read (assumedRevisions: no duplicate, no gap, no held stream, and the
-// checkpoint where this runner left it), and queues, behind the BEGIN,
-// statements that lock the checkpoint and check those assumptions, raising
-// if one is wrong (sightline.lock_checkpoint and expect_streams, migration
-// 0008). They go to the server with the batch's writes and its COMMIT, in
-// one round trip, unless the projection reads first; a raise skips the
-// rest of the round trip, so the batch writes nothing (assumptionFailed).
+// oneTrip starts a batch of the active generation that need not wait for
+// the answers to its first statements. It assumes what a batch that reads
+// first would have read (assumedRevisions: no duplicate, no gap, no held
+// stream, and the checkpoint where this runner left it), and queues,
+// behind the BEGIN, statements that lock the checkpoint and check those
+// assumptions, raising if one is wrong (sightline.lock_checkpoint and
+// expect_streams, migration 0008). They go to the server with the batch's
+// writes and its COMMIT, in one round trip; a raise skips the rest of the
+// round trip, so the batch writes nothing (assumptionFailed). A projection
+// that reads through the batch's Tx sends them, in a round trip of their
+// own, before its first read, so that it reads under the lock.
 //
-// Live batches are nearly always so. On a busy server the round trip saved
-// was a tenth of the time from an append to the read model, and more of
-// its tail.
+// Live batches nearly always arrive so. On a busy server, the round trip
+// saved was about a tenth of the time from an append to the read model.
 func (r *Runner) oneTrip(conn *pgx.Conn, reg registration, expected eventstore.Position, revsTable string, streams streamEvents, last map[string]int64) *batchTx {
-	tx, first := deferBegin(conn)
-	first.Queue(`SELECT sightline.lock_checkpoint($1, $2, $3, $4)`, r.p.Name(), reg.generation, int64(expected.Commit), int64(expected.Prepare))
+	tx, checks := deferBegin(conn)
+	checks.Queue(`SELECT sightline.lock_checkpoint($1, $2, $3, $4)`, r.p.Name(), reg.generation, int64(expected.Commit), int64(expected.Prepare))
 	if len(streams.order) == 0 {
 		return tx
 	}
@@ -235,7 +240,7 @@ func (r *Runner) oneTrip(conn *pgx.Conn, reg registration, expected eventstore.P
 			previous[i] = rev
 		}
 	}
-	first.Queue(`SELECT sightline.expect_streams(
+	checks.Queue(`SELECT sightline.expect_streams(
 			NOT EXISTS (SELECT FROM unnest($1::text[], $2::bigint[]) AS u (stream_id, previous)
 				LEFT JOIN `+revsTable+` r USING (stream_id)
 				WHERE r.revision IS DISTINCT FROM nullif(u.previous, -1))
@@ -245,11 +250,13 @@ func (r *Runner) oneTrip(conn *pgx.Conn, reg registration, expected eventstore.P
 	return tx
 }
 
-// assumptionFailed turns the raise of a check that oneTrip queued into the
-// error the runner acts on; other errors pass unchanged.
+// assumptionFailed turns the error of the checks that oneTrip queued
+// (an uncheckedError) into the error the runner acts on; other errors
+// pass unchanged.
 func (r *Runner) assumptionFailed(err error, reg registration, expected eventstore.Position) error {
+	var checks *uncheckedError
 	var pgErr *pgconn.PgError
-	if err == nil || !errors.As(err, &pgErr) {
+	if !errors.As(err, &checks) || !errors.As(checks.err, &pgErr) {
 		return err
 	}
 	switch pgErr.Code {
@@ -260,7 +267,8 @@ func (r *Runner) assumptionFailed(err error, reg registration, expected eventsto
 	case "SLCKM":
 		var commit, prepare uint64
 		if _, serr := fmt.Sscan(pgErr.Detail, &commit, &prepare); serr != nil {
-			return fmt.Errorf("lock checkpoint: %w", err)
+			// The runner registers again, reading the checkpoint.
+			return fmt.Errorf("%w: expected %s, found %q", errCheckpointMoved, expected, pgErr.Detail)
 		}
 		stored := eventstore.Position{Commit: commit, Prepare: prepare}
 		r.mu.Lock()
@@ -362,7 +370,7 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 // of tx is still unsent (its BEGIN and the checks of a oneTrip batch). The
 // first fromProjection statements of queue are the projection's, so their
 // errors are classified as the events' errors may be; an error of the
-// unsent statements is returned as it is, for assumptionFailed; the rest
+// unsent statements is an uncheckedError, for assumptionFailed; the rest
 // are the projector's.
 //
 // The COMMIT goes in the batch rather than through tx.Commit, which would
@@ -371,9 +379,9 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 // pgxpool closes if it is still inside the transaction.
 func commitWith(ctx context.Context, tx *batchTx, queue *pgx.Batch, fromProjection int) error {
 	all := queue
-	first := 0 // how many statements of all were unsent
+	unsentLen := 0 // the first statements of all, tx's unsent ones
 	if unsent := tx.takeUnsent(); unsent != nil {
-		first = unsent.Len()
+		unsentLen = unsent.Len()
 		all = &pgx.Batch{QueuedQueries: append(unsent.QueuedQueries, queue.QueuedQueries...)}
 	}
 	all.Queue(`COMMIT`)
@@ -386,12 +394,12 @@ func commitWith(ctx context.Context, tx *batchTx, queue *pgx.Batch, fromProjecti
 			i = slices.IndexFunc(all.QueuedQueries, func(q *pgx.QueuedQuery) bool { return q.SQL == pre.SQL() })
 		}
 		switch {
-		case err != nil && i >= 0 && i < first:
+		case err != nil && i >= 0 && i < unsentLen:
 			res.Close()
-			return err
-		case err != nil && i >= first && i < first+fromProjection:
+			return &uncheckedError{err}
+		case err != nil && i >= unsentLen && i < unsentLen+fromProjection:
 			res.Close()
-			return classify(ctx, tx.Conn(), err)
+			return classify(ctx, tx.conn, err)
 		case err != nil && i == all.Len()-1:
 			res.Close()
 			return fmt.Errorf("commit: %w", err)

@@ -69,9 +69,19 @@ func (tx *batchTx) ready(ctx context.Context) error {
 		return nil
 	}
 	b := tx.takeUnsent()
-	tx.unsentErr = tx.conn.SendBatch(ctx, b).Close()
+	if err := tx.conn.SendBatch(ctx, b).Close(); err != nil {
+		tx.unsentErr = &uncheckedError{err}
+	}
 	return tx.unsentErr
 }
+
+// uncheckedError is the error of a round trip that carried a batchTx's
+// unsent statements: its BEGIN, and the checks of a batch that assumed
+// what it did not read (oneTrip).
+type uncheckedError struct{ err error }
+
+func (e *uncheckedError) Error() string { return e.err.Error() }
+func (e *uncheckedError) Unwrap() error { return e.err }
 
 // takeUnsent returns what waits to be sent, for the caller to send.
 func (tx *batchTx) takeUnsent() *pgx.Batch {
@@ -218,6 +228,10 @@ func (t txConn) Prepare(ctx context.Context, name, sql string) (*pgconn.Statemen
 
 func (t txConn) LargeObjects() pgx.LargeObjects { return pgx.LargeObjects{} }
 
+// Conn is the transaction's connection. A statement run on it directly
+// runs outside the transaction until the transaction has sent its BEGIN,
+// which a batch that assumes what it did not read holds back: run
+// statements through the transaction.
 func (t txConn) Conn() *pgx.Conn { return t.conn }
 
 // errRow is a pgx.Row that fails with err.

@@ -85,6 +85,31 @@ func TestBatchTx(t *testing.T) {
 	require.ErrorIs(t, tx.Commit(ctx), pgx.ErrTxCommitRollback)
 	require.Equal(t, byte('I'), conn.Conn().PgConn().TxStatus())
 	require.Equal(t, []int{1, 3}, nums())
+
+	// A transaction whose BEGIN waits sends it with its first statement,
+	// or sends nothing if rolled back first.
+	tx, unsent := deferBegin(conn.Conn())
+	unsent.Queue(`INSERT INTO nums VALUES (6)`)
+	require.NoError(t, tx.Rollback(ctx))
+	require.Equal(t, byte('I'), conn.Conn().PgConn().TxStatus())
+	tx, unsent = deferBegin(conn.Conn())
+	unsent.Queue(`INSERT INTO nums VALUES (7)`)
+	_, err = tx.Exec(ctx, `INSERT INTO nums VALUES (8)`)
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, []int{1, 3, 7, 8}, nums())
+
+	// When what waited fails, every statement after fails with its error,
+	// and the rollback leaves the connection idle.
+	tx, unsent = deferBegin(conn.Conn())
+	unsent.Queue(`SELECT 'x'::int`)
+	_, err = tx.Exec(ctx, `INSERT INTO nums VALUES (9)`)
+	var unchecked *uncheckedError
+	require.ErrorAs(t, err, &unchecked)
+	require.ErrorAs(t, tx.QueryRow(ctx, `SELECT 1`).Scan(new(int)), &unchecked)
+	require.NoError(t, tx.Rollback(ctx))
+	require.Equal(t, byte('I'), conn.Conn().PgConn().TxStatus())
+	require.Equal(t, []int{1, 3, 7, 8}, nums())
 }
 
 // beginCounter counts the transactions pgx began with a round trip of

@@ -27,7 +27,11 @@ type Projection interface {
 	Tables() []string
 	// Setup creates the read model's tables in schema.
 	Setup(ctx context.Context, tx pgx.Tx, schema string) error
-	// Apply applies a batch of events to the read model.
+	// Apply applies a batch of events to the read model. A batch may roll
+	// back after Apply and come again, with the same events or fewer (a
+	// retry, an isolation, or checks that found a duplicate among them
+	// once Apply had queued its writes), so Apply acts only through the
+	// batch.
 	Apply(ctx context.Context, b *Batch) error
 }
 
