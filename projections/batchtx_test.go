@@ -125,32 +125,42 @@ func (c *beginCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.T
 
 func (c *beginCounter) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
+// tracedRunner runs p alone on a fresh database through a pool whose
+// connections report to tracer, and returns the pool and a function that
+// appends an event to stream c-1 and waits until p has applied it.
+func tracedRunner(t *testing.T, ctx context.Context, tracer pgx.QueryTracer, p Projection) (*pgxpool.Pool, func()) {
+	t.Helper()
+	cfg := testdb.New(t).Pool.Config()
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	store, err := pgstore.New(pool, pgstore.Config{})
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	d, err := NewDaemon(pool, store, []Projection{p}, Config{StatusInterval: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	t.Cleanup(func() { d.Stop(context.WithoutCancel(ctx)) }) //nolint:errcheck // the test is over
+	r := d.Runner(p.Name())
+	return pool, func() {
+		res, err := store.Append(ctx, "c-1", eventstore.Any, eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)})
+		require.NoError(t, err)
+		require.NoError(t, r.WaitFor(ctx, res.Position))
+	}
+}
+
 // A live batch costs no round trip for its BEGIN.
 func TestBatchBeginsWithItsReads(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	cfg := db.Pool.Config()
 	begins := &beginCounter{}
-	cfg.ConnConfig.Tracer = begins
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
-	store, err := pgstore.New(pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
-	d, err := NewDaemon(pool, store, []Projection{counter{}}, Config{StatusInterval: time.Hour})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the test is over
-	r := d.Runner("counter")
+	pool, appendOne := tracedRunner(t, ctx, begins, counter{})
 
 	before := begins.n.Load()
 	const batches = 20
 	for range batches {
-		res, err := store.Append(ctx, "c-1", eventstore.Any, eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)})
-		require.NoError(t, err)
-		require.NoError(t, r.WaitFor(ctx, res.Position))
+		appendOne()
 	}
 	require.Less(t, begins.n.Load()-before, int64(batches/2), "most batches began with their reads")
 	var n, rows int64
@@ -211,27 +221,12 @@ func (c *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEnd
 func TestLiveBatchInOneRoundTrip(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db := testdb.New(t)
-	cfg := db.Pool.Config()
 	trips := &roundTrips{}
-	cfg.ConnConfig.Tracer = trips
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
-	store, err := pgstore.New(pool, pgstore.Config{})
-	require.NoError(t, err)
-	defer store.Close()
-	d, err := NewDaemon(pool, store, []Projection{tally{}}, Config{StatusInterval: time.Hour})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the test is over
-	r := d.Runner("tally")
+	pool, appendOne := tracedRunner(t, ctx, trips, tally{})
 
 	const appends = 20
 	for range appends {
-		last, err := store.Append(ctx, "c-1", eventstore.Any, eventstore.EventData{EventID: uuid.NewString(), Type: "T", Data: []byte(`{}`)})
-		require.NoError(t, err)
-		require.NoError(t, r.WaitFor(ctx, last.Position))
+		appendOne()
 	}
 	require.Greater(t, trips.whole.Load(), int64(appends/2), "most batches went in one round trip (%d of %d)", trips.whole.Load(), trips.batches.Load())
 
