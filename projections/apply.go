@@ -270,13 +270,19 @@ func (r *Runner) assumptionFailed(err error, reg registration, expected eventsto
 			// The runner registers again, reading the checkpoint.
 			return fmt.Errorf("%w: expected %s, found %q", errCheckpointMoved, expected, pgErr.Detail)
 		}
-		stored := eventstore.Position{Commit: commit, Prepare: prepare}
-		r.mu.Lock()
-		r.setPositionLocked(stored)
-		r.mu.Unlock()
-		return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
+		return r.checkpointMoved(expected, eventstore.Position{Commit: commit, Prepare: prepare})
 	}
 	return err
+}
+
+// checkpointMoved takes up the checkpoint a batch found stored instead of
+// the one it expected, which another process moved, and says so: the
+// runner's pipeline starts again from there.
+func (r *Runner) checkpointMoved(expected, stored eventstore.Position) error {
+	r.mu.Lock()
+	r.setPositionLocked(stored)
+	r.mu.Unlock()
+	return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
 }
 
 // readFirst starts a batch with a round trip that begins, locks the
@@ -331,10 +337,7 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 		return tx, nil, nil, known, fmt.Errorf("%w: generation %d of %s was replaced", errSuperseded, reg.generation, r.p.Name())
 	}
 	if stored := (eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}); stored != expected {
-		r.mu.Lock()
-		r.setPositionLocked(stored)
-		r.mu.Unlock()
-		return tx, nil, nil, known, fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
+		return tx, nil, nil, known, r.checkpointMoved(expected, stored)
 	}
 	if known != nil {
 		var built bool
