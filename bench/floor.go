@@ -11,8 +11,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/time/rate"
 
+	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/readmodel"
 )
 
@@ -65,7 +65,7 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 		}
 		stop()
 	}
-	limiter := rate.NewLimiter(liveRate, liveWriters)
+	limiter := simulate.Pacer(liveRate) // as the traffic's writers are paced
 	var writers sync.WaitGroup
 	for w := range liveWriters {
 		writers.Go(func() {
