@@ -18,5 +18,7 @@
 //
 // An append commits without waiting for the disk and is acknowledged once
 // positioned: the sequencer's synchronous commit, later in the WAL, makes it
-// durable first (see unflushed).
+// durable first (see unflushed). Appends made at the same time from one
+// process go to the server together, one statement and one transaction for
+// each group, each append with its own expected revision (see grouper).
 package pgstore

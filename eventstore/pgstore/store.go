@@ -67,6 +67,7 @@ type Store struct {
 	cfg    Config
 	seq    *sequencer
 	hub    *hub
+	group  *grouper
 	cancel context.CancelFunc
 	closed chan struct{} // closed by Close: releases everyone waiting
 	wg     sync.WaitGroup
@@ -90,7 +91,9 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	s.hub = newHub(pool, cfg.Logger)
 	s.seq = newSequencer(pool, cfg, s.hub, &s.tail, s.closed, &s.wg)
 	s.hub.onAppend = s.seq.kick
-	s.wg.Add(2)
+	s.group = newGrouper(pool, s.closed, &s.wg)
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.group.run(ctx) }()
 	go func() { defer s.wg.Done(); s.hub.run(ctx) }()
 	go func() { defer s.wg.Done(); s.seq.run(ctx) }()
 	return s, nil
@@ -157,7 +160,11 @@ func readHead(ctx context.Context, q querier) (eventstore.Head, error) {
 }
 
 // Append writes events to stream in one statement and returns once the
-// events have positions.
+// events have positions. Appends made at the same time from one process
+// share their statement and transaction (see grouper); each keeps its own
+// expected revision and outcome. An append whose context ends while it is on
+// its way may still be written, as with any statement whose answer never
+// came: appending the same event IDs again tells.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events ...eventstore.EventData) (eventstore.AppendResult, error) {
 	select {
 	case <-s.closed:
@@ -168,7 +175,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	next, err := insertEvents(ctx, unflushed{s.pool}, stream, expected, args, true)
+	next, err := s.insert(ctx, stream, expected, args)
 	if err != nil {
 		res, again, err := s.retriedAppend(ctx, stream, args, err)
 		if !again {
@@ -188,6 +195,23 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		return eventstore.AppendResult{}, fmt.Errorf("append to %q committed, waiting for its position: %w", stream, err)
 	}
 	return eventstore.AppendResult{Position: eventstore.At(pos), NextRevision: next}, nil
+}
+
+// insert writes an append with its group, or alone if it is large or its
+// group failed, and returns the stream's next revision.
+func (s *Store) insert(ctx context.Context, stream string, expected eventstore.ExpectedRevision, args appendRows) (uint64, error) {
+	if len(args.ids) <= groupedEventsMax {
+		r := s.group.append(ctx, stream, expected, args)
+		switch {
+		case r.err == nil && r.in:
+			return uint64(r.rev+int64(len(args.ids))) + 1, nil
+		case r.err == nil:
+			return 0, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: r.rev}
+		case ctx.Err() != nil || errors.Is(r.err, eventstore.ErrClosed):
+			return 0, r.err
+		}
+	}
+	return insertEvents(ctx, unflushed{s.pool}, stream, expected, args, true)
 }
 
 // AppendTx appends events inside the caller's transaction (the outbox

@@ -1,0 +1,234 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/internal/testdb"
+)
+
+type appendCall struct {
+	stream   string
+	expected eventstore.ExpectedRevision
+	events   []eventstore.EventData
+}
+
+type appendOutcome struct {
+	res eventstore.AppendResult
+	err error
+}
+
+// holdSlots makes every group slot busy until release: each is held by an
+// append to a stream whose first revision an open transaction of the test
+// has inserted, so that the append waits on its unique key until the test
+// rolls back. Unless keep is false, the slots stay taken however long that
+// takes.
+func holdSlots(t *testing.T, s *Store, db *testdb.DB, keep bool) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	if keep {
+		s.group.slow.Store(int64(time.Hour))
+	}
+	blocker, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = blocker.Rollback(ctx) }) // the connection goes back to the pool even if the test fails
+	var wg sync.WaitGroup
+	for i := range groupsInFlight {
+		stream := fmt.Sprintf("blocker-%d", i)
+		_, err := blocker.Exec(ctx, `INSERT INTO sightline.event_log (stream_id, revision, event_id, type, data) VALUES ($1, 0, $2, 'T', '{}')`, stream, uuid.New())
+		require.NoError(t, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Append(ctx, stream, eventstore.Any, events(1)...); err != nil {
+				t.Errorf("blocking append: %v", err)
+			}
+		}()
+		// One at a time, so that each takes a group, and a slot, of its own.
+		require.Eventually(t, func() bool { return waitingOnLocks(t, db) == i+1 }, 10*time.Second, time.Millisecond)
+	}
+	return func() {
+		require.NoError(t, blocker.Rollback(ctx))
+		wg.Wait()
+	}
+}
+
+// appendQueued holds every group slot, queues calls behind them, and lets
+// the groups go once all the calls wait in the queue: the calls then go to
+// the server together, as far as grouping allows. Then, if there is one,
+// released runs while the calls' group is on its way.
+func appendQueued(t *testing.T, s *Store, db *testdb.DB, calls []appendCall, released func()) []appendOutcome {
+	t.Helper()
+	ctx := context.Background()
+	release := holdSlots(t, s, db, true)
+	var wg sync.WaitGroup
+	out := make([]appendOutcome, len(calls))
+	for i, c := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := s.Append(ctx, c.stream, c.expected, c.events...)
+			out[i] = appendOutcome{res, err}
+		}()
+	}
+	require.Eventually(t, func() bool { return len(s.group.reqs) == len(calls) }, 10*time.Second, time.Millisecond)
+	require.Equal(t, groupsInFlight, len(s.group.slots))
+	release()
+	if released != nil {
+		released()
+	}
+	wg.Wait()
+	return out
+}
+
+func waitingOnLocks(t *testing.T, db *testdb.DB) int {
+	var n int
+	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+	return n
+}
+
+// transactionsOf counts the transactions that inserted the streams' events.
+func transactionsOf(t *testing.T, db *testdb.DB, streams ...string) int {
+	var n int
+	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT count(DISTINCT xmin::text) FROM sightline.event_log
+		WHERE stream_id = ANY($1)`, streams).Scan(&n))
+	return n
+}
+
+// Appends that wait while earlier ones are in flight go to the server in one
+// transaction, and each gets its own revisions and position.
+func TestQueuedAppendsShareATransaction(t *testing.T) {
+	s, db := newTestStore(t, Config{})
+	var calls []appendCall
+	var streams []string
+	for i := range 10 {
+		streams = append(streams, fmt.Sprintf("order-%d", i))
+		calls = append(calls, appendCall{streams[i], eventstore.NoStream, events(1 + i%3)})
+	}
+	out := appendQueued(t, s, db, calls, nil)
+	positions := map[uint64]bool{}
+	for i, o := range out {
+		require.NoError(t, o.err, streams[i])
+		require.Equal(t, uint64(1+i%3), o.res.NextRevision, streams[i])
+		require.False(t, positions[o.res.Position.Commit], "position %d given twice", o.res.Position.Commit)
+		positions[o.res.Position.Commit] = true
+		got, err := s.ReadStream(context.Background(), streams[i], 0, 10)
+		require.NoError(t, err)
+		require.Len(t, got, 1+i%3)
+		for j, e := range got {
+			require.Equal(t, uint64(j), e.Revision)
+			require.Equal(t, calls[i].events[j].EventID, e.EventID)
+		}
+	}
+	require.Equal(t, 1, transactionsOf(t, db, streams...))
+}
+
+// In a group, an append whose condition fails writes nothing and gets the
+// error it would get alone; the others are written.
+func TestGroupedAppendKeepsItsOwnCondition(t *testing.T) {
+	s, db := newTestStore(t, Config{})
+	ctx := context.Background()
+	_, err := s.Append(ctx, "order-old", eventstore.NoStream, events(2)...)
+	require.NoError(t, err)
+	out := appendQueued(t, s, db, []appendCall{
+		{"order-a", eventstore.NoStream, events(1)},
+		{"order-old", eventstore.NoStream, events(1)},
+		{"order-b", eventstore.StreamExists, events(1)},
+		{"order-old", eventstore.Exact(0), events(1)}, // held for a group of its own: the stream is in this one
+		{"order-c", eventstore.Any, events(1)},
+	}, nil)
+	require.NoError(t, out[0].err)
+	require.NoError(t, out[4].err)
+	var wrong *eventstore.WrongExpectedRevisionError
+	require.ErrorAs(t, out[1].err, &wrong)
+	require.Equal(t, int64(1), wrong.Actual)
+	require.ErrorAs(t, out[2].err, &wrong)
+	require.Equal(t, int64(-1), wrong.Actual)
+	require.ErrorAs(t, out[3].err, &wrong)
+	require.Equal(t, int64(1), wrong.Actual)
+	require.Equal(t, 1, transactionsOf(t, db, "order-a", "order-c"))
+	got, err := s.ReadStream(ctx, "order-old", 0, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+}
+
+// A group the server refuses as a whole sends each append back alone: the
+// others are written, each in its own transaction, and the culprit gets what
+// it would have got alone. Here one append of the group loses a race for its
+// stream's next revision to a transaction that commits while the group waits
+// for it, and another reuses an event ID.
+func TestFailedGroupGoesAlone(t *testing.T) {
+	s, db := newTestStore(t, Config{})
+	ctx := context.Background()
+	first := events(1)
+	done, err := s.Append(ctx, "order-old", eventstore.NoStream, first...)
+	require.NoError(t, err)
+	racer, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer racer.Rollback(ctx) //nolint:errcheck // committed below
+	_, err = racer.Exec(ctx, `INSERT INTO sightline.event_log (stream_id, revision, event_id, type, data) VALUES ('order-race', 0, $1, 'T', '{}')`, uuid.New())
+	require.NoError(t, err)
+	out := appendQueued(t, s, db, []appendCall{
+		{"order-a", eventstore.NoStream, events(1)},
+		{"order-race", eventstore.Any, events(1)},
+		{"order-b", eventstore.NoStream, events(1)},
+		{"order-old", eventstore.NoStream, first}, // the same append again
+		{"order-c", eventstore.NoStream, first},   // its event ID, to another stream
+	}, func() {
+		require.Eventually(t, func() bool { return waitingOnLocks(t, db) == 1 }, 10*time.Second, 5*time.Millisecond)
+		require.NoError(t, racer.Commit(ctx))
+	})
+	require.NoError(t, out[0].err)
+	require.NoError(t, out[1].err)
+	require.Equal(t, uint64(2), out[1].res.NextRevision)
+	require.NoError(t, out[2].err)
+	require.NoError(t, out[3].err)
+	require.Equal(t, done, out[3].res)
+	require.ErrorIs(t, out[4].err, eventstore.ErrIdempotency)
+	require.Equal(t, 3, transactionsOf(t, db, "order-a", "order-b", "order-race")-1) // the racer's is the fourth
+	var n int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.event_log WHERE stream_id IN ('order-old', 'order-c')`).Scan(&n))
+	require.Equal(t, 1, n)
+}
+
+// An append whose caller gives up while it waits for its group is never
+// sent.
+func TestAppendGivenUpInTheQueueIsNotSent(t *testing.T) {
+	s, db := newTestStore(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &groupedAppend{ctx: ctx, stream: "order-gone", rows: mustRows(t, "order-gone", events(1)), done: make(chan groupResult, 1)}
+	cancel()
+	group, rest := s.group.gather([]*groupedAppend{a})
+	require.Empty(t, group)
+	require.Empty(t, rest)
+	require.ErrorIs(t, (<-a.done).err, context.Canceled)
+	require.Equal(t, 0, transactionsOf(t, db, "order-gone"))
+}
+
+func mustRows(t *testing.T, stream string, evs []eventstore.EventData) appendRows {
+	r, err := appendArgs(stream, evs)
+	require.NoError(t, err)
+	return r
+}
+
+// A group that waits on a lock gives its slot back after a while, so that
+// appends to other streams are not held up behind it.
+func TestWaitingGroupMakesRoom(t *testing.T) {
+	s, db := newTestStore(t, Config{})
+	release := holdSlots(t, s, db, false)
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := s.Append(ctx, "order-free", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), res.NextRevision)
+	require.Equal(t, groupsInFlight, waitingOnLocks(t, db))
+}
