@@ -36,7 +36,8 @@ const floorReadRate = 1000
 // the pool that the writers share, as the API's reads do during the
 // traffic. A read is timed from its start to its row, as vegeta times a
 // request, and goes out when it is due whatever the answers before it
-// take, so that slow answers do not slow the load.
+// take, so that slow answers do not slow the load. The reads of the first
+// warmUp are not counted, as the queries' are not.
 func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Duration) (floor, error) {
 	if len(ids) == 0 {
 		return floor{}, errors.New("no orders to read")
@@ -80,7 +81,7 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 			}
 		})
 	}
-	time.Sleep(2 * time.Second) // the writes settle, as the live part's traffic does
+	time.Sleep(warmUp) // the writes settle, as the live part's traffic does
 
 	var f floor
 	mu.Lock()
@@ -92,9 +93,10 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 		sent := 0
 		for ; load.Err() == nil; sent++ {
 			due := start.Add(time.Duration(sent) * time.Second / floorReadRate)
-			if due.Sub(start) >= d {
+			if due.Sub(start) >= warmUp+d {
 				break
 			}
+			measured := due.Sub(start) >= warmUp // as the queries are
 			time.Sleep(time.Until(due))
 			id := ids[sent%len(ids)]
 			readers.Go(func() {
@@ -110,9 +112,11 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 					fail(fmt.Errorf("read order %s: %w", id, err))
 					return
 				}
-				mu.Lock()
-				f.reads = append(f.reads, took)
-				mu.Unlock()
+				if measured {
+					mu.Lock()
+					f.reads = append(f.reads, took)
+					mu.Unlock()
+				}
 			})
 		}
 		f.readRate = float64(sent) / time.Since(start).Seconds()
