@@ -35,7 +35,6 @@ const (
 	groupSlowAfter   = 50 * time.Millisecond // a group slower than this makes room for another
 	groupAppendsMax  = 64                    // appends in one group
 	groupedEventsMax = 16                    // an append with more events than this goes alone
-	groupEventsMax   = 1024                  // events in one group
 )
 
 // groupSQL appends each of a group's appends whose stream satisfies its
@@ -158,17 +157,15 @@ func (g *grouper) run(ctx context.Context) {
 // appends to distinct streams; it returns the group and what it held back.
 func (g *grouper) gather(held []*groupedAppend) (group, rest []*groupedAppend) {
 	streams := make(map[string]struct{}, len(held))
-	events := 0
 	take := func(a *groupedAppend) bool {
 		if a.ctx.Err() != nil {
 			a.done <- groupResult{err: a.ctx.Err()} // never sent: nothing written
 			return true
 		}
-		if _, dup := streams[a.stream]; dup || len(group) == groupAppendsMax || events+len(a.rows.ids) > groupEventsMax {
+		if _, dup := streams[a.stream]; dup || len(group) == groupAppendsMax {
 			return false
 		}
 		streams[a.stream] = struct{}{}
-		events += len(a.rows.ids)
 		group = append(group, a)
 		return true
 	}
