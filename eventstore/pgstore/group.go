@@ -3,6 +3,8 @@ package pgstore
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,10 +31,15 @@ import (
 // every append of the group back to Append's own path, one transaction each,
 // which sorts out each one's outcome as it always has; nothing of the failed
 // group committed, or, if its commit's answer was lost, its events are
-// recognized by their IDs.
+// recognized by their IDs. A group waits at most groupLockTimeout for a row
+// lock (a stream another transaction is appending to, an outbox transaction
+// left open): then it fails and its appends go alone, each waiting as long
+// as its own caller lets it, so that one busy stream never holds up the
+// appends to others. A group's appends are sorted by stream, so that two
+// groups lock their streams in the same order.
 const (
 	groupsInFlight   = 2                     // groups on their way to the server at once
-	groupSlowAfter   = 50 * time.Millisecond // a group slower than this makes room for another
+	groupLockTimeout = 50 * time.Millisecond // a group waits no longer for a row lock
 	groupAppendsMax  = 64                    // appends in one group
 	groupedEventsMax = 16                    // an append with more events than this goes alone
 )
@@ -80,17 +87,17 @@ type groupResult struct {
 }
 
 type grouper struct {
-	pool   *pgxpool.Pool
-	reqs   chan *groupedAppend
-	slots  chan struct{}   // a token per group in flight, given back when it is done or slow
-	slow   atomic.Int64    // nanoseconds: groupSlowAfter, which tests change
-	closed <-chan struct{} // closed by Store.Close
-	wg     *sync.WaitGroup // Store.Close waits for groups in flight
+	pool        *pgxpool.Pool
+	reqs        chan *groupedAppend
+	slots       chan struct{}   // a token per group in flight
+	lockTimeout atomic.Int64    // milliseconds: groupLockTimeout, which tests change
+	closed      <-chan struct{} // closed by Store.Close
+	wg          *sync.WaitGroup // Store.Close waits for groups in flight
 }
 
 func newGrouper(pool *pgxpool.Pool, closed <-chan struct{}, wg *sync.WaitGroup) *grouper {
 	g := &grouper{pool: pool, reqs: make(chan *groupedAppend, groupAppendsMax), slots: make(chan struct{}, groupsInFlight), closed: closed, wg: wg}
-	g.slow.Store(int64(groupSlowAfter))
+	g.lockTimeout.Store(groupLockTimeout.Milliseconds())
 	return g
 }
 
@@ -138,16 +145,11 @@ func (g *grouper) run(ctx context.Context) {
 			<-g.slots
 			continue
 		}
+		slices.SortFunc(group, func(a, b *groupedAppend) int { return strings.Compare(a.stream, b.stream) })
 		g.wg.Add(1)
 		go func() {
 			defer g.wg.Done()
-			// A group that waits (on a row lock of a transaction left open,
-			// say) gives its slot back early, so that it does not hold up
-			// appends to other streams.
-			giveBack := sync.OnceFunc(func() { <-g.slots })
-			slow := time.AfterFunc(time.Duration(g.slow.Load()), giveBack)
-			defer slow.Stop()
-			defer giveBack()
+			defer func() { <-g.slots }()
 			g.send(ctx, group)
 		}()
 	}
@@ -234,7 +236,8 @@ func (g *grouper) insert(ctx context.Context, group []*groupedAppend) ([]groupRe
 	b := &pgx.Batch{}
 	// Without a generic plan, PostgreSQL plans the statement anew for each
 	// group (its arrays' lengths vary), which costs more than running it.
-	b.Queue(`SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)`)
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true),
+		set_config('lock_timeout', $1, true)`, fmt.Sprintf("%dms", g.lockTimeout.Load()))
 	b.Queue(groupSQL, streams, kinds, exact, appendNo, ords, ids, types, data, metadata)
 	br := g.pool.SendBatch(ctx, b)
 	defer br.Close() //nolint:errcheck // reports the error already returned

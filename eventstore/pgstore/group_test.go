@@ -28,20 +28,21 @@ type appendOutcome struct {
 // holdSlots makes every group slot busy until release: each is held by an
 // append to a stream whose first revision an open transaction of the test
 // has inserted, so that the append waits on its unique key until the test
-// rolls back. Unless keep is false, the slots stay taken however long that
-// takes.
+// rolls back. With keep, the groups wait for the lock however long that
+// takes; otherwise they give up after groupLockTimeout, as they would
+// outside tests.
 func holdSlots(t *testing.T, s *Store, db *testdb.DB, keep bool) (release func()) {
 	t.Helper()
 	ctx := context.Background()
 	if keep {
-		s.group.slow.Store(int64(time.Hour))
+		s.group.lockTimeout.Store(time.Hour.Milliseconds())
 	}
 	blocker, err := db.Pool.Begin(ctx)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = blocker.Rollback(ctx) }) // the connection goes back to the pool even if the test fails
 	var wg sync.WaitGroup
 	for i := range groupsInFlight {
-		stream := fmt.Sprintf("blocker-%d", i)
+		stream := fmt.Sprintf("blocker-%d-%s", i, uuid.NewString())
 		_, err := blocker.Exec(ctx, `INSERT INTO sightline.event_log (stream_id, revision, event_id, type, data) VALUES ($1, 0, $2, 'T', '{}')`, stream, uuid.New())
 		require.NoError(t, err)
 		wg.Add(1)
@@ -91,7 +92,7 @@ func appendQueued(t *testing.T, s *Store, db *testdb.DB, calls []appendCall, rel
 func waitingOnLocks(t *testing.T, db *testdb.DB) int {
 	var n int
 	require.NoError(t, db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
-		WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&n))
+		WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'transactionid'`).Scan(&n))
 	return n
 }
 
@@ -126,27 +127,37 @@ func TestQueuedAppendsShareATransaction(t *testing.T) {
 		for j, e := range got {
 			require.Equal(t, uint64(j), e.Revision)
 			require.Equal(t, calls[i].events[j].EventID, e.EventID)
+			if j > 0 {
+				require.Greater(t, e.Position.Commit, got[j-1].Position.Commit, "an append's events are positioned in order")
+			}
 		}
 	}
 	require.Equal(t, 1, transactionsOf(t, db, streams...))
 }
 
-// In a group, an append whose condition fails writes nothing and gets the
-// error it would get alone; the others are written.
+// In a group, each append's condition holds or fails on its own: one whose
+// condition fails writes nothing and gets the error it would get alone; the
+// others are written.
 func TestGroupedAppendKeepsItsOwnCondition(t *testing.T) {
 	s, db := newTestStore(t, Config{})
 	ctx := context.Background()
-	_, err := s.Append(ctx, "order-old", eventstore.NoStream, events(2)...)
-	require.NoError(t, err)
+	for _, stream := range []string{"order-old", "order-x", "order-y"} {
+		_, err := s.Append(ctx, stream, eventstore.NoStream, events(2)...)
+		require.NoError(t, err)
+	}
 	out := appendQueued(t, s, db, []appendCall{
 		{"order-a", eventstore.NoStream, events(1)},
 		{"order-old", eventstore.NoStream, events(1)},
 		{"order-b", eventstore.StreamExists, events(1)},
-		{"order-old", eventstore.Exact(0), events(1)}, // held for a group of its own: the stream is in this one
+		{"order-old", eventstore.Exact(0), events(1)}, // one of the two order-old appends waits for the next group
 		{"order-c", eventstore.Any, events(1)},
+		{"order-x", eventstore.Exact(1), events(1)},
+		{"order-y", eventstore.StreamExists, events(1)},
 	}, nil)
-	require.NoError(t, out[0].err)
-	require.NoError(t, out[4].err)
+	for i, want := range map[int]uint64{0: 1, 4: 1, 5: 3, 6: 3} {
+		require.NoError(t, out[i].err, i)
+		require.Equal(t, want, out[i].res.NextRevision, i)
+	}
 	var wrong *eventstore.WrongExpectedRevisionError
 	require.ErrorAs(t, out[1].err, &wrong)
 	require.Equal(t, int64(1), wrong.Actual)
@@ -154,7 +165,7 @@ func TestGroupedAppendKeepsItsOwnCondition(t *testing.T) {
 	require.Equal(t, int64(-1), wrong.Actual)
 	require.ErrorAs(t, out[3].err, &wrong)
 	require.Equal(t, int64(1), wrong.Actual)
-	require.Equal(t, 1, transactionsOf(t, db, "order-a", "order-c"))
+	require.Equal(t, 1, transactionsOf(t, db, "order-a", "order-c", "order-x", "order-y")-2) // order-x's and order-y's first appends are the others
 	got, err := s.ReadStream(ctx, "order-old", 0, 10)
 	require.NoError(t, err)
 	require.Len(t, got, 2)
@@ -162,15 +173,12 @@ func TestGroupedAppendKeepsItsOwnCondition(t *testing.T) {
 
 // A group the server refuses as a whole sends each append back alone: the
 // others are written, each in its own transaction, and the culprit gets what
-// it would have got alone. Here one append of the group loses a race for its
-// stream's next revision to a transaction that commits while the group waits
-// for it, and another reuses an event ID.
+// it would have got alone. First one append of the group loses a race for
+// its stream's next revision to a transaction that commits while the group
+// waits for it; then one reuses an event ID.
 func TestFailedGroupGoesAlone(t *testing.T) {
 	s, db := newTestStore(t, Config{})
 	ctx := context.Background()
-	first := events(1)
-	done, err := s.Append(ctx, "order-old", eventstore.NoStream, first...)
-	require.NoError(t, err)
 	racer, err := db.Pool.Begin(ctx)
 	require.NoError(t, err)
 	defer racer.Rollback(ctx) //nolint:errcheck // committed below
@@ -180,37 +188,57 @@ func TestFailedGroupGoesAlone(t *testing.T) {
 		{"order-a", eventstore.NoStream, events(1)},
 		{"order-race", eventstore.Any, events(1)},
 		{"order-b", eventstore.NoStream, events(1)},
-		{"order-old", eventstore.NoStream, first}, // the same append again
-		{"order-c", eventstore.NoStream, first},   // its event ID, to another stream
 	}, func() {
 		require.Eventually(t, func() bool { return waitingOnLocks(t, db) == 1 }, 10*time.Second, 5*time.Millisecond)
 		require.NoError(t, racer.Commit(ctx))
 	})
+	for _, o := range out {
+		require.NoError(t, o.err)
+	}
+	require.Equal(t, uint64(2), out[1].res.NextRevision)
+	require.Equal(t, 4, transactionsOf(t, db, "order-a", "order-b", "order-race")) // the racer's and one for each append
+
+	first := events(1)
+	done, err := s.Append(ctx, "order-old", eventstore.NoStream, first...)
+	require.NoError(t, err)
+	out = appendQueued(t, s, db, []appendCall{
+		{"order-c", eventstore.NoStream, events(1)},
+		{"order-old", eventstore.NoStream, first}, // the same append again
+		{"order-d", eventstore.NoStream, first},   // its event ID, to another stream
+	}, nil)
 	require.NoError(t, out[0].err)
 	require.NoError(t, out[1].err)
-	require.Equal(t, uint64(2), out[1].res.NextRevision)
-	require.NoError(t, out[2].err)
-	require.NoError(t, out[3].err)
-	require.Equal(t, done, out[3].res)
-	require.ErrorIs(t, out[4].err, eventstore.ErrIdempotency)
-	require.Equal(t, 3, transactionsOf(t, db, "order-a", "order-b", "order-race")-1) // the racer's is the fourth
+	require.Equal(t, done, out[1].res)
+	require.ErrorIs(t, out[2].err, eventstore.ErrIdempotency)
 	var n int
-	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.event_log WHERE stream_id IN ('order-old', 'order-c')`).Scan(&n))
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.event_log WHERE stream_id IN ('order-old', 'order-d')`).Scan(&n))
 	require.Equal(t, 1, n)
 }
 
 // An append whose caller gives up while it waits for its group is never
-// sent.
+// sent; the rest of its group is.
 func TestAppendGivenUpInTheQueueIsNotSent(t *testing.T) {
 	s, db := newTestStore(t, Config{})
-	ctx, cancel := context.WithCancel(context.Background())
-	a := &groupedAppend{ctx: ctx, stream: "order-gone", rows: mustRows(t, "order-gone", events(1)), done: make(chan groupResult, 1)}
-	cancel()
-	group, rest := s.group.gather([]*groupedAppend{a})
-	require.Empty(t, group)
-	require.Empty(t, rest)
-	require.ErrorIs(t, (<-a.done).err, context.Canceled)
+	release := holdSlots(t, s, db, true)
+	gone, giveUp := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := s.Append(gone, "order-gone", eventstore.NoStream, events(1)...)
+		gaveUp <- err
+	}()
+	require.Eventually(t, func() bool { return len(s.group.reqs) == 1 }, 10*time.Second, time.Millisecond)
+	stays := make(chan error, 1)
+	go func() {
+		_, err := s.Append(context.Background(), "order-stays", eventstore.NoStream, events(1)...)
+		stays <- err
+	}()
+	require.Eventually(t, func() bool { return len(s.group.reqs) == 2 }, 10*time.Second, time.Millisecond)
+	giveUp()
+	require.ErrorIs(t, <-gaveUp, context.Canceled)
+	release()
+	require.NoError(t, <-stays)
 	require.Equal(t, 0, transactionsOf(t, db, "order-gone"))
+	require.Equal(t, 1, transactionsOf(t, db, "order-stays"))
 }
 
 func mustRows(t *testing.T, stream string, evs []eventstore.EventData) appendRows {
@@ -219,8 +247,9 @@ func mustRows(t *testing.T, stream string, evs []eventstore.EventData) appendRow
 	return r
 }
 
-// A group that waits on a lock gives its slot back after a while, so that
-// appends to other streams are not held up behind it.
+// A group that waits on a row lock longer than groupLockTimeout gives up,
+// and its appends go alone: appends to other streams are not held up
+// behind it.
 func TestWaitingGroupMakesRoom(t *testing.T) {
 	s, db := newTestStore(t, Config{})
 	release := holdSlots(t, s, db, false)
@@ -230,5 +259,5 @@ func TestWaitingGroupMakesRoom(t *testing.T) {
 	res, err := s.Append(ctx, "order-free", eventstore.NoStream, events(1)...)
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), res.NextRevision)
-	require.Equal(t, groupsInFlight, waitingOnLocks(t, db))
+	require.Equal(t, groupsInFlight, waitingOnLocks(t, db)) // the blocked appends, each alone now
 }
