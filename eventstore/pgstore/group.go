@@ -47,8 +47,8 @@ const (
 // groupSQL appends each of a group's appends whose stream satisfies its
 // condition and marks the events unsequenced, like appendSQL; it returns each
 // append's stream's last revision before the statement and whether its events
-// went in. Conditions: 0 any, 1 no stream, 2 the stream exists, 3 an exact
-// revision. The appends of a group are to distinct streams.
+// went in. Conditions are condAny, condNoStream, condExists and condExact
+// (0 to 3). The appends of a group are to distinct streams.
 const groupSQL = `WITH req AS (
 		SELECT r.n, r.stream_id,
 			coalesce((SELECT max(e.revision) FROM sightline.event_log e WHERE e.stream_id = r.stream_id), -1) AS rev,
@@ -214,16 +214,7 @@ func (g *grouper) insert(ctx context.Context, group []*groupedAppend) ([]groupRe
 	var ids, types, data, metadata []string
 	for i, a := range group {
 		streams[i] = a.stream
-		switch {
-		case a.expected.IsNoStream():
-			kinds[i] = 1
-		case a.expected.IsStreamExists():
-			kinds[i] = 2
-		default:
-			if rev, ok := a.expected.Exact(); ok {
-				kinds[i], exact[i] = 3, int64(rev)
-			}
-		}
+		kinds[i], exact[i] = condition(a.expected)
 		for j := range a.rows.ids {
 			appendNo = append(appendNo, int32(i+1))
 			ords = append(ords, int32(j+1))
@@ -236,7 +227,7 @@ func (g *grouper) insert(ctx context.Context, group []*groupedAppend) ([]groupRe
 	b := &pgx.Batch{}
 	// Without a generic plan, PostgreSQL plans the statement anew for each
 	// group (its arrays' lengths vary), which costs more than running it.
-	b.Queue(`SELECT set_config('synchronous_commit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true),
+	b.Queue(`SELECT `+commitUnflushed+`, set_config('plan_cache_mode', 'force_generic_plan', true),
 		set_config('lock_timeout', $1, true)`, fmt.Sprintf("%dms", g.lockTimeout.Load()))
 	b.Queue(groupSQL, streams, kinds, exact, appendNo, ords, ids, types, data, metadata)
 	br := g.pool.SendBatch(ctx, b)

@@ -241,12 +241,6 @@ func TestAppendGivenUpInTheQueueIsNotSent(t *testing.T) {
 	require.Equal(t, 1, transactionsOf(t, db, "order-stays"))
 }
 
-func mustRows(t *testing.T, stream string, evs []eventstore.EventData) appendRows {
-	r, err := appendArgs(stream, evs)
-	require.NoError(t, err)
-	return r
-}
-
 // A group that waits on a row lock longer than groupLockTimeout gives up,
 // and its appends go alone: appends to other streams are not held up
 // behind it.

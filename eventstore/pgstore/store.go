@@ -299,11 +299,35 @@ const appendTail = `
 	)
 	SELECT (SELECT rev FROM cur), max(id), max(revision) FROM ins`
 
-var appendStatements = map[string]string{
-	"any":       appendSQL + `true` + appendTail,
-	"no-stream": appendSQL + `cur.rev = -1` + appendTail,
-	"exists":    appendSQL + `cur.rev >= 0` + appendTail,
-	"exact":     appendSQL + `cur.rev = $6` + appendTail,
+// Conditions on a stream's last revision, as the append statements (and a
+// group's, groupSQL) take them.
+const (
+	condAny int32 = iota
+	condNoStream
+	condExists
+	condExact
+)
+
+var appendStatements = [...]string{
+	condAny:      appendSQL + `true` + appendTail,
+	condNoStream: appendSQL + `cur.rev = -1` + appendTail,
+	condExists:   appendSQL + `cur.rev >= 0` + appendTail,
+	condExact:    appendSQL + `cur.rev = $6` + appendTail,
+}
+
+// condition is expected as the append statements take it: the condition
+// and, for condExact, the revision.
+func condition(expected eventstore.ExpectedRevision) (cond int32, exact int64) {
+	switch {
+	case expected.IsNoStream():
+		return condNoStream, 0
+	case expected.IsStreamExists():
+		return condExists, 0
+	}
+	if rev, ok := expected.Exact(); ok {
+		return condExact, int64(rev)
+	}
+	return condAny, 0
 }
 
 // appendAttempts bounds the retries of an append that keeps losing the race
@@ -331,9 +355,14 @@ type querier interface {
 // same stream, whose revision check counts it.
 type unflushed struct{ pool *pgxpool.Pool }
 
+// commitUnflushed, selected first in a transaction's round trip, makes its
+// commit not wait for the disk (SET LOCAL would warn: not yet in a
+// transaction block).
+const commitUnflushed = `set_config('synchronous_commit', 'off', true)`
+
 func (u unflushed) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	b := &pgx.Batch{}                                               // one round trip and one implicit transaction
-	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`) // SET LOCAL would warn: not yet in a transaction block
+	b := &pgx.Batch{} // one round trip and one implicit transaction
+	b.Queue(`SELECT ` + commitUnflushed)
 	b.Queue(sql, args...)
 	return closingRow{u.pool.SendBatch(ctx, b)}
 }
@@ -360,22 +389,14 @@ func (r closingRow) Scan(dest ...any) error {
 // than the winner's commit.
 func insertEvents(ctx context.Context, q querier, stream string, expected eventstore.ExpectedRevision, r appendRows, retry bool) (uint64, error) {
 	args := []any{stream, r.ids, r.types, r.data, r.metadata}
-	kind := "any"
-	switch {
-	case expected.IsNoStream():
-		kind = "no-stream"
-	case expected.IsStreamExists():
-		kind = "exists"
-	default:
-		if rev, ok := expected.Exact(); ok {
-			kind = "exact"
-			args = append(args, int64(rev))
-		}
+	cond, exact := condition(expected)
+	if cond == condExact {
+		args = append(args, exact)
 	}
 	for attempt := 1; ; attempt++ {
 		var cur int64
 		var lastID, lastRev *int64
-		err := q.QueryRow(ctx, appendStatements[kind], args...).Scan(&cur, &lastID, &lastRev)
+		err := q.QueryRow(ctx, appendStatements[cond], args...).Scan(&cur, &lastID, &lastRev)
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "event_log_stream_revision_key" && retry && attempt < appendAttempts {
 			continue // another append took the revision first: look again
