@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -435,6 +436,11 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.StatusCode)
 	for _, want := range wants {
 		require.True(t, strings.Contains(r.body, want), "missing %q in\n%s", want, r.body)
+	}
+	// The request durations resolve the queries' 5 ms target, below the
+	// default buckets' first bound.
+	for _, le := range []string{"0.00025", "0.004", "8.192"} {
+		require.Regexp(t, `sightline_http_request_duration_seconds_bucket\{[^}]*url="/v1/orders/:id",le="`+regexp.QuoteMeta(le)+`"\} [01]\n`, r.body)
 	}
 }
 
