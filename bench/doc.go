@@ -14,10 +14,11 @@
 //     from the end-to-end histogram and from a probe that appends and reads
 //     back with Projection-Min-Position;
 //   - query latency of the example endpoints at 1 000 requests/s while
-//     projecting, with vegeta as the load generator, against the same
-//     load before the traffic and against the floor: PostgreSQL alone
-//     reading orders by primary key at that rate while plain inserts go
-//     in at the traffic's.
+//     projecting, as vegeta (the load generator) and as the API's own
+//     request-duration histogram time it, against the same load before
+//     the traffic and against two floors: PostgreSQL alone reading orders
+//     by primary key at that rate under the traffic, and while plain
+//     inserts go in at the traffic's rate.
 //
 // It owns the sightline_bench_* databases it creates on the server it is
 // given; the rebuild database is kept between runs, so that it is seeded

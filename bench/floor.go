@@ -16,14 +16,15 @@ import (
 	"github.com/sightlinehq/sightline/readmodel"
 )
 
-// floor is what PostgreSQL alone does on this machine at the live part's
-// write rate: the latency of reading an order's row by primary key while
-// plain inserts go in, with no store, no projection work, and no HTTP or
-// JSON in the way.
+// floor is what PostgreSQL alone does on this machine under a write load:
+// the latency of reading an order's row by primary key, with no API, HTTP
+// or JSON in the way, while plain inserts go in at the live part's rate
+// (measureFloor: no store and no projection work either), or while the
+// live traffic is appended and projected (readOrders during it).
 type floor struct {
 	reads    []time.Duration // sorted
 	readRate float64         // reads per second sent
-	inserted float64         // inserts per second committed
+	inserted float64         // inserts per second committed, by measureFloor
 	cpu      string
 }
 
@@ -32,16 +33,8 @@ const floorReadRate = 1000
 
 // measureFloor inserts single events into a plain table (insertPlain) at
 // liveRate from liveWriters writers, one transaction each, and meanwhile
-// reads orders by id, round robin, at 1 000/s, each read on its own from
-// the pool that the writers share, as the API's reads do during the
-// traffic. A read is timed from its start to its row, as vegeta times a
-// request, and goes out when it is due whatever the answers before it
-// take, so that slow answers do not slow the load. The reads of the first
-// warmUp are not counted, as the queries' are not.
+// reads orders by id as readOrders does.
 func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Duration) (floor, error) {
-	if len(ids) == 0 {
-		return floor{}, errors.New("no orders to read")
-	}
 	if _, err := pool.Exec(ctx, createPlain); err != nil {
 		return floor{}, err
 	}
@@ -56,23 +49,20 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 	var (
 		mu       sync.Mutex
 		inserted int
-		firstErr error
+		writeErr error
 	)
-	fail := func(err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if firstErr == nil && load.Err() == nil {
-			firstErr = err
-		}
-		stop()
-	}
 	limiter := simulate.Pacer(liveRate) // as the traffic's writers are paced
 	var writers sync.WaitGroup
 	for w := range liveWriters {
 		writers.Go(func() {
 			for i := 0; limiter.Wait(load) == nil; i++ {
 				if _, err := pool.Exec(load, insertPlain, fmt.Sprintf("floor-w%d-%d", w, i), uuid.NewString(), readmodel.TypeOrderPlaced, plainEvent); err != nil {
-					fail(err)
+					mu.Lock()
+					if writeErr == nil && load.Err() == nil {
+						writeErr = err
+					}
+					mu.Unlock()
+					stop()
 					return
 				}
 				mu.Lock()
@@ -83,10 +73,39 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 	}
 	time.Sleep(warmUp) // the writes settle, as the live part's traffic does
 
-	var f floor
 	mu.Lock()
 	insertedBefore := inserted
 	mu.Unlock()
+	start := time.Now()
+	f, err := readOrders(load, pool, ids, d)
+	mu.Lock()
+	f.inserted = float64(inserted-insertedBefore) / time.Since(start).Seconds()
+	mu.Unlock()
+	stop()
+	writers.Wait()
+	if err := cmp.Or(ctx.Err(), writeErr, err); err != nil {
+		return floor{}, err
+	}
+	return f, nil
+}
+
+// readOrders reads orders by id, round robin, at 1 000/s for warmUp and
+// then d, each read on its own from the pool, as the API's reads are, and
+// returns the latencies of those after warmUp (as the queries' are
+// counted). A read is timed from its start to its row, as vegeta times a
+// request, and goes out when it is due whatever the answers before it
+// take, so that slow answers do not slow the load.
+func readOrders(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Duration) (floor, error) {
+	if len(ids) == 0 {
+		return floor{}, errors.New("no orders to read")
+	}
+	load, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu       sync.Mutex
+		f        floor
+		firstErr error
+	)
 	start := time.Now()
 	cpu, err := measureCPU(func() {
 		var readers sync.WaitGroup
@@ -96,7 +115,7 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 			if due.Sub(start) >= warmUp+d {
 				break
 			}
-			measured := due.Sub(start) >= warmUp // as the queries are
+			measured := due.Sub(start) >= warmUp
 			time.Sleep(time.Until(due))
 			id := ids[sent%len(ids)]
 			readers.Go(func() {
@@ -108,25 +127,23 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 					err = rows.Err()
 				}
 				took := time.Since(began)
+				mu.Lock()
+				defer mu.Unlock()
 				if err != nil {
-					fail(fmt.Errorf("read order %s: %w", id, err))
+					if firstErr == nil && load.Err() == nil {
+						firstErr = fmt.Errorf("read order %s: %w", id, err)
+					}
+					stop()
 					return
 				}
 				if measured {
-					mu.Lock()
 					f.reads = append(f.reads, took)
-					mu.Unlock()
 				}
 			})
 		}
 		f.readRate = float64(sent) / time.Since(start).Seconds()
 		readers.Wait()
 	})
-	mu.Lock()
-	f.inserted = float64(inserted-insertedBefore) / time.Since(start).Seconds()
-	mu.Unlock()
-	stop()
-	writers.Wait()
 	if err := cmp.Or(ctx.Err(), firstErr, err); err != nil {
 		return floor{}, err
 	}

@@ -38,9 +38,10 @@ const (
 // writers, and measures event written → visible, from the end-to-end
 // histogram and from a probe that appends an order and reads it back with
 // Projection-Min-Position; then, with the traffic going on, the example
-// endpoints' latency under 1 000 requests/s. Before the traffic, it
-// measures the same query load and the queries' floor (measureFloor), as
-// references.
+// endpoints' latency under 1 000 requests/s, as vegeta and as the API's
+// own histogram time it, and the same rate of bare reads by primary key
+// (readOrders), the API idle. Before the traffic, it measures the same
+// query load and the queries' floor (measureFloor), as references.
 func benchLive(ctx context.Context, cfg config, rep *report) error {
 	db, err := openDatabase(ctx, cfg, "sightline_bench_live", true)
 	if err != nil {
@@ -60,7 +61,7 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
-	srv := api.New(api.Config{Addr: "127.0.0.1:0", Pool: pool, Store: store, Daemon: d, Gatherer: reg, Logger: cfg.logger})
+	srv := api.New(api.Config{Addr: "127.0.0.1:0", Pool: pool, Store: store, Daemon: d, Registerer: reg, Gatherer: reg, Logger: cfg.logger})
 	if err := srv.Listen(); err != nil {
 		return err
 	}
@@ -80,9 +81,10 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	targets := queryTargets(base, orders, customers)
-	var idle *vegeta.Metrics
-	idleCPU, err := measureCPU(func() { idle = attack(targets, cfg.phase) })
-	if err != nil {
+	var idle queryLoad
+	var attackErr error
+	idleCPU, err := measureCPU(func() { idle, attackErr = attack(reg, targets, cfg.phase) })
+	if err = cmp.Or(attackErr, err); err != nil {
 		return err
 	}
 
@@ -131,24 +133,39 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		fmt.Sprintf("%s / %s / %s", ms(pct(probes, 0.50)), ms(pct(probes, 0.99)), ms(probes[len(probes)-1])), "", "", "p99 < 50 ms", pct(probes, 0.99) < 50*time.Millisecond)
 
 	// Phase 2: queries under load, with the traffic still going.
-	var busy *vegeta.Metrics
-	busyCPU, err := measureCPU(func() { busy = attack(targets, cfg.phase) })
-	if err != nil {
+	var busy queryLoad
+	busyCPU, err := measureCPU(func() { busy, attackErr = attack(reg, targets, cfg.phase) })
+	if err = cmp.Or(attackErr, err); err != nil {
 		return err
+	}
+
+	// Phase 3: the same rate of bare reads, the API idle, with the traffic
+	// still going.
+	pgBusy, err := readOrders(ctx, pool, orders, cfg.phase)
+	if err != nil {
+		return fmt.Errorf("reads under the traffic: %w", err)
 	}
 	stopTraffic()
 	if err := <-trafficDone; err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
-	rep.add(fmt.Sprintf("queries: GET orders, order lists, customer stats, daily sales at %.0f requests/s for %s while projecting the traffic above (p50 / p99 / max; %.1f%%, reference %.1f%% succeeded; %s); reference: the same before the traffic (%s)", busy.Rate, cfg.phase, 100*busy.Success, 100*idle.Success, busyCPU, idleCPU),
-		fmt.Sprintf("%s / %s / %s", ms(busy.Latencies.P50), ms(busy.Latencies.P99), ms(busy.Latencies.Max)),
-		fmt.Sprintf("%s / %s / %s", ms(idle.Latencies.P50), ms(idle.Latencies.P99), ms(idle.Latencies.Max)),
-		fmt.Sprintf("p99 %.1f×", float64(busy.Latencies.P99)/float64(idle.Latencies.P99)),
-		"p99 < 5 ms at 1 000 requests/s", busy.Latencies.P99 < 5*time.Millisecond && busy.Success == 1)
+	rep.add(fmt.Sprintf("queries: GET orders, order lists, customer stats, daily sales at %.0f requests/s for %s while projecting the traffic above, timed by the load generator in the bench's process (p50 / p99 / max; %.1f%%, reference %.1f%% succeeded; %s); reference: the same before the traffic (%s)", busy.client.Rate, cfg.phase, 100*busy.client.Success, 100*idle.client.Success, busyCPU, idleCPU),
+		fmt.Sprintf("%s / %s / %s", ms(busy.client.Latencies.P50), ms(busy.client.Latencies.P99), ms(busy.client.Latencies.Max)),
+		fmt.Sprintf("%s / %s / %s", ms(idle.client.Latencies.P50), ms(idle.client.Latencies.P99), ms(idle.client.Latencies.Max)),
+		fmt.Sprintf("p99 %.1f×", float64(busy.client.Latencies.P99)/float64(idle.client.Latencies.P99)),
+		"p99 < 5 ms at 1 000 requests/s", busy.client.Latencies.P99 < 5*time.Millisecond && busy.client.Success == 1)
+	busyServer, idleServer := busy.server.quantile(0.99), idle.server.quantile(0.99)
+	rep.add("queries, the same requests timed by the API itself, from handing the request to its handlers to their answer (sightline_http_request_duration_seconds, interpolated in power-of-two buckets; p50 / p99); reference: before the traffic",
+		fmt.Sprintf("%s / %s", ms(busy.server.quantile(0.50)), ms(busyServer)),
+		fmt.Sprintf("%s / %s", ms(idle.server.quantile(0.50)), ms(idleServer)),
+		fmt.Sprintf("p99 %.1f×", float64(busyServer)/float64(idleServer)),
+		"p99 < 5 ms", busyServer < 5*time.Millisecond)
+	rep.add(fmt.Sprintf("queries' floor under the traffic: PostgreSQL alone, an order's row read by primary key at %.0f/s from the bench's pool right after the queries, the traffic above still appended and projected, the API idle (p50 / p99 / max; %s)", pgBusy.readRate, pgBusy.cpu),
+		"", floorCell(pgBusy), fmt.Sprintf("queries' p99 %.1f× this", float64(busy.client.Latencies.P99)/float64(pct(pgBusy.reads, 0.99))),
+		"the queries' p99 < 5 ms, for PostgreSQL alone", pct(pgBusy.reads, 0.99) < 5*time.Millisecond)
 	floorP99 := pct(pgAlone.reads, 0.99)
-	rep.add(fmt.Sprintf("queries' floor: PostgreSQL alone, before the traffic, an order's row read by primary key at %.0f/s while %d writers insert single events into a plain table at %.0f/s, the projector and the API idle (p50 / p99 / max; %s)", pgAlone.readRate, liveWriters, pgAlone.inserted, pgAlone.cpu),
-		"", fmt.Sprintf("%s / %s / %s", ms(pct(pgAlone.reads, 0.50)), ms(floorP99), ms(pgAlone.reads[len(pgAlone.reads)-1])),
-		fmt.Sprintf("queries' p99 %.1f× this", float64(busy.Latencies.P99)/float64(floorP99)),
+	rep.add(fmt.Sprintf("queries' floor before the traffic: PostgreSQL alone, an order's row read by primary key at %.0f/s while %d writers insert single events into a plain table at %.0f/s, the projector and the API idle (p50 / p99 / max; %s)", pgAlone.readRate, liveWriters, pgAlone.inserted, pgAlone.cpu),
+		"", floorCell(pgAlone), fmt.Sprintf("queries' p99 %.1f× this", float64(busy.client.Latencies.P99)/float64(floorP99)),
 		"the queries' p99 < 5 ms, for PostgreSQL alone", floorP99 < 5*time.Millisecond)
 	return nil
 }
@@ -159,19 +176,40 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 // each while the traffic goes on, to be behind it.
 const warmUp = 2 * time.Second
 
+// queryLoad is one query load's latencies: as the load generator saw them,
+// and as the API's request-duration histogram has them.
+type queryLoad struct {
+	client *vegeta.Metrics
+	server histogram
+}
+
 // attack sends the targets round robin at 1 000 requests/s for warmUp, then
-// measures them for d.
-func attack(targets []vegeta.Target, d time.Duration) *vegeta.Metrics {
+// measures them for d: vegeta's results, and what the API's histogram in g
+// gained meanwhile.
+func attack(g prometheus.Gatherer, targets []vegeta.Target, d time.Duration) (queryLoad, error) {
 	attacker := vegeta.NewAttacker(vegeta.Timeout(5*time.Second), vegeta.KeepAlive(true), vegeta.Workers(32))
 	m := &vegeta.Metrics{}
 	began := time.Now()
+	var before histogram
+	var beforeErr error
+	measuring := make(chan struct{})
+	go func() {
+		defer close(measuring)
+		time.Sleep(warmUp)
+		before, beforeErr = requestDurations(g)
+	}()
 	for res := range attacker.Attack(vegeta.NewStaticTargeter(targets...), vegeta.Rate{Freq: 1000, Per: time.Second}, warmUp+d, "queries") {
 		if res.Timestamp.Sub(began) >= warmUp {
 			m.Add(res)
 		}
 	}
 	m.Close()
-	return m
+	<-measuring
+	after, err := requestDurations(g)
+	if err = cmp.Or(beforeErr, err); err != nil {
+		return queryLoad{}, err
+	}
+	return queryLoad{client: m, server: after.minus(before)}, nil
 }
 
 // waitCaughtUp waits until every runner has applied the store's head.
@@ -225,6 +263,11 @@ func probe(ctx context.Context, store eventstore.Store, base string, d time.Dura
 	return out, nil
 }
 
+// floorCell is a floor's p50 / p99 / max.
+func floorCell(f floor) string {
+	return fmt.Sprintf("%s / %s / %s", ms(pct(f.reads, 0.50)), ms(pct(f.reads, 0.99)), ms(f.reads[len(f.reads)-1]))
+}
+
 func pct(sorted []time.Duration, q float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
@@ -270,34 +313,62 @@ func queryTargets(base string, orders, customers []string) []vegeta.Target {
 	return targets
 }
 
-// histogram is a snapshot of sightline_end_to_end_seconds for orders.
+// histogram is a snapshot of a Prometheus histogram, or of the sum of
+// several with the same buckets.
 type histogram struct {
 	bounds []float64 // upper bounds, seconds
 	counts []uint64  // cumulative
 }
 
+// endToEnd is sightline_end_to_end_seconds for orders.
 func endToEnd(g prometheus.Gatherer) (histogram, error) {
+	return gatherHistogram(g, "sightline_end_to_end_seconds", func(m *dto.Metric) bool { return label(m, "projection") == "orders" })
+}
+
+// readModelRoutes are the routes queryTargets sends requests to.
+var readModelRoutes = map[string]bool{"/v1/orders/:id": true, "/v1/orders": true, "/v1/customers/:id/stats": true, "/v1/sales/daily": true}
+
+// requestDurations is sightline_http_request_duration_seconds over the read
+// models' routes, whatever the answer.
+func requestDurations(g prometheus.Gatherer) (histogram, error) {
+	return gatherHistogram(g, "sightline_http_request_duration_seconds", func(m *dto.Metric) bool { return readModelRoutes[label(m, "url")] })
+}
+
+// gatherHistogram sums the histograms of the family name that match: an
+// empty histogram when none has been observed yet.
+func gatherHistogram(g prometheus.Gatherer, name string, match func(*dto.Metric) bool) (histogram, error) {
 	families, err := g.Gather()
 	if err != nil {
 		return histogram{}, err
 	}
 	for _, f := range families {
-		if f.GetName() != "sightline_end_to_end_seconds" {
+		if f.GetName() != name {
 			continue
 		}
+		var h histogram
 		for _, m := range f.GetMetric() {
-			if label(m, "projection") != "orders" {
+			if !match(m) {
 				continue
 			}
-			var h histogram
-			for _, b := range m.GetHistogram().GetBucket() {
-				h.bounds, h.counts = append(h.bounds, b.GetUpperBound()), append(h.counts, b.GetCumulativeCount())
+			buckets := m.GetHistogram().GetBucket()
+			if h.bounds == nil {
+				for _, b := range buckets {
+					h.bounds = append(h.bounds, b.GetUpperBound())
+				}
+				h.bounds = append(h.bounds, math.Inf(1))
+				h.counts = make([]uint64, len(h.bounds))
 			}
-			h.bounds, h.counts = append(h.bounds, math.Inf(1)), append(h.counts, m.GetHistogram().GetSampleCount())
-			return h, nil
+			if len(buckets)+1 != len(h.bounds) {
+				return histogram{}, fmt.Errorf("%s: histograms with different buckets", name)
+			}
+			for i, b := range buckets {
+				h.counts[i] += b.GetCumulativeCount()
+			}
+			h.counts[len(buckets)] += m.GetHistogram().GetSampleCount()
 		}
+		return h, nil
 	}
-	return histogram{}, errors.New("no sightline_end_to_end_seconds for orders")
+	return histogram{}, fmt.Errorf("no %s", name)
 }
 
 func label(m *dto.Metric, name string) string {
@@ -309,10 +380,15 @@ func label(m *dto.Metric, name string) string {
 	return ""
 }
 
+// minus is what h gained since o, an earlier snapshot of the same
+// histograms (or one taken before any was observed).
 func (h histogram) minus(o histogram) histogram {
 	out := histogram{bounds: h.bounds, counts: make([]uint64, len(h.counts))}
 	for i := range h.counts {
-		out.counts[i] = h.counts[i] - o.counts[i]
+		out.counts[i] = h.counts[i]
+		if o.counts != nil {
+			out.counts[i] -= o.counts[i]
+		}
 	}
 	return out
 }
@@ -320,6 +396,9 @@ func (h histogram) minus(o histogram) histogram {
 // quantile interpolates linearly inside the bucket that holds q, as
 // PromQL's histogram_quantile does.
 func (h histogram) quantile(q float64) time.Duration {
+	if len(h.counts) == 0 {
+		return 0
+	}
 	total := h.counts[len(h.counts)-1]
 	if total == 0 {
 		return 0
