@@ -209,7 +209,11 @@ func attack(g prometheus.Gatherer, targets []vegeta.Target, d time.Duration) (qu
 	if err = cmp.Or(beforeErr, err); err != nil {
 		return queryLoad{}, err
 	}
-	return queryLoad{client: m, server: after.minus(before)}, nil
+	server := after.minus(before)
+	if seen := server.counts[len(server.counts)-1]; seen < m.Requests/2 {
+		return queryLoad{}, fmt.Errorf("the API's histogram has %d of the %d requests sent", seen, m.Requests)
+	}
+	return queryLoad{client: m, server: server}, nil
 }
 
 // waitCaughtUp waits until every runner has applied the store's head.
@@ -334,8 +338,8 @@ func requestDurations(g prometheus.Gatherer) (histogram, error) {
 	return gatherHistogram(g, "sightline_http_request_duration_seconds", func(m *dto.Metric) bool { return readModelRoutes[label(m, "url")] })
 }
 
-// gatherHistogram sums the histograms of the family name that match: an
-// empty histogram when none has been observed yet.
+// gatherHistogram sums the histograms of the family name that match; it
+// fails when none does, rather than report a latency of nothing.
 func gatherHistogram(g prometheus.Gatherer, name string, match func(*dto.Metric) bool) (histogram, error) {
 	families, err := g.Gather()
 	if err != nil {
@@ -366,9 +370,12 @@ func gatherHistogram(g prometheus.Gatherer, name string, match func(*dto.Metric)
 			}
 			h.counts[len(buckets)] += m.GetHistogram().GetSampleCount()
 		}
+		if h.bounds == nil {
+			break
+		}
 		return h, nil
 	}
-	return histogram{}, fmt.Errorf("no %s", name)
+	return histogram{}, fmt.Errorf("no %s that the bench reads", name)
 }
 
 func label(m *dto.Metric, name string) string {
@@ -381,14 +388,11 @@ func label(m *dto.Metric, name string) string {
 }
 
 // minus is what h gained since o, an earlier snapshot of the same
-// histograms (or one taken before any was observed).
+// histograms.
 func (h histogram) minus(o histogram) histogram {
 	out := histogram{bounds: h.bounds, counts: make([]uint64, len(h.counts))}
 	for i := range h.counts {
-		out.counts[i] = h.counts[i]
-		if o.counts != nil {
-			out.counts[i] -= o.counts[i]
-		}
+		out.counts[i] = h.counts[i] - o.counts[i]
 	}
 	return out
 }
@@ -396,9 +400,6 @@ func (h histogram) minus(o histogram) histogram {
 // quantile interpolates linearly inside the bucket that holds q, as
 // PromQL's histogram_quantile does.
 func (h histogram) quantile(q float64) time.Duration {
-	if len(h.counts) == 0 {
-		return 0
-	}
 	total := h.counts[len(h.counts)-1]
 	if total == 0 {
 		return 0
