@@ -49,7 +49,7 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 	var (
 		mu       sync.Mutex
 		inserted int
-		writeErr error
+		failed   firstError
 	)
 	limiter := simulate.Pacer(liveRate) // as the traffic's writers are paced
 	var writers sync.WaitGroup
@@ -57,12 +57,7 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 		writers.Go(func() {
 			for i := 0; limiter.Wait(load) == nil; i++ {
 				if _, err := pool.Exec(load, insertPlain, fmt.Sprintf("floor-w%d-%d", w, i), uuid.NewString(), readmodel.TypeOrderPlaced, plainEvent); err != nil {
-					mu.Lock()
-					if writeErr == nil && load.Err() == nil {
-						writeErr = err
-					}
-					mu.Unlock()
-					stop()
+					failed.set(load, stop, err)
 					return
 				}
 				mu.Lock()
@@ -83,7 +78,7 @@ func measureFloor(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.
 	mu.Unlock()
 	stop()
 	writers.Wait()
-	if err := cmp.Or(ctx.Err(), writeErr, err); err != nil {
+	if err := cmp.Or(ctx.Err(), failed.get(), err); err != nil {
 		return floor{}, err
 	}
 	return f, nil
@@ -102,9 +97,9 @@ func readOrders(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Du
 	load, stop := context.WithCancel(ctx)
 	defer stop()
 	var (
-		mu       sync.Mutex
-		f        floor
-		firstErr error
+		mu     sync.Mutex
+		f      floor
+		failed firstError
 	)
 	start := time.Now()
 	cpu, err := measureCPU(func() {
@@ -127,24 +122,21 @@ func readOrders(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Du
 					err = rows.Err()
 				}
 				took := time.Since(began)
-				mu.Lock()
-				defer mu.Unlock()
 				if err != nil {
-					if firstErr == nil && load.Err() == nil {
-						firstErr = fmt.Errorf("read order %s: %w", id, err)
-					}
-					stop()
+					failed.set(load, stop, fmt.Errorf("read order %s: %w", id, err))
 					return
 				}
 				if measured {
+					mu.Lock()
 					f.reads = append(f.reads, took)
+					mu.Unlock()
 				}
 			})
 		}
 		f.readRate = float64(sent) / time.Since(start).Seconds()
 		readers.Wait()
 	})
-	if err := cmp.Or(ctx.Err(), firstErr, err); err != nil {
+	if err := cmp.Or(ctx.Err(), failed.get(), err); err != nil {
 		return floor{}, err
 	}
 	if len(f.reads) == 0 {
@@ -153,4 +145,26 @@ func readOrders(ctx context.Context, pool *pgxpool.Pool, ids []string, d time.Du
 	f.cpu = cpu
 	slices.Sort(f.reads)
 	return f, nil
+}
+
+// firstError keeps the first error of a load, and stops the load on it;
+// what fails once the load is stopped is the stop's doing, not kept.
+type firstError struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (e *firstError) set(load context.Context, stop context.CancelFunc, err error) {
+	e.mu.Lock()
+	if e.err == nil && load.Err() == nil {
+		e.err = err
+	}
+	e.mu.Unlock()
+	stop()
+}
+
+func (e *firstError) get() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
 }
