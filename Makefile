@@ -13,6 +13,7 @@ test:
 # fail the run as it ends ("context deadline exceeded", golang/go#75804).
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 50000x ./readmodel/
+	go test -run '^$$' -fuzz '^FuzzScan$$' -fuzztime 200000x ./internal/pgsql/
 
 drill:
 	go test -race -count=1 -p 1 -tags pgrestart -run '^(TestPostgresRestartUnderLoad|TestAcknowledgedAppendsSurviveACrash)$$' ./readmodel/ ./eventstore/pgstore/

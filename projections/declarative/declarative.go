@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"gopkg.in/yaml.v3"
 
 	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/internal/pgsql"
 	"github.com/sightlinehq/sightline/projections"
 )
 
@@ -146,61 +146,27 @@ func New(spec Spec) (*Projection, error) {
 	return p, nil
 }
 
-// compile turns :name parameters into $n with their types. It leaves
-// '::' casts and anything inside '…' literals, "…" identifiers and
-// $$…$$ bodies alone.
+// compile makes a handler's :name parameters positional, each cast to its
+// type. Colons inside literals, quoted identifiers, comments, dollar
+// quoting and :: casts are left alone (internal/pgsql lexes as PostgreSQL
+// does).
 func compile(sql string) (handler, error) {
-	var out strings.Builder
-	var h handler
-	index := map[string]int{}
-	for i := 0; i < len(sql); i++ {
-		c := sql[i]
-		switch {
-		case c == '\'' || c == '"':
-			end := strings.IndexByte(sql[i+1:], c)
-			if end < 0 {
-				return handler{}, fmt.Errorf("unterminated %c", c)
-			}
-			out.WriteString(sql[i : i+end+2])
-			i += end + 1
-		case c == '$' && strings.HasPrefix(sql[i:], "$$"):
-			end := strings.Index(sql[i+2:], "$$")
-			if end < 0 {
-				return handler{}, errors.New("unterminated $$")
-			}
-			out.WriteString(sql[i : i+end+4])
-			i += end + 3
-		case c == ':' && i+1 < len(sql) && sql[i+1] == ':':
-			out.WriteString("::")
-			i++
-		case c == ':' && i+1 < len(sql) && isIdentStart(sql[i+1]):
-			j := i + 1
-			for j < len(sql) && isIdent(sql[j]) {
-				j++
-			}
-			name := sql[i+1 : j]
-			typ, ok := params[name]
-			if !ok {
-				return handler{}, fmt.Errorf("unknown parameter :%s (want one of :stream_id, :revision, :position, :event_id, :type, :data, :metadata, :created_at)", name)
-			}
-			n, seen := index[name]
-			if !seen {
-				h.params = append(h.params, name)
-				n = len(h.params)
-				index[name] = n
-			}
-			fmt.Fprintf(&out, "$%d::%s", n, typ)
-			i = j - 1
-		default:
-			out.WriteByte(c)
-		}
+	toks, err := pgsql.Scan(sql)
+	if err != nil {
+		return handler{}, err
 	}
-	h.sql = out.String()
-	return h, nil
+	n, err := pgsql.Bind(toks, func(name string) (string, error) {
+		typ, ok := params[name]
+		if !ok {
+			return "", fmt.Errorf("unknown parameter :%s (want one of :stream_id, :revision, :position, :event_id, :type, :data, :metadata, :created_at)", name)
+		}
+		return typ, nil
+	})
+	if err != nil {
+		return handler{}, err
+	}
+	return handler{sql: n.SQL, params: n.Params}, nil
 }
-
-func isIdentStart(c byte) bool { return c == '_' || c >= 'a' && c <= 'z' }
-func isIdent(c byte) bool      { return isIdentStart(c) || c >= '0' && c <= '9' }
 
 func (p *Projection) Name() string     { return p.spec.Name }
 func (p *Projection) Version() int     { return p.spec.Version }

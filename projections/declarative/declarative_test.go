@@ -162,3 +162,23 @@ handlers:
 	require.Equal(t, map[string]int64{"acct-1": 40, "acct-2": 3}, sum())
 	require.NoError(t, d.Stop(ctx))
 }
+
+// TestHandlerSQLIsLexedAsPostgreSQLDoes: colons in comments, E” strings
+// and dollar quoting are not parameters; the handler compiles and runs.
+func TestHandlerSQLIsLexedAsPostgreSQLDoes(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := declarative.New(declarative.Spec{
+		Name: "lexed", Version: 1, Streams: []string{"l-"},
+		Tables:   map[string]string{"t": "CREATE TABLE t (a text)"},
+		Handlers: map[string]string{"E": "-- copies :type, not :nope\nINSERT INTO t VALUES (E'it\\'s :nope' || $x$ :nope $x$ || :type) /* :nope */"},
+	})
+	require.NoError(t, err)
+	db := testdb.New(t)
+	var out string
+	_, err = db.Pool.Exec(ctx, `CREATE TABLE t (a text)`)
+	require.NoError(t, err)
+	require.NoError(t, db.Pool.QueryRow(ctx, `WITH x AS (`+declarative.DeclarativeSQL(t, p, "E")+` RETURNING a) SELECT a FROM x`, "E").Scan(&out))
+	require.Equal(t, "it's :nope :nope E", out)
+}
