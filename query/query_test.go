@@ -1,0 +1,290 @@
+package query_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sightlinehq/sightline/internal/testdb"
+	"github.com/sightlinehq/sightline/query"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// setup makes a schema of tables on a fresh database and returns a pool
+// whose search path leads to it, as a projection's queries see theirs.
+func setup(t *testing.T, ddl string) (context.Context, *pgxpool.Pool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	db := testdb.New(t)
+	_, err := db.Pool.Exec(ctx, `CREATE SCHEMA rm; SET search_path = rm; `+ddl)
+	require.NoError(t, err)
+	cfg := db.Pool.Config()
+	cfg.ConnConfig.RuntimeParams["search_path"] = "rm"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return ctx, pool
+}
+
+// check compiles and checks q in a transaction it rolls back.
+func check(ctx context.Context, t *testing.T, pool *pgxpool.Pool, q query.Query) (*query.Prepared, error) {
+	t.Helper()
+	c, err := query.Compile("p", q)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	return c.Check(ctx, tx)
+}
+
+func mustCheck(ctx context.Context, t *testing.T, pool *pgxpool.Pool, q query.Query) *query.Prepared {
+	t.Helper()
+	p, err := check(ctx, t, pool, q)
+	require.NoError(t, err)
+	return p
+}
+
+// run reads one page.
+func run(ctx context.Context, t *testing.T, pool *pgxpool.Pool, p *query.Prepared, values url.Values, page query.Page, f query.Format) (*query.Result, error) {
+	t.Helper()
+	args, err := p.Bind(values)
+	require.NoError(t, err)
+	b := &pgx.Batch{}
+	res := p.Queue(b, args, page, f)
+	err = pool.SendBatch(ctx, b).Close()
+	return res, err
+}
+
+func TestCompileRefusesBadDeclarations(t *testing.T) {
+	t.Parallel()
+	id := []query.Param{{Name: "id", Type: query.Text, Required: true}}
+	for want, q := range map[string]query.Query{
+		"query name":                    {Name: "Bad-Name", SQL: "SELECT 1 AS x", One: true},
+		"not a declared param":          {Name: "q", SQL: "SELECT :nope AS x", One: true},
+		"one SELECT":                    {Name: "q", SQL: "DELETE FROM t", One: true},
+		"more than one statement":       {Name: "q", SQL: "SELECT 1 AS x; DROP TABLE t", One: true},
+		"positional parameter $1":       {Name: "q", SQL: "SELECT $1 AS x", One: true},
+		"declared but neither":          {Name: "q", Params: id, SQL: "SELECT 1 AS x", One: true},
+		"route's own":                   {Name: "q", Params: []query.Param{{Name: "limit", Type: query.Integer}}, SQL: "SELECT :limit AS x", One: true},
+		`type "float"`:                  {Name: "q", Params: []query.Param{{Name: "n", Type: "float"}}, SQL: "SELECT :n AS x", One: true},
+		"default \"soon\"":              {Name: "q", Params: []query.Param{{Name: "d", Type: query.Date, Default: "soon"}}, SQL: "SELECT :d AS x", One: true},
+		"required param has no default": {Name: "q", Params: []query.Param{{Name: "n", Type: query.Integer, Required: true, Default: "1"}}, SQL: "SELECT :n AS x", One: true},
+		"needs a unique ordering":       {Name: "q", SQL: "SELECT 1 AS x"},
+		"has no pages":                  {Name: "q", SQL: "SELECT 1 AS x", One: true, PageBy: []string{"x"}},
+		"want asc or desc":              {Name: "q", SQL: "SELECT 1 AS x", PageBy: []string{"x sideways"}},
+		"stream: one SQL expression":    {Name: "q", Params: id, SQL: "SELECT :id AS x", One: true, Stream: "'a'; DROP TABLE t"},
+		"optional param":                {Name: "q", Params: []query.Param{{Name: "id", Type: query.Text}}, SQL: "SELECT :id AS x", One: true, Route: "/v1/x/:id"},
+		"server's own":                  {Name: "q", Params: id, SQL: "SELECT :id AS x", One: true, Route: "/v1/projections/x/:id"},
+		"unterminated string literal":   {Name: "q", SQL: "SELECT 'x AS x", One: true},
+	} {
+		_, err := query.Compile("p", q)
+		require.ErrorContains(t, err, want, "%+v", q)
+	}
+}
+
+// TestCheckRefusesWhatIsNotOneRead: writes in every disguise, locks,
+// names the tables do not have, and results without names are refused
+// with PostgreSQL's reason, and the table is untouched.
+func TestCheckRefusesWhatIsNotOneRead(t *testing.T) {
+	t.Parallel()
+	ctx, pool := setup(t, `CREATE TABLE t (id int PRIMARY KEY, doc json); INSERT INTO t VALUES (1, '{}');
+		CREATE SEQUENCE s;
+		CREATE FUNCTION bump() RETURNS int LANGUAGE sql AS 'INSERT INTO t VALUES (99, null) RETURNING id';`)
+	for want, sql := range map[string]string{
+		"data-modifying statement":          "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+		"SELECT FOR UPDATE":                 "SELECT * FROM t FOR UPDATE",
+		"SELECT FOR SHARE":                  "SELECT id FROM t FOR SHARE",
+		`relation "missing" does not exist`: "SELECT * FROM missing",
+		`column "nope" does not exist`:      "SELECT nope FROM t",
+		"has no name":                       "SELECT id, 1 FROM t",
+		"two result columns are named id":   "SELECT id, id FROM t",
+		"42601":                             "SELECT FROM WHERE",
+	} {
+		_, err := check(ctx, t, pool, query.Query{Name: "q", SQL: sql, One: true})
+		require.ErrorContains(t, err, want, sql)
+	}
+	_, err := check(ctx, t, pool, query.Query{Name: "q", SQL: "SELECT id, doc FROM t", PageBy: []string{"doc"}})
+	require.ErrorContains(t, err, "type json")
+	_, err = check(ctx, t, pool, query.Query{Name: "q", SQL: "SELECT id FROM t", PageBy: []string{"nope"}})
+	require.ErrorContains(t, err, "page_by: nope is not a column of the result (id)")
+
+	// A function with side effects gets past the check, which reads no
+	// row, and is refused when it runs: each query runs read-only.
+	p := mustCheck(ctx, t, pool, query.Query{Name: "q", SQL: "SELECT bump() AS b, nextval('s') AS n", One: true})
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{AccessMode: pgx.ReadOnly})
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck
+	args, err := p.Bind(nil)
+	require.NoError(t, err)
+	b := &pgx.Batch{}
+	p.Queue(b, args, query.Page{}, query.JSON)
+	require.ErrorContains(t, tx.SendBatch(ctx, b).Close(), "read-only transaction")
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM t`).Scan(&n))
+	require.Equal(t, 1, n, "nothing written")
+}
+
+func TestBindRefusesBadValues(t *testing.T) {
+	t.Parallel()
+	params := []query.Param{
+		{Name: "i", Type: query.Integer}, {Name: "b", Type: query.Bigint}, {Name: "n", Type: query.Numeric},
+		{Name: "f", Type: query.Boolean}, {Name: "d", Type: query.Date}, {Name: "ts", Type: query.Timestamptz},
+		{Name: "u", Type: query.UUID}, {Name: "s", Type: query.Text, Enum: []string{"a", "b"}},
+		{Name: "r", Type: query.Text, Required: true},
+	}
+	var cols []string
+	for _, p := range params {
+		cols = append(cols, fmt.Sprintf(":%s AS %s", p.Name, p.Name))
+	}
+	c, err := query.Compile("p", query.Query{Name: "q", Params: params, SQL: "SELECT " + strings.Join(cols, ", "), One: true})
+	require.NoError(t, err)
+	for q, want := range map[string]string{
+		"r=x&i=2147483648":               "param i (integer): want a whole number",
+		"r=x&b=1.5":                      "param b (bigint)",
+		"r=x&n=1e":                       "param n (numeric): want a decimal number",
+		"r=x&f=maybe":                    "param f (boolean): want true or false",
+		"r=x&d=2026-13-01":               "param d (date)",
+		"r=x&ts=yesterday":               "param ts (timestamptz): want an RFC 3339 time",
+		"r=x&u=not-a-uuid":               "param u (uuid)",
+		"r=x&s=c":                        "param s (text): want one of a, b",
+		"i=1":                            "param r (text): required",
+		"r=x&r=y":                        "given more than once",
+		"r=x&typo=1":                     "param typo: query q has no such param",
+		"r=x&i=1%27%3B--":                "param i (integer)",
+		"r=" + strings.Repeat("x", 5000): "longer than",
+	} {
+		v, err := url.ParseQuery(q)
+		require.NoError(t, err)
+		_, err = c.Bind(v)
+		var pe *query.ParamError
+		require.ErrorAs(t, err, &pe, q)
+		require.ErrorContains(t, err, want, q)
+	}
+	v, _ := url.ParseQuery("r=x&i=-5&b=9007199254740993&n=12.50&f=true&d=2026-12-06&ts=2026-12-06T19:30:00.5%2B01:00&u=5f0c7d42-9a3e-4c1b-8d2f-3a4b5c6d7e8f&s=b&limit=3")
+	_, err = c.Bind(v)
+	require.NoError(t, err)
+}
+
+// TestValuesGoOutTyped: each SQL type as the JSON and CSV contracts say,
+// and a hostile value bound, never spliced.
+func TestValuesGoOutTyped(t *testing.T) {
+	t.Parallel()
+	ctx, pool := setup(t, `CREATE TABLE t (id text PRIMARY KEY)`)
+	p := mustCheck(ctx, t, pool, query.Query{Name: "q", Params: []query.Param{{Name: "s", Type: query.Text, Required: true}}, One: true, SQL: `SELECT
+		:s AS s, 7::int AS i, 9007199254740993::bigint AS b, 12.50::numeric AS n, 'NaN'::float8 AS f, 1.5::float4 AS r,
+		true AS ok, NULL::text AS nothing, '2026-12-06'::date AS d, 'infinity'::date AS forever,
+		'2026-12-06 19:30:00.123456+01'::timestamptz AS ts, '2026-12-06 19:30:00'::timestamp AS local,
+		'{"a": [1, 2.50]}'::jsonb AS doc, '{"b":1}'::json AS raw, '\x0102'::bytea AS bin,
+		'5f0c7d42-9a3e-4c1b-8d2f-3a4b5c6d7e8f'::uuid AS u, ARRAY[1, 2] AS arr, '1 day'::interval AS span,
+		E'line\nquote" \u2028' AS tricky`})
+	hostile := `x'); DROP TABLE t; --`
+	res, err := run(ctx, t, pool, p, url.Values{"s": {hostile}}, query.Page{}, query.JSON)
+	require.NoError(t, err)
+	require.True(t, res.Found)
+	require.JSONEq(t, `{"s":"x'); DROP TABLE t; --","i":7,"b":9007199254740993,"n":"12.50","f":"NaN","r":1.5,"ok":true,
+		"nothing":null,"d":"2026-12-06","forever":"infinity","ts":"2026-12-06T18:30:00.123456Z","local":"2026-12-06T19:30:00",
+		"doc":{"a":[1,2.50]},"raw":{"b":1},"bin":"AQI=","u":"5f0c7d42-9a3e-4c1b-8d2f-3a4b5c6d7e8f","arr":[1,2],
+		"span":"1 day 00:00:00","tricky":"line\nquote\" \u2028"}`, string(res.Body))
+	require.Contains(t, string(res.Body), `"b":9007199254740993,`, "bigint as a number, every digit kept")
+	require.Contains(t, string(res.Body), `"doc":{"a": [1, 2.50]}`, "jsonb as PostgreSQL wrote it")
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM t`).Scan(&n), "the table is still there")
+
+	list := mustCheck(ctx, t, pool, query.Query{Name: "l", PageBy: []string{"i"}, SQL: `SELECT i, 'a,"b"' AS s, NULL::int AS z, '{"k":1}'::jsonb AS j FROM generate_series(1, 2) i`})
+	res, err = run(ctx, t, pool, list, nil, query.Page{Limit: 10}, query.CSV)
+	require.NoError(t, err)
+	require.Equal(t, "i,s,z,j\n1,\"a,\"\"b\"\"\",,\"{\"\"k\"\": 1}\"\n2,\"a,\"\"b\"\"\",,\"{\"\"k\"\": 1}\"\n", string(res.Body))
+}
+
+// TestPagesReadEveryRowOnce pages through rows with NULLs and ties in
+// every ordering of two keys, one page size after another: the pages
+// together are the rows in the order a plain ORDER BY gives, each once.
+func TestPagesReadEveryRowOnce(t *testing.T) {
+	t.Parallel()
+	ctx, pool := setup(t, `CREATE TABLE t (id int PRIMARY KEY, a int, b text, at timestamptz NOT NULL)`)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for id := range 60 {
+		var a, b any
+		if rng.IntN(4) > 0 {
+			a = rng.IntN(5)
+		}
+		if rng.IntN(4) > 0 {
+			b = fmt.Sprintf("b%d", rng.IntN(3))
+		}
+		_, err := pool.Exec(ctx, `INSERT INTO t VALUES ($1, $2, $3, '2026-01-01'::timestamptz + $4 * interval '1 minute')`, id, a, b, rng.IntN(20))
+		require.NoError(t, err)
+	}
+	for _, order := range [][]string{
+		{"id"}, {"id desc"}, {"at", "id"}, {"at desc", "id"}, {"a", "id"}, {"a desc", "id"}, {"a", "b desc", "id"},
+		{"b desc", "a", "id desc"}, {"at desc", "a", "id"},
+	} {
+		p := mustCheck(ctx, t, pool, query.Query{Name: "q", PageBy: order, SQL: `SELECT id, a, b, at FROM t WHERE id % 7 <> 3`})
+		rows, err := pool.Query(ctx, `SELECT id FROM (SELECT id, a, b, at FROM t WHERE id % 7 <> 3) q ORDER BY `+strings.Join(order, ", "))
+		require.NoError(t, err)
+		want, err := pgx.CollectRows(rows, pgx.RowTo[int])
+		require.NoError(t, err)
+		for _, limit := range []int{1, 2, 7, 100} {
+			var got []int
+			page := query.Page{Limit: limit}
+			for pages := 0; ; pages++ {
+				require.Less(t, pages, 100)
+				res, err := run(ctx, t, pool, p, nil, page, query.JSON)
+				require.NoError(t, err, "%v limit %d", order, limit)
+				var items []struct{ ID int }
+				require.NoError(t, json.Unmarshal(res.Body, &items))
+				require.LessOrEqual(t, len(items), limit)
+				for _, it := range items {
+					got = append(got, it.ID)
+				}
+				if res.Next == "" {
+					break
+				}
+				page.After, err = p.Cursor(res.Next)
+				require.NoError(t, err)
+			}
+			require.Equal(t, want, got, "%v limit %d", order, limit)
+		}
+	}
+}
+
+func TestCursorOfAnotherQueryIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx, pool := setup(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 3)`)
+	a := mustCheck(ctx, t, pool, query.Query{Name: "a", PageBy: []string{"id"}, SQL: "SELECT id FROM t"})
+	b := mustCheck(ctx, t, pool, query.Query{Name: "b", PageBy: []string{"id"}, SQL: "SELECT id FROM t"})
+	res, err := run(ctx, t, pool, a, nil, query.Page{Limit: 1}, query.JSON)
+	require.NoError(t, err)
+	require.NotEmpty(t, res.Next)
+	_, err = a.Cursor(res.Next)
+	require.NoError(t, err)
+	for _, c := range []string{res.Next, "!!", "bm90IGpzb24", ""} {
+		_, err = b.Cursor(c)
+		require.ErrorIs(t, err, query.ErrBadCursor, c)
+	}
+}
+
+func TestOneRefusesMoreThanOneRow(t *testing.T) {
+	t.Parallel()
+	ctx, pool := setup(t, `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 3)`)
+	p := mustCheck(ctx, t, pool, query.Query{Name: "q", One: true, SQL: "SELECT id FROM t"})
+	_, err := run(ctx, t, pool, p, nil, query.Page{}, query.JSON)
+	require.ErrorIs(t, err, query.ErrNotOne)
+	none := mustCheck(ctx, t, pool, query.Query{Name: "q", One: true, SQL: "SELECT id FROM t WHERE id > 5"})
+	res, err := run(ctx, t, pool, none, nil, query.Page{}, query.JSON)
+	require.NoError(t, err)
+	require.False(t, res.Found)
+}
