@@ -165,8 +165,13 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 		applied++
 		r.m.endToEnd.Observe(now.Sub(e.CreatedAt).Seconds())
 	}
+	moved, _ := plan.revisions()
+	for _, row := range parked {
+		moved = append(moved, row.event.StreamID)
+	}
 	r.mu.Lock()
 	r.setPositionLocked(newPosition)
+	r.wakeStreamsLocked(moved)
 	r.state.applied += uint64(applied)
 	r.state.lastProgress = now
 	r.mu.Unlock()

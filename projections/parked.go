@@ -304,31 +304,6 @@ type Hold struct {
 	Covers bool
 }
 
-// QueueHeld queues on b the query that says whether stream is held in the
-// runner's projection, and whether an event at or before upTo is among
-// those waiting: a read that the checkpoint says is fresh is not, for a
-// held stream. The caller reads the stream's row in the same round trip; h
-// holds the answer once b's results are read. b must go to the runner's
-// database.
-func (r *Runner) QueueHeld(b *pgx.Batch, stream string, upTo eventstore.Position, h *Hold) {
-	b.Queue(`SELECT
-			(array_agg(id ORDER BY revision))[1], min(revision),
-			coalesce(bool_or((commit_position, prepare_position) <= ($4::bigint, $5::bigint)), false)
-		FROM sightline.parked
-		WHERE projection = $1 AND generation = $2 AND stream_id = $3 AND `+waitingRows+`
-		HAVING count(*) > 0`, r.p.Name(), r.registration().generation, stream, int64(upTo.Commit), int64(upTo.Prepare)).
-		QueryRow(func(row pgx.Row) error {
-			var from int64
-			err := row.Scan(&h.ParkedID, &from, &h.Covers)
-			if errors.Is(err, pgx.ErrNoRows) {
-				*h = Hold{}
-				return nil
-			}
-			h.From = uint64(from)
-			return err
-		})
-}
-
 // Retry is RetryParked for the runner's projection, with its metrics and
 // log.
 func (r *Runner) Retry(ctx context.Context, id int64) (Release, error) {
@@ -349,6 +324,9 @@ func (r *Runner) noteRelease(rel Release, err error, action string) {
 		return
 	}
 	e := rel.Event.Event
+	r.mu.Lock()
+	r.wakeStreamsLocked([]string{e.StreamID})
+	r.mu.Unlock()
 	r.m.applied.Add(float64(len(rel.Applied)))
 	if rel.Skipped {
 		r.m.skippedParked.Inc()

@@ -152,14 +152,15 @@ type Runner struct {
 	sinceAttach, nextAnalyze int
 
 	mu          sync.Mutex
-	reg         registration            // the generation applied, or while not serving, the active one
-	serving     bool                    // the code's version is the active one's: this runner applies it
-	pipeCancel  context.CancelCauseFunc // ends the current attachment to a generation
-	builder     *Runner                 // the rebuild running in this process, if any
-	buildFailed *buildFailure           // a rebuild that cannot take over: not taken up again unless asked
-	rebuild     *RebuildStatus          // the rebuild under way, as last read
-	position    eventstore.Position     // the committed checkpoint
-	advanced    chan struct{}           // closed, and replaced, whenever position moves
+	reg         registration               // the generation applied, or while not serving, the active one
+	serving     bool                       // the code's version is the active one's: this runner applies it
+	pipeCancel  context.CancelCauseFunc    // ends the current attachment to a generation
+	builder     *Runner                    // the rebuild running in this process, if any
+	buildFailed *buildFailure              // a rebuild that cannot take over: not taken up again unless asked
+	rebuild     *RebuildStatus             // the rebuild under way, as last read
+	position    eventstore.Position        // the committed checkpoint
+	advanced    chan struct{}              // closed, and replaced, whenever position moves
+	streamWaits map[string][]chan struct{} // WatchStream's watchers, by stream
 	state       runState
 }
 
@@ -355,6 +356,7 @@ func (r *Runner) run() {
 	}
 	r.mu.Lock()
 	r.state.stopped = true
+	r.wakeAllStreamsLocked()
 	r.mu.Unlock()
 	r.softCancel() // ends the status loop and a builder, also when the loop ended by itself
 	<-statusDone
@@ -386,6 +388,7 @@ func (r *Runner) serve() error {
 	r.mu.Lock()
 	if reg.generation != r.reg.generation {
 		r.log.Info("attached to a new generation", "generation", reg.generation, "version", reg.version, "position", reg.checkpoint.String())
+		r.wakeAllStreamsLocked() // their state is the new generation's now
 	}
 	r.reg, r.serving, r.pipeCancel = reg, serving, cancel
 	r.setPositionLocked(reg.checkpoint)

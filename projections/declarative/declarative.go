@@ -15,6 +15,7 @@ import (
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/internal/pgsql"
 	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/query"
 )
 
 // Spec is a declarative projection as written in YAML.
@@ -31,6 +32,62 @@ type Spec struct {
 	// The SQL names event fields as :stream_id, :revision, :position,
 	// :event_id, :type, :data (jsonb), :metadata (jsonb) and :created_at.
 	Handlers map[string]string `yaml:"handlers"`
+	// Queries are the projection's declared queries, by name, in the order
+	// QueryOrder gives (the file's; by name when it is empty).
+	Queries    map[string]QuerySpec `yaml:"queries"`
+	QueryOrder []string             `yaml:"-"`
+}
+
+// QuerySpec is a declared query as written in YAML; see query.Query.
+type QuerySpec struct {
+	Description string               `yaml:"description"`
+	Params      map[string]ParamSpec `yaml:"params"`
+	// ParamOrder is the params' order: the file's, by name when empty.
+	ParamOrder []string `yaml:"-"`
+	SQL        string   `yaml:"sql"`
+	One        bool     `yaml:"one"`
+	PageBy     []string `yaml:"page_by"`
+	Stream     string   `yaml:"stream"`
+	Route      string   `yaml:"route"`
+}
+
+// ParamSpec is a query's parameter as written in YAML; see query.Param.
+type ParamSpec struct {
+	Type        query.Type `yaml:"type"`
+	Required    bool       `yaml:"required"`
+	Default     string     `yaml:"default"`
+	Enum        []string   `yaml:"enum"`
+	Description string     `yaml:"description"`
+}
+
+// query is the spec as a query.Query.
+func (q QuerySpec) query(name string) query.Query {
+	out := query.Query{Name: name, Description: q.Description, SQL: q.SQL, One: q.One, PageBy: q.PageBy, Stream: q.Stream, Route: q.Route}
+	for _, p := range ordered(q.Params, q.ParamOrder) {
+		ps := q.Params[p]
+		out.Params = append(out.Params, query.Param{Name: p, Type: ps.Type, Required: ps.Required, Default: ps.Default, Enum: ps.Enum, Description: ps.Description})
+	}
+	return out
+}
+
+// ordered is m's keys in order, then any others by name.
+func ordered[V any](m map[string]V, order []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, k := range order {
+		if _, ok := m[k]; ok && !seen[k] {
+			out = append(out, k)
+			seen[k] = true
+		}
+	}
+	var rest []string
+	for k := range m {
+		if !seen[k] {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	return append(out, rest...)
 }
 
 // params are the event fields a handler may name, with their SQL types.
@@ -72,11 +129,18 @@ type handler struct {
 // Projection runs a Spec.
 type Projection struct {
 	spec     Spec
+	source   string // the file, when it came from one
 	tables   []string
 	handlers map[string]handler
+	queries  []query.Query
 }
 
-var _ projections.Projection = (*Projection)(nil)
+var (
+	_ projections.Projection = (*Projection)(nil)
+	_ projections.Queryable  = (*Projection)(nil)
+	_ projections.SQLChecker = (*Projection)(nil)
+	_ projections.Sourced    = (*Projection)(nil)
+)
 
 // Load reads a projection from a YAML file.
 func Load(path string) (*Projection, error) {
@@ -90,11 +154,51 @@ func Load(path string) (*Projection, error) {
 	if err := dec.Decode(&spec); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	spec.QueryOrder = keys(&doc, "queries")
+	for name, q := range spec.Queries {
+		q.ParamOrder = keys(&doc, "queries", name, "params")
+		spec.Queries[name] = q
+	}
 	p, err := New(spec)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	p.source = path
 	return p, nil
+}
+
+// keys are the keys, in order, of the mapping at path in a YAML document.
+func keys(n *yaml.Node, path ...string) []string {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	for _, step := range path {
+		if n.Kind != yaml.MappingNode {
+			return nil
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == step {
+				next = n.Content[i+1]
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		n = next
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	var out []string
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		out = append(out, n.Content[i].Value)
+	}
+	return out
 }
 
 // LoadDir reads every *.yaml and *.yml file of dir, in name order.
@@ -143,7 +247,42 @@ func New(spec Spec) (*Projection, error) {
 		}
 		p.handlers[typ] = h
 	}
+	for _, name := range ordered(spec.Queries, spec.QueryOrder) {
+		q := spec.Queries[name].query(name)
+		if _, err := query.Compile(spec.Name, q); err != nil { // checked again, against the tables, by projections.Check
+			return nil, fmt.Errorf("projection %s, query %s: %w", spec.Name, name, err)
+		}
+		p.queries = append(p.queries, q)
+	}
 	return p, nil
+}
+
+// Queries are the projection's declared queries, in the file's order.
+func (p *Projection) Queries() []query.Query { return p.queries }
+
+// Source is the file the projection was loaded from.
+func (p *Projection) Source() string { return p.source }
+
+// CheckSQL prepares each handler's statement against the tables: a
+// handler that names a column or table the projection does not have, or
+// does not parse, is found at load rather than at its first event.
+func (p *Projection) CheckSQL(ctx context.Context, tx pgx.Tx, _ string) error {
+	var errs []error
+	for _, typ := range sortedKeys(p.handlers) {
+		if _, err := tx.Conn().PgConn().Prepare(ctx, "", p.handlers[typ].sql, nil); err != nil {
+			errs = append(errs, fmt.Errorf("handler %s: %w", typ, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // compile makes a handler's :name parameters positional, each cast to its
