@@ -126,9 +126,9 @@ func (s *Server) listParked(c echo.Context) error {
 	for _, p := range list {
 		out = append(out, ParkedJSON(p))
 	}
-	body := map[string]any{"parked": out}
+	body := ParkedList{Parked: out}
 	if len(list) == opts.Limit {
-		body["next_after"] = list[len(list)-1].ID
+		body.NextAfter = &list[len(list)-1].ID
 	}
 	return c.JSON(http.StatusOK, body)
 }

@@ -68,6 +68,16 @@ func TestParkedRoutes(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.StatusCode, "a position before the held events is in the read model: %s", r.body)
 	require.Equal(t, fmt.Sprint(head.ID), r.Header.Get(api.HeaderStreamParked))
 	require.Empty(t, get(t, b.url+"/v1/orders/1").Header.Get(api.HeaderStreamParked), "other orders are not held")
+	// By revision: the held one, and the last, wait behind the parked
+	// event; the one before it is in the read model.
+	for _, rev := range []string{"1", "2"} {
+		r = get(t, b.url+"/v1/orders/p", api.HeaderMinRevision, rev)
+		require.Equal(t, http.StatusConflict, r.StatusCode, "revision %s: %s", rev, r.body)
+		require.Equal(t, fmt.Sprint(head.ID), r.Header.Get(api.HeaderStreamParked))
+	}
+	r = get(t, b.url+"/v1/orders/p?min_revision=0")
+	require.Equal(t, http.StatusOK, r.StatusCode, r.body)
+	require.Equal(t, fmt.Sprint(head.ID), r.Header.Get(api.HeaderStreamParked))
 
 	r = get(t, base+"?limit=1", auth...)
 	require.NoError(t, json.Unmarshal([]byte(r.body), &list))
@@ -127,7 +137,7 @@ func TestParkedRoutes(t *testing.T) {
 	require.False(t, rel.Skipped)
 	require.Equal(t, http.StatusConflict, do(t, http.MethodPost, retry, "", auth...).StatusCode, "a skipped event is not retried")
 
-	var order api.Order
+	var order order
 	r = get(t, b.url+"/v1/orders/p", api.HeaderMinPosition, res.Position.String())
 	require.Equal(t, http.StatusOK, r.StatusCode, r.body)
 	require.Empty(t, r.Header.Get(api.HeaderStreamParked), "released")

@@ -6,9 +6,11 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,11 +19,10 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/projections"
-	"github.com/sightlinehq/sightline/readmodel"
+	"github.com/sightlinehq/sightline/query"
 )
 
 // AddrDefault is where the API listens unless told otherwise.
@@ -51,6 +52,12 @@ type Config struct {
 	SourceReady func() bool
 	// Gatherer serves /metrics. Defaults to prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
+	// Queries are the declared queries to serve, as projections.Check
+	// returns them.
+	Queries []*query.Prepared
+	// QueryTimeout bounds each declared query (PostgreSQL's
+	// statement_timeout). Defaults to QueryTimeoutDefault.
+	QueryTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -62,10 +69,17 @@ type Server struct {
 	ln       net.Listener
 	stopping chan struct{} // closed by Shutdown: releases read-your-writes waits
 	stopOnce sync.Once
+
+	// readPool runs the declared queries: its connections are read-only,
+	// with the statement timeout, and read the readmodel views, which
+	// show each projection's active generation.
+	readPool *pgxpool.Pool
+	queries  map[string][]*query.Prepared // by projection, in declaration order
+	openapi  []byte
 }
 
-// New builds the server; Start serves it.
-func New(cfg Config) *Server {
+// New builds the server; Serve serves it, and Shutdown (or Close) ends it.
+func New(cfg Config) (*Server, error) {
 	cfg.Addr = cmp.Or(cfg.Addr, AddrDefault)
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.DefaultGatherer
@@ -74,9 +88,16 @@ func New(cfg Config) *Server {
 		cfg.Logger = slog.Default()
 	}
 	cfg.MaxBody = cmp.Or(cfg.MaxBody, MaxBodyDefault)
+	cfg.QueryTimeout = cmp.Or(cfg.QueryTimeout, QueryTimeoutDefault)
+	if cfg.Pool == nil {
+		return nil, errors.New("api: a Pool is required")
+	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{})}
+	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{}), queries: map[string][]*query.Prepared{}}
+	for _, q := range cfg.Queries {
+		s.queries[q.Projection] = append(s.queries[q.Projection], q)
+	}
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(middleware.Recover())
 	if cfg.Registerer != nil {
@@ -86,27 +107,44 @@ func New(cfg Config) *Server {
 			HistogramOptsFunc: requestBuckets,
 		}))
 	}
-	e.GET("/healthz", s.healthz)
-	e.GET("/readyz", s.readyz)
-	e.GET("/metrics", echo.WrapHandler(promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})))
-	e.GET("/v1/projections", s.listProjections)
-	e.GET("/v1/projections/:name", s.getProjection)
+	sc := newSchemas()
+	rs := s.routes(sc)
+	if err := checkRoutes(rs); err != nil {
+		return nil, err
+	}
+	for _, r := range rs {
+		e.Add(r.method, r.path, r.handler, r.mw...)
+	}
+	t, err := buildOpenAPI(rs, sc)
+	if err == nil {
+		s.openapi, err = json.Marshal(t)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("api: the OpenAPI document: %w", err)
+	}
+	if s.readPool, err = openReadPool(cfg.Pool, cfg.QueryTimeout); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
-	e.GET("/v1/orders/:id", s.getOrder, s.fresh("orders", func(c echo.Context) string { return readmodel.OrderStreamPrefix + c.Param("id") }))
-	e.GET("/v1/orders", s.listOrders, s.fresh("orders"))
-	e.GET("/v1/customers/:id/stats", s.customerStats, s.fresh("customer_stats"))
-	e.GET("/v1/sales/daily", s.dailySales, s.fresh("daily_sales"))
-
-	// Writing routes: the token (when set) and a body limit, per route, so
-	// that unknown paths still answer 404.
-	e.POST("/v1/streams/:stream", s.appendEvents, s.requireToken, s.limitBody)
-	// Dead letters carry whole events (data, metadata, errors): admin only.
-	e.GET("/v1/projections/:name/parked", s.listParked, s.requireToken)
-	e.GET("/v1/projections/:name/parked/:id", s.getParked, s.requireToken)
-	e.POST("/v1/projections/:name/parked/:id/retry", s.retryParked, s.requireToken, s.limitBody)
-	e.POST("/v1/projections/:name/parked/:id/skip", s.skipParked, s.requireToken, s.limitBody)
-	e.POST("/v1/projections/:name/rebuild", s.rebuildProjection, s.requireToken, s.limitBody)
-	return s
+// openReadPool opens the declared queries' pool beside pool, on the same
+// database: connections that are read-only whatever is sent on them, cut
+// a statement off after timeout, and resolve a query's unqualified table
+// names to the readmodel views. It connects when first used.
+func openReadPool(pool *pgxpool.Pool, timeout time.Duration) (*pgxpool.Pool, error) {
+	cfg := pool.Config()
+	params := cfg.ConnConfig.RuntimeParams
+	params["default_transaction_read_only"] = "on"
+	params["statement_timeout"] = strconv.FormatInt(max(timeout.Milliseconds(), 1), 10)
+	params["search_path"] = "readmodel, public"
+	params["application_name"] = "sightline queries"
+	cfg.MinConns = 0
+	rp, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("api: the queries' pool: %w", err)
+	}
+	return rp, nil
 }
 
 // requestBuckets gives sightline_http_request_duration_seconds buckets
@@ -186,14 +224,24 @@ func (s *Server) Serve() error {
 }
 
 // Shutdown lets requests in flight finish until ctx ends; requests waiting
-// to read their writes are answered 503 at once.
+// to read their writes are answered 503 at once. Then it closes the
+// queries' pool.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() { close(s.stopping) })
-	return s.echo.Shutdown(ctx)
+	err := s.echo.Shutdown(ctx)
+	s.readPool.Close()
+	return err
+}
+
+// Close ends a server that was never served (one whose Handler a test
+// mounted): it releases waits and closes the queries' pool.
+func (s *Server) Close() {
+	s.stopOnce.Do(func() { close(s.stopping) })
+	s.readPool.Close()
 }
 
 func (s *Server) healthz(c echo.Context) error {
-	return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	return c.JSON(http.StatusOK, Health{Status: "ok"})
 }
 
 func (s *Server) readyz(c echo.Context) error {
@@ -208,9 +256,9 @@ func (s *Server) readyz(c echo.Context) error {
 		checks["source"], ready = "not connected", false
 	}
 	if !ready {
-		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "not ready", "checks": checks})
+		return c.JSON(http.StatusServiceUnavailable, Readiness{Status: "not ready", Checks: checks})
 	}
-	return c.JSON(http.StatusOK, map[string]any{"status": "ready", "checks": checks})
+	return c.JSON(http.StatusOK, Readiness{Status: "ready", Checks: checks})
 }
 
 // ProjectionStatus is the JSON form of a projection's status.
@@ -238,13 +286,13 @@ func statusJSON(st projections.Status) ProjectionStatus {
 }
 
 func (s *Server) listProjections(c echo.Context) error {
-	out := []ProjectionStatus{}
+	out := ProjectionList{Projections: []ProjectionStatus{}}
 	if s.cfg.Daemon != nil {
 		for _, r := range s.cfg.Daemon.Runners() {
-			out = append(out, statusJSON(r.Status()))
+			out.Projections = append(out.Projections, statusJSON(r.Status()))
 		}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"projections": out})
+	return c.JSON(http.StatusOK, out)
 }
 
 func (s *Server) getProjection(c echo.Context) error {

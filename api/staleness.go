@@ -3,12 +3,10 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/labstack/echo/v4"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -23,9 +21,10 @@ const (
 	HeaderStatus      = "Projection-Status"       // live, catching-up, rebuilding, stalled, failed or stopped
 	HeaderMinPosition = "Projection-Min-Position" // read your writes: wait until this position is applied
 	HeaderWaitMs      = "Projection-Wait-Ms"      // how long to wait for it
-	// HeaderStreamParked, on reads of one stream's row, names the parked
-	// event holding that stream: from its revision on, the stream's events
-	// are not in the read model, whatever the position says.
+	// HeaderStreamParked, on reads of a query that names its stream,
+	// names the parked event holding that stream: from its revision on,
+	// the stream's events are not in the read model, whatever the
+	// position says.
 	HeaderStreamParked = "Projection-Stream-Parked"
 )
 
@@ -34,93 +33,6 @@ const (
 	WaitDefault = 2 * time.Second
 	WaitMax     = 30 * time.Second
 )
-
-// fresh serves a read model of the named projection: it waits for the
-// position the client asked for, if any, and sets the staleness headers
-// from the projection's state before the query runs, so the data is at
-// least as fresh as the headers say. stream, when given, names the one
-// stream the request reads: if a parked event holds it, the response says
-// so, and a read-your-writes request whose position is among the held
-// events is answered 409 rather than with data that lacks the write.
-func (s *Server) fresh(projection string, stream ...func(echo.Context) string) echo.MiddlewareFunc {
-	return func(next echo.HandlerFunc) echo.HandlerFunc {
-		return func(c echo.Context) error {
-			r := s.runner(projection)
-			if r == nil {
-				return problem(c, http.StatusServiceUnavailable, "Projection not running", "projection "+projection+" is not running in this process")
-			}
-			want, wait, err := s.readYourWrites(c)
-			if err != nil {
-				return err
-			}
-			if !want.IsStart() {
-				ctx, cancel := context.WithTimeout(c.Request().Context(), wait)
-				err := s.waitFor(ctx, r, want)
-				cancel()
-				if err != nil {
-					s.stalenessHeaders(c, r)
-					c.Response().Header().Set("Retry-After", "1")
-					return problem(c, http.StatusServiceUnavailable, "Not fresh enough yet",
-						"projection "+projection+" has not applied position "+want.String()+" within "+wait.String()+"; retry, or read without "+HeaderMinPosition)
-				}
-			}
-			s.stalenessHeaders(c, r)
-			if len(stream) == 0 {
-				return next(c)
-			}
-			hc := &heldCheck{r: r, projection: projection, stream: stream[0](c), want: want}
-			c.Set(heldKey, hc)
-			err = next(c)
-			if !hc.queued {
-				s.cfg.Logger.Error("the handler did not check whether the stream it read is held", "path", c.Path(), "stream", hc.stream)
-			}
-			return err
-		}
-	}
-}
-
-// heldKey is where fresh leaves a heldCheck in the echo.Context.
-const heldKey = "sightline.held"
-
-// heldCheck is the check of a read of one stream's row against the parked
-// events holding that stream. fresh leaves it to the handler, which queues
-// it before its own query (queueHeld) so both take one round trip, and
-// answers it before writing the row (answer).
-type heldCheck struct {
-	r                  *projections.Runner
-	projection, stream string
-	want               eventstore.Position
-	hold               projections.Hold
-	queued             bool
-}
-
-// queueHeld queues on b the check fresh left for this request, if any.
-// b must go to the read models' database, which is the projections'.
-func queueHeld(c echo.Context, b *pgx.Batch) *heldCheck {
-	hc, _ := c.Get(heldKey).(*heldCheck)
-	if hc != nil {
-		hc.r.QueueHeld(b, hc.stream, hc.want, &hc.hold)
-		hc.queued = true
-	}
-	return hc
-}
-
-// answer sets HeaderStreamParked when a parked event holds the stream, and
-// refuses a read-your-writes request that the held events cover. A nil
-// check answers nothing.
-func (hc *heldCheck) answer(c echo.Context) error {
-	if hc == nil || hc.hold.ParkedID == 0 {
-		return nil
-	}
-	hold := hc.hold
-	c.Response().Header().Set(HeaderStreamParked, strconv.FormatInt(hold.ParkedID, 10))
-	if hc.want.IsStart() || !hold.Covers {
-		return nil
-	}
-	return &Problem{Status: http.StatusConflict, Title: "Stream held by a parked event",
-		Detail: fmt.Sprintf("%s is held from revision %d by parked event %d of %s, so position %s is not in the read model; see /v1/projections/%s/parked/%d",
-			hc.stream, hold.From, hold.ParkedID, hc.projection, hc.want, hc.projection, hold.ParkedID)}
-}
 
 // waitFor waits for r to reach pos, until ctx ends or the server stops.
 func (s *Server) waitFor(ctx context.Context, r *projections.Runner, pos eventstore.Position) error {
@@ -139,26 +51,34 @@ func (s *Server) waitFor(ctx context.Context, r *projections.Runner, pos eventst
 // readYourWrites reads Projection-Min-Position (or ?min_position=) and
 // Projection-Wait-Ms.
 func (s *Server) readYourWrites(c echo.Context) (eventstore.Position, time.Duration, error) {
+	wait := WaitDefault
+	if v := c.Request().Header.Get(HeaderWaitMs); v != "" {
+		var err error
+		if wait, err = waitMs(v); err != nil {
+			return eventstore.Start, 0, err
+		}
+	}
 	token := c.Request().Header.Get(HeaderMinPosition)
 	if token == "" {
 		token = c.QueryParam("min_position")
 	}
 	if token == "" {
-		return eventstore.Start, 0, nil
+		return eventstore.Start, wait, nil
 	}
 	want, err := s.cfg.Store.ParsePosition(token)
 	if err != nil {
 		return want, 0, &Problem{Status: http.StatusBadRequest, Title: "Bad position", Detail: err.Error()}
 	}
-	wait := WaitDefault
-	if v := c.Request().Header.Get(HeaderWaitMs); v != "" {
-		ms, err := strconv.Atoi(v)
-		if err != nil || ms < 0 {
-			return want, 0, &Problem{Status: http.StatusBadRequest, Title: "Bad wait", Detail: HeaderWaitMs + " must be a whole number of milliseconds, 0 to 30000"}
-		}
-		wait = time.Duration(min(ms, int(WaitMax/time.Millisecond))) * time.Millisecond
-	}
 	return want, wait, nil
+}
+
+// waitMs reads Projection-Wait-Ms, bounded by WaitMax.
+func waitMs(v string) (time.Duration, error) {
+	ms, err := strconv.Atoi(v)
+	if err != nil || ms < 0 {
+		return 0, &Problem{Status: http.StatusBadRequest, Title: "Bad wait", Detail: HeaderWaitMs + " must be a whole number of milliseconds, 0 to 30000"}
+	}
+	return time.Duration(min(ms, int(WaitMax/time.Millisecond))) * time.Millisecond, nil
 }
 
 // stalenessHeaders sets the headers from the projection's status at the

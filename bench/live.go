@@ -61,7 +61,14 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
-	srv := api.New(api.Config{Addr: "127.0.0.1:0", Pool: pool, Store: store, Daemon: d, Registerer: reg, Gatherer: reg, Logger: cfg.logger})
+	queries, err := projections.Check(ctx, pool, readmodel.All())
+	if err != nil {
+		return err
+	}
+	srv, err := api.New(api.Config{Addr: "127.0.0.1:0", Pool: pool, Store: store, Daemon: d, Queries: queries, Registerer: reg, Gatherer: reg, Logger: cfg.logger})
+	if err != nil {
+		return err
+	}
 	if err := srv.Listen(); err != nil {
 		return err
 	}
