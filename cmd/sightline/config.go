@@ -43,10 +43,13 @@ type config struct {
 	// RebuildGrace is how long replaced tables are kept after a rebuild.
 	RebuildBatchSize int           `yaml:"rebuild_batch_size"`
 	RebuildGrace     time.Duration `yaml:"rebuild_grace"`
+	// QueryTimeout bounds each declared query.
+	QueryTimeout time.Duration `yaml:"query_timeout"`
 
-	file       string
-	cpuProfile string
-	logger     *slog.Logger
+	file         string
+	cpuProfile   string
+	queryTimeout string // --query-timeout or SIGHTLINE_QUERY_TIMEOUT, parsed into QueryTimeout
+	logger       *slog.Logger
 }
 
 // setting ties a config field to its flag and environment variable.
@@ -63,6 +66,7 @@ func (c *config) settings() []setting {
 		{"log-level", "SIGHTLINE_LOG_LEVEL", "debug, info, warn or error", &c.LogLevel},
 		{"log-format", "SIGHTLINE_LOG_FORMAT", "text or json", &c.LogFormat},
 		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run besides the examples", &c.Projections},
+		{"query-timeout", "SIGHTLINE_QUERY_TIMEOUT", "how long a declared query may run before it is cut off, e.g. 5s (default 5s)", &c.queryTimeout},
 	}
 }
 
@@ -71,7 +75,7 @@ func (c *config) bind(flags *pflag.FlagSet) {
 		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
 	}
 	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, projections")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, projections")
 }
 
 // load resolves the configuration for cmd.
@@ -100,6 +104,16 @@ func (c *config) load(cmd *cobra.Command) error {
 	}
 	if f := cmd.Flags().Lookup("insecure"); f != nil && f.Changed {
 		c.Insecure = f.Value.String() == "true"
+	}
+	if c.queryTimeout != "" {
+		d, err := time.ParseDuration(c.queryTimeout)
+		if err != nil || d <= 0 {
+			return usagef("query timeout %q: want a duration such as 5s", c.queryTimeout)
+		}
+		c.QueryTimeout = d
+	}
+	if c.QueryTimeout < 0 {
+		return usagef("query_timeout must not be negative")
 	}
 	if c.DatabaseURL == "" {
 		c.DatabaseURL = DatabaseURLDefault

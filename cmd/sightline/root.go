@@ -18,7 +18,7 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	c.bind(root.PersistentFlags())
 	root.AddCommand(newRunCmd(c, false), newRunCmd(c, true), newSimulateCmd(c), newMigrateCmd(c), newStatusCmd(c), newParkedCmd(c),
-		newRebuildCmd(c), newVerifyCmd(c))
+		newRebuildCmd(c), newVerifyCmd(c), newCheckCmd(c))
 	return root
 }
 

@@ -66,12 +66,22 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 	if err != nil {
 		return err
 	}
+	// Checked before anything is created: a bad projection file or query
+	// stops the start, with every problem named.
+	queries, err := projections.Check(ctx, a.pool, ps)
+	if err != nil {
+		return fmt.Errorf("refusing to start; the projections have problems (sightline check lists them):\n%w", err)
+	}
 	daemon, err := projections.NewDaemon(a.pool, a.store, ps, c.projectorConfig(projections.NewMetrics(reg), a.sourceName))
 	if err != nil {
 		return err
 	}
-	srv := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, Daemon: daemon,
-		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger})
+	srv, err := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, Daemon: daemon,
+		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger, Queries: queries, QueryTimeout: c.QueryTimeout})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("listen on %s: %w", c.HTTPAddr, err)
 	}
