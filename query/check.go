@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/sightlinehq/sightline/internal/pgsql"
 )
 
 // Column is one column of a query's result.
@@ -111,6 +113,9 @@ func (c *Compiled) check(ctx context.Context, tx pgx.Tx) (*Prepared, error) {
 			return nil, fmt.Errorf("stream: %w", dbReason(err))
 		}
 	}
+	if err := c.ownTables(ctx, tx); err != nil {
+		return nil, err
+	}
 	if _, err := tx.Exec(ctx, `SET LOCAL transaction_read_only = on`); err != nil {
 		return nil, err
 	}
@@ -125,6 +130,62 @@ func (c *Compiled) check(ctx context.Context, tx pgx.Tx) (*Prepared, error) {
 		return nil, fmt.Errorf("sql: %w", dbReason(err))
 	}
 	return p, nil
+}
+
+// ownTables refuses a query that reads relations beyond its projection's
+// tables, the schema the search path leads to: another projection's (or
+// its readmodel view), sightline's own. It keeps the query as a view,
+// whose dependencies PostgreSQL records whatever the parameters, and
+// reads them. (Dependencies on the system catalogs are not recorded: a
+// query of pg_class passes.) A query no view can hold is not checked.
+func (c *Compiled) ownTables(ctx context.Context, tx pgx.Tx) error {
+	toks, err := pgsql.Scan(c.sql)
+	if err != nil {
+		return err
+	}
+	for i, t := range toks {
+		if t.Kind == pgsql.Positional {
+			toks[i].Text = "NULL"
+		}
+	}
+	var schema string
+	if err := tx.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return err
+	}
+	view := pgx.Identifier{schema, "sightline_query_check"}.Sanitize()
+	if _, err := tx.Exec(ctx, `SAVEPOINT sightline_query_view`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `CREATE VIEW `+view+` AS `+pgsql.Text(toks)); err != nil {
+		_, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT sightline_query_view`)
+		return rerr
+	}
+	rows, err := tx.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, r.relname)
+		FROM pg_rewrite w
+		JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid AND d.refclassid = 'pg_class'::regclass
+		JOIN pg_class r ON r.oid = d.refobjid
+		JOIN pg_namespace n ON n.oid = r.relnamespace
+		WHERE w.ev_class = $2::regclass AND r.oid <> w.ev_class AND n.nspname <> $1
+		ORDER BY 1`, schema, view)
+	if err != nil {
+		return err
+	}
+	others, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	if len(others) > 0 {
+		return fmt.Errorf("sql: reads %s, which %s not among the projection's tables; a query reads its own projection's tables, unqualified",
+			strings.Join(others, ", "), plural(len(others), "is", "are"))
+	}
+	return nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // columns describes fields, with their types' names and whether each is a

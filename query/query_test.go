@@ -288,3 +288,27 @@ func TestOneRefusesMoreThanOneRow(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, res.Found)
 }
+
+// TestCheckRefusesOtherTables: a query reads its own projection's tables;
+// one that reaches another schema, in a join, a subquery or a CTE, even
+// behind a parameter that the planner could fold away, is refused.
+func TestCheckRefusesOtherTables(t *testing.T) {
+	t.Parallel()
+	ctx, pool := setup(t, `CREATE TABLE t (id int PRIMARY KEY);
+		CREATE SCHEMA other; CREATE TABLE other.secrets (id int PRIMARY KEY);`)
+	n := []query.Param{{Name: "n", Type: query.Integer}}
+	for _, sql := range []string{
+		"SELECT id FROM other.secrets",
+		"SELECT t.id FROM t JOIN other.secrets s USING (id)",
+		"SELECT id FROM t WHERE EXISTS (SELECT 1 FROM other.secrets WHERE :n IS NOT NULL AND false)",
+		"WITH s AS (SELECT id FROM other.secrets) SELECT id FROM t WHERE id IN (SELECT id FROM s) OR :n = 1",
+	} {
+		q := query.Query{Name: "q", SQL: sql, PageBy: []string{"id"}}
+		if strings.Contains(sql, ":n") {
+			q.Params = n
+		}
+		_, err := check(ctx, t, pool, q)
+		require.ErrorContains(t, err, "reads other.secrets, which is not among the projection's tables", sql)
+	}
+	mustCheck(ctx, t, pool, query.Query{Name: "q", Params: n, SQL: "SELECT id FROM t WHERE id > :n OR :n IS NULL", PageBy: []string{"id"}})
+}
