@@ -165,7 +165,7 @@ func Load(path string) (*Projection, error) {
 	}
 	p, err := New(spec)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, prefixEach(path+": ", err)
 	}
 	p.source = path
 	return p, nil
@@ -213,14 +213,32 @@ func LoadDir(dir string) ([]projections.Projection, error) {
 	}
 	sort.Strings(files)
 	var out []projections.Projection
+	var errs []error
 	for _, f := range files {
 		p, err := Load(f)
 		if err != nil {
-			return nil, err
+			errs = append(errs, err)
+			continue
 		}
 		out = append(out, p)
 	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...) // every file's problems at once
+	}
 	return out, nil
+}
+
+// prefixEach prefixes each of the errors err joins, or err itself.
+func prefixEach(prefix string, err error) error {
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return fmt.Errorf("%s%w", prefix, err)
+	}
+	var out []error
+	for _, e := range joined.Unwrap() {
+		out = append(out, prefixEach(prefix, e))
+	}
+	return errors.Join(out...)
 }
 
 // New checks spec and returns its projection.
@@ -247,12 +265,16 @@ func New(spec Spec) (*Projection, error) {
 		}
 		p.handlers[typ] = h
 	}
+	var errs []error
 	for _, name := range ordered(spec.Queries, spec.QueryOrder) {
 		q := spec.Queries[name].query(name)
 		if _, err := query.Compile(spec.Name, q); err != nil { // checked again, against the tables, by projections.Check
-			return nil, fmt.Errorf("projection %s, query %s: %w", spec.Name, name, err)
+			errs = append(errs, fmt.Errorf("projection %s, query %s: %w", spec.Name, name, err))
 		}
 		p.queries = append(p.queries, q)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return p, nil
 }

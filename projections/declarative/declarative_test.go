@@ -182,3 +182,60 @@ func TestHandlerSQLIsLexedAsPostgreSQLDoes(t *testing.T) {
 	require.NoError(t, db.Pool.QueryRow(ctx, `WITH x AS (`+declarative.DeclarativeSQL(t, p, "E")+` RETURNING a) SELECT a FROM x`, "E").Scan(&out))
 	require.Equal(t, "it's :nope :nope E", out)
 }
+
+// TestQueriesInYAML: queries and their params keep the file's order;
+// projections.Check prepares them against the tables; a file's bad
+// queries are all named, each with the file and the query.
+func TestQueriesInYAML(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	head := "name: things\nversion: 1\nstreams: [thing-]\n" +
+		"tables: {things: 'CREATE TABLE things (id text PRIMARY KEY, kind text NOT NULL, n int NOT NULL)'}\n" +
+		"handlers: {ThingMade: \"INSERT INTO things VALUES (substr(:stream_id, 7), :data->>'kind', 1)\"}\n"
+	good := filepath.Join(dir, "things.yaml")
+	require.NoError(t, os.WriteFile(good, []byte(head+`queries:
+  zeta:
+    params:
+      kind: {type: text, enum: [a, b], default: a}
+      above: {type: integer, required: true}
+    page_by: [n desc, id]
+    sql: SELECT id, kind, n FROM things WHERE kind = :kind AND n > :above
+  alpha:
+    params: {id: {type: text, required: true}}
+    stream: "'thing-' || :id"
+    one: true
+    sql: SELECT id, n FROM things WHERE id = :id
+`), 0o600))
+	p, err := declarative.Load(good)
+	require.NoError(t, err)
+	qs := p.Queries()
+	require.Len(t, qs, 2)
+	require.Equal(t, []string{"zeta", "alpha"}, []string{qs[0].Name, qs[1].Name})
+	require.Equal(t, []string{"kind", "above"}, []string{qs[0].Params[0].Name, qs[0].Params[1].Name})
+	require.Equal(t, []string{"a", "b"}, qs[0].Params[0].Enum)
+	require.Equal(t, "'thing-' || :id", qs[1].Stream)
+	require.Equal(t, good, p.Source())
+
+	db := testdb.New(t)
+	prepared, err := projections.Check(ctx, db.Pool, []projections.Projection{p})
+	require.NoError(t, err)
+	require.Len(t, prepared, 2)
+	require.Equal(t, "things", prepared[0].Projection)
+	require.Equal(t, []string{"id", "kind", "n"}, []string{prepared[0].Columns[0].Name, prepared[0].Columns[1].Name, prepared[0].Columns[2].Name})
+	var schemas int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'sl_%'`).Scan(&schemas))
+	require.Zero(t, schemas, "a check leaves nothing behind")
+
+	bad := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte(head+`queries:
+  wipe: {sql: DELETE FROM things, page_by: [id]}
+  two: {sql: "SELECT id FROM things; DROP TABLE things", page_by: [id]}
+  typo: {params: {n: {type: integer}}, sql: SELECT id FROM things WHERE n = :m, page_by: [id]}
+`), 0o600))
+	_, err = declarative.LoadDir(dir)
+	require.Error(t, err)
+	for _, want := range []string{"query wipe: sql: a query is one SELECT", "query two: sql: more than one statement", "query typo: sql: names :m"} {
+		require.Contains(t, err.Error(), bad+": projection things, "+want)
+	}
+}
