@@ -89,6 +89,37 @@ const (
 
 var validName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
 
+// sideEffecting are the built-in functions that act while a read-only
+// transaction runs them: large objects, sequences, advisory locks,
+// settings, notifications, other sessions, the server's files and state.
+// PostgreSQL's read-only mode stops writes to tables, not these; a query
+// that calls one is refused before it is served.
+var sideEffecting = regexp.MustCompile(`^(lo_\w+|lowrite|loread|nextval|setval|set_config|pg_notify|pg_(try_)?advisory_\w+|` +
+	`pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile|pg_switch_wal|pg_promote|pg_create_restore_point|` +
+	`pg_file_\w+|pg_logical_emit_message|pg_replication_\w+|pg_(create|drop)_\w*slot|pg_stat_reset\w*|dblink\w*)$`)
+
+// sideEffects refuses a call of a sideEffecting function in toks.
+func sideEffects(toks []pgsql.Token) error {
+	for i, t := range toks {
+		if t.Kind != pgsql.Word && t.Kind != pgsql.Quoted {
+			continue
+		}
+		name := strings.ToLower(strings.Trim(t.Text, `"`))
+		if !sideEffecting.MatchString(name) {
+			continue
+		}
+		for _, n := range toks[i+1:] {
+			if n.Significant() {
+				if n.Text == "(" {
+					return fmt.Errorf("calls %s(), which acts beyond reading (a read-only transaction does not stop it); a query only reads", name)
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
 // key is one column of a list query's ordering.
 type key struct {
 	column string
@@ -162,6 +193,9 @@ func Compile(projection string, q Query) (*Compiled, error) {
 	if first := toks[0]; !(first.Is("select") || first.Is("with") || first.Is("values") || first.Is("table") || first.Text == "(") {
 		return nil, fmt.Errorf("sql: a query is one SELECT (or WITH … SELECT) statement; this one starts with %s", first.Text)
 	}
+	if err := sideEffects(toks); err != nil {
+		return nil, fmt.Errorf("sql: %w", err)
+	}
 	named, err := pgsql.Bind(toks, typeOf)
 	if err != nil {
 		return nil, fmt.Errorf("sql: %w", err)
@@ -181,6 +215,9 @@ func Compile(projection string, q Query) (*Compiled, error) {
 			if t.Kind == pgsql.Semicolon {
 				return nil, errors.New("stream: one SQL expression, without ;")
 			}
+		}
+		if err := sideEffects(toks); err != nil {
+			return nil, fmt.Errorf("stream: %w", err)
 		}
 		named, err := pgsql.Bind(toks, typeOf)
 		if err != nil {
