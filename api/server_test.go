@@ -48,6 +48,12 @@ type bundle struct {
 // one order already projected.
 func setup(t *testing.T, cfg api.Config) (context.Context, *bundle) {
 	t.Helper()
+	return setupWith(t, cfg, readmodel.All())
+}
+
+// setupWith is setup with projections ps, which include the examples.
+func setupWith(t *testing.T, cfg api.Config, ps []projections.Projection) (context.Context, *bundle) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	db := testdb.New(t)
@@ -55,14 +61,14 @@ func setup(t *testing.T, cfg api.Config) (context.Context, *bundle) {
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
 	reg := prometheus.NewRegistry()
-	d, err := projections.NewDaemon(db.Pool, store, readmodel.All(), projections.Config{Metrics: projections.NewMetrics(reg), StatusInterval: 20 * time.Millisecond})
+	d, err := projections.NewDaemon(db.Pool, store, ps, projections.Config{Metrics: projections.NewMetrics(reg), StatusInterval: 20 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))
 	t.Cleanup(func() { _ = d.Stop(context.Background()) })
 	b := &bundle{pool: db.Pool, store: store, daemon: d}
 	b.sourceReady.Store(true)
 	cfg.Pool, cfg.Store, cfg.Daemon, cfg.SourceReady, cfg.Gatherer, cfg.Registerer = db.Pool, store, d, b.sourceReady.Load, reg, reg
-	b.srv = newServer(t, cfg, readmodel.All())
+	b.srv = newServer(t, cfg, ps)
 	hs := httptest.NewServer(b.srv.Handler())
 	t.Cleanup(hs.Close)
 	b.url = hs.URL
