@@ -129,4 +129,3 @@ func validateExchange(ctx context.Context, t *testing.T, router routers.Router, 
 	out.SetBodyBytes(body)
 	require.NoError(t, openapi3filter.ValidateResponse(ctx, out), "%s: %s", url, bytes.TrimSpace(body))
 }
-
