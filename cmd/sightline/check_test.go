@@ -1,0 +1,66 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestCheckCommand: check passes the shipped example and names every
+// problem of a bad file, with its file, query and PostgreSQL's reason;
+// run refuses to start on the same file and creates nothing for it.
+func TestCheckCommand(t *testing.T) {
+	t.Parallel()
+	ctx, db, _ := newDatabase(t, 2*time.Minute)
+	dbURL := []string{"--database-url", db.URL}
+
+	out, errOut, code := sightline(t, append([]string{"check", "../../examples/projections"}, dbURL...)...)
+	require.Zero(t, code, "%s%s", out, errOut)
+	require.Contains(t, out, "ok: 1 projection (order_activity), 2 queries")
+	require.Contains(t, out, "GET /v1/projections/order_activity/queries/by_order")
+	out, errOut, code = sightline(t, append([]string{"check"}, dbURL...)...)
+	require.Zero(t, code, "%s%s", out, errOut)
+	require.Contains(t, out, "(also /v1/orders/:id)", "without DIR: what run would run")
+
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte(`name: bad_one
+version: 1
+streams: [order-]
+tables:
+  bad_one: CREATE TABLE bad_one (id text PRIMARY KEY, n int NOT NULL)
+handlers:
+  OrderPlaced: INSERT INTO bad_one VALUES (:stream_id, 1) ON CONFLICT DO NOTHING
+queries:
+  by_id:
+    params: {id: {type: text, required: true}}
+    one: true
+    sql: SELECT id, nope FROM bad_one WHERE id = :id
+  locked:
+    sql: SELECT id FROM bad_one FOR UPDATE
+    page_by: [id]
+  fine:
+    sql: SELECT id, n FROM bad_one
+    page_by: [id]
+`), 0o600))
+	out, errOut, code = sightline(t, append([]string{"check", dir}, dbURL...)...)
+	require.Equal(t, 1, code, "%s%s", out, errOut)
+	require.Contains(t, out, bad+`: query by_id: sql: column "nope" does not exist (SQLSTATE 42703)`)
+	require.Contains(t, out, bad+": query locked: sql: cannot execute SELECT FOR UPDATE in a read-only transaction")
+	require.NotContains(t, out, "query fine")
+	require.Contains(t, errOut, "2 problem(s) in 1 projection (bad_one)")
+
+	out, errOut, code = sightline(t, append([]string{"run", "--http-addr", "127.0.0.1:0", "--projections", dir}, dbURL...)...)
+	require.Equal(t, 1, code, "%s%s", out, errOut)
+	require.Contains(t, out+errOut, `query by_id: sql: column "nope" does not exist`)
+	var n int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'sl_bad_one%'`).Scan(&n))
+	require.Zero(t, n, "nothing created for a projection that does not check")
+
+	out, errOut, code = sightline(t, "check", filepath.Join(dir, "missing"), "--database-url", db.URL)
+	require.Equal(t, 1, code, "%s%s", out, errOut)
+	require.Contains(t, errOut, "no *.yaml projections in")
+}
