@@ -95,6 +95,17 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 
+	// One order by id, three ways, and PostgreSQL's bare read, nothing
+	// else going on: the comparison with the least noise.
+	idleByID, err := compareByID(ctx, pool, store, d.Runner("orders"), base, cfg.phase)
+	if err != nil {
+		return fmt.Errorf("by id: %w", err)
+	}
+	idleBare, err := readOrders(ctx, pool, orders, cfg.phase)
+	if err != nil {
+		return fmt.Errorf("bare reads: %w", err)
+	}
+
 	// The floor: PostgreSQL alone at the traffic's write rate.
 	pgAlone, err := measureFloor(ctx, pool, orders, cfg.phase)
 	if err != nil {
@@ -146,6 +157,13 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 
+	// Phase 2b: one order by id, declared, hand-written, and waiting for a
+	// revision already applied, interleaved in one load, the traffic going.
+	byID, err := compareByID(ctx, pool, store, d.Runner("orders"), base, cfg.phase)
+	if err != nil {
+		return fmt.Errorf("by id: %w", err)
+	}
+
 	// Phase 3: the same rate of bare reads, the API idle, with the traffic
 	// still going.
 	pgBusy, err := readOrders(ctx, pool, orders, cfg.phase)
@@ -167,6 +185,8 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 		fmt.Sprintf("%s / %s", ms(idle.server.quantile(0.50)), ms(idleServer)),
 		fmt.Sprintf("p99 %.1f×", float64(busyServer)/float64(idleServer)),
 		"p99 < 5 ms", busyServer < 5*time.Millisecond)
+	addByID(rep, idleByID, idleBare, "before the traffic, nothing else running")
+	addByID(rep, byID, pgBusy, "while projecting the traffic")
 	addFloor(rep, fmt.Sprintf("queries' floor under the traffic: PostgreSQL alone, an order's row read by primary key at %.0f/s from the bench's pool right after the queries, the traffic above still appended and projected, the API idle (p50 / p99 / max; %s)", pgBusy.readRate, pgBusy.cpu),
 		pgBusy, busy.client.Latencies.P99)
 	addFloor(rep, fmt.Sprintf("queries' floor before the traffic: PostgreSQL alone, an order's row read by primary key at %.0f/s while %d writers insert single events into a plain table at %.0f/s, the projector and the API idle (p50 / p99 / max; %s)", pgAlone.readRate, liveWriters, pgAlone.inserted, pgAlone.cpu),
