@@ -46,8 +46,8 @@ type pageKey struct {
 	nullable bool
 }
 
-// cursorTypes are the types a cursor carries exactly as text; types pgx
-// does not know come as PostgreSQL's text and are carried as they are.
+// cursorTypes are the types a cursor carries exactly as text, and casts
+// back by their pg_catalog names whatever the search path.
 var cursorTypes = map[uint32]bool{
 	pgtype.Int2OID: true, pgtype.Int4OID: true, pgtype.Int8OID: true, pgtype.Float4OID: true, pgtype.Float8OID: true,
 	pgtype.NumericOID: true, pgtype.BoolOID: true, pgtype.TextOID: true, pgtype.VarcharOID: true, pgtype.BPCharOID: true,
@@ -94,10 +94,16 @@ func (c *Compiled) check(ctx context.Context, tx pgx.Tx) (*Prepared, error) {
 			return nil, fmt.Errorf("page_by: %s is not a column of the result (%s)", k.column, p.columnList())
 		}
 		col := p.Columns[i]
-		if _, known := tx.Conn().TypeMap().TypeForOID(col.OID); known && !cursorTypes[col.OID] {
-			return nil, fmt.Errorf("page_by: %s is of type %s, which pages cannot be ordered by; order by text, numbers, booleans, uuids, dates or timestamps", k.column, col.Type)
+		if !cursorTypes[col.OID] {
+			return nil, fmt.Errorf("page_by: %s is of type %s, which pages cannot be ordered by; order by text, numbers, booleans, uuids, dates or timestamps (cast it in the SELECT)", k.column, col.Type)
 		}
-		p.keys = append(p.keys, pageKey{key: k, typ: col.Type, nullable: !col.NotNull})
+		typ := col.Type
+		if col.OID == pgtype.BPCharOID {
+			typ = "bpchar" // format_type's "character" is char(1): the cursor's value would be cut to one character
+		}
+		// A column of a table declared NOT NULL can still be NULL on the
+		// outer side of a join: there, every key may be NULL.
+		p.keys = append(p.keys, pageKey{key: k, typ: typ, nullable: !col.NotNull || c.outerJoin})
 	}
 	h := sha256.Sum256([]byte(c.Projection + "\x00" + c.Name + "\x00" + strings.Join(c.PageBy, ",")))
 	p.fingerprint = hex.EncodeToString(h[:6])
@@ -113,8 +119,13 @@ func (c *Compiled) check(ctx context.Context, tx pgx.Tx) (*Prepared, error) {
 			return nil, fmt.Errorf("stream: %w", dbReason(err))
 		}
 	}
-	if err := c.ownTables(ctx, tx); err != nil {
-		return nil, err
+	if err := ownTables(ctx, tx, c.sql); err != nil {
+		return nil, fmt.Errorf("sql: %w", err)
+	}
+	if c.stream != "" {
+		if err := ownTables(ctx, tx, c.stream); err != nil {
+			return nil, fmt.Errorf("stream: %w", err)
+		}
 	}
 	if _, err := tx.Exec(ctx, `SET LOCAL transaction_read_only = on`); err != nil {
 		return nil, err
@@ -137,9 +148,10 @@ func (c *Compiled) check(ctx context.Context, tx pgx.Tx) (*Prepared, error) {
 // its readmodel view), sightline's own. It keeps the query as a view,
 // whose dependencies PostgreSQL records whatever the parameters, and
 // reads them. (Dependencies on the system catalogs are not recorded: a
-// query of pg_class passes.) A query no view can hold is not checked.
-func (c *Compiled) ownTables(ctx context.Context, tx pgx.Tx) error {
-	toks, err := pgsql.Scan(c.sql)
+// query of pg_class passes.) The view selects a constant from the query,
+// so that no column type of the query's can keep it from being made.
+func ownTables(ctx context.Context, tx pgx.Tx, sql string) error {
+	toks, err := pgsql.Scan(sql)
 	if err != nil {
 		return err
 	}
@@ -153,12 +165,8 @@ func (c *Compiled) ownTables(ctx context.Context, tx pgx.Tx) error {
 		return err
 	}
 	view := pgx.Identifier{schema, "sightline_query_check"}.Sanitize()
-	if _, err := tx.Exec(ctx, `SAVEPOINT sightline_query_view`); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, `CREATE VIEW `+view+` AS `+pgsql.Text(toks)); err != nil {
-		_, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT sightline_query_view`)
-		return rerr
+	if _, err := tx.Exec(ctx, `CREATE VIEW `+view+` AS SELECT 1 AS one FROM (`+pgsql.Text(toks)+"\n) q"); err != nil {
+		return fmt.Errorf("cannot tell which tables it reads: %w", dbReason(err))
 	}
 	rows, err := tx.Query(ctx, `SELECT DISTINCT format('%I.%I', n.nspname, r.relname)
 		FROM pg_rewrite w
@@ -167,6 +175,9 @@ func (c *Compiled) ownTables(ctx context.Context, tx pgx.Tx) error {
 		JOIN pg_namespace n ON n.oid = r.relnamespace
 		WHERE w.ev_class = $2::regclass AND r.oid <> w.ev_class AND n.nspname <> $1
 		ORDER BY 1`, schema, view)
+	if err == nil {
+		defer tx.Exec(ctx, `DROP VIEW `+view) //nolint:errcheck // rolled back with the check if this fails
+	}
 	if err != nil {
 		return err
 	}
@@ -175,7 +186,7 @@ func (c *Compiled) ownTables(ctx context.Context, tx pgx.Tx) error {
 		return err
 	}
 	if len(others) > 0 {
-		return fmt.Errorf("sql: reads %s, which %s not among the projection's tables; a query reads its own projection's tables, unqualified",
+		return fmt.Errorf("reads %s, which %s not among the projection's tables; a query reads its own projection's tables, unqualified",
 			strings.Join(others, ", "), plural(len(others), "is", "are"))
 	}
 	return nil

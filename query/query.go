@@ -89,14 +89,17 @@ const (
 
 var validName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,62}$`)
 
-// sideEffecting are the built-in functions that act while a read-only
-// transaction runs them: large objects, sequences, advisory locks,
-// settings, notifications, other sessions, the server's files and state.
-// PostgreSQL's read-only mode stops writes to tables, not these; a query
-// that calls one is refused before it is served.
+// sideEffecting are built-in functions a declared query may not call.
+// Some act whatever the transaction's access mode (creating and reading
+// large objects, advisory locks, settings, other sessions, the server's
+// files and state); some run SQL given as text, which would let a
+// request's value become a statement, or read whole schemas past the check
+// of the query's tables; the rest a read-only transaction refuses anyway,
+// and are refused here at load instead of on every request.
 var sideEffecting = regexp.MustCompile(`^(lo_\w+|lowrite|loread|nextval|setval|set_config|pg_notify|pg_(try_)?advisory_\w+|` +
 	`pg_terminate_backend|pg_cancel_backend|pg_reload_conf|pg_rotate_logfile|pg_switch_wal|pg_promote|pg_create_restore_point|` +
-	`pg_file_\w+|pg_logical_emit_message|pg_replication_\w+|pg_(create|drop)_\w*slot|pg_stat_reset\w*|dblink\w*)$`)
+	`pg_file_\w+|pg_read_\w*file|pg_ls_\w+|pg_logical_emit_message|pg_replication_\w+|pg_(create|drop)_\w*slot|pg_stat_reset\w*|dblink\w*|` +
+	`(query|cursor|table|schema|database)_to_xml\w*|ts_stat|ts_rewrite)$`)
 
 // sideEffects refuses a call of a sideEffecting function in toks.
 func sideEffects(toks []pgsql.Token) error {
@@ -104,20 +107,41 @@ func sideEffects(toks []pgsql.Token) error {
 		if t.Kind != pgsql.Word && t.Kind != pgsql.Quoted {
 			continue
 		}
-		name := strings.ToLower(strings.Trim(t.Text, `"`))
+		name := t.Text
+		if len(name) > 2 && (name[0] == 'u' || name[0] == 'U') && name[1] == '&' {
+			if t.Kind == pgsql.Quoted && strings.ContainsAny(name, `\`) || i+2 < len(toks) && toks[i+2].Is("uescape") {
+				return fmt.Errorf("identifier %s: write names without Unicode escapes", name)
+			}
+			name = name[2:]
+		}
+		if strings.HasPrefix(name, `"`) {
+			name = strings.ReplaceAll(strings.Trim(name, `"`), `""`, `"`)
+		} else {
+			name = strings.ToLower(name)
+		}
 		if !sideEffecting.MatchString(name) {
 			continue
 		}
 		for _, n := range toks[i+1:] {
 			if n.Significant() {
 				if n.Text == "(" {
-					return fmt.Errorf("calls %s(), which acts beyond reading (a read-only transaction does not stop it); a query only reads", name)
+					return fmt.Errorf("calls %s(), which a declared query may not: it acts beyond reading its projection's tables", name)
 				}
 				break
 			}
 		}
 	}
 	return nil
+}
+
+// hasOuterJoin reports whether toks join LEFT, RIGHT or FULL.
+func hasOuterJoin(toks []pgsql.Token) bool {
+	for _, t := range toks {
+		if t.Is("left") || t.Is("right") || t.Is("full") {
+			return true // also a call of left() or right(): safe, only slower pages
+		}
+	}
+	return false
 }
 
 // key is one column of a list query's ordering.
@@ -138,6 +162,7 @@ type Compiled struct {
 	streamArgs  []int
 	pageBy      []key
 	routeParams []string
+	outerJoin   bool // the SQL has a LEFT, RIGHT or FULL join
 }
 
 // Compile checks q on its own: names, types, defaults, the SQL's shape and
@@ -196,6 +221,7 @@ func Compile(projection string, q Query) (*Compiled, error) {
 	if err := sideEffects(toks); err != nil {
 		return nil, fmt.Errorf("sql: %w", err)
 	}
+	c.outerJoin = hasOuterJoin(toks)
 	named, err := pgsql.Bind(toks, typeOf)
 	if err != nil {
 		return nil, fmt.Errorf("sql: %w", err)
