@@ -193,6 +193,9 @@ func (s *Server) serveQuery(c echo.Context, q *query.Prepared, path map[string]s
 				if errors.Is(err, errNoStream) {
 					return problem(c, http.StatusBadRequest, "No stream to wait for", "with these params, query "+q.Name+"'s stream is NULL: "+HeaderMinRevision+" cannot be met")
 				}
+				if ctx.Err() == nil && !errors.Is(err, errStopping) {
+					return s.queryProblem(c, r, q, err)
+				}
 				return s.notFreshYet(c, r, fmt.Sprintf("%s has not reached revision %d in projection %s within %s", st.Stream, minRev, q.Projection, wait))
 			}
 			continue // applied (or held) now: read it
@@ -209,7 +212,10 @@ func (s *Server) serveQuery(c echo.Context, q *query.Prepared, path map[string]s
 	}
 }
 
-var errNoStream = errors.New("the query's stream is NULL")
+var (
+	errNoStream = errors.New("the query's stream is NULL")
+	errStopping = errors.New("the server is stopping")
+)
 
 // waitForRevision waits until the stream's revision rev is applied, or a
 // parked event holds the stream at or below it, until ctx ends. It is
@@ -225,6 +231,10 @@ func (s *Server) waitForRevision(ctx context.Context, r *projections.Runner, q *
 		var st projections.StreamState
 		r.QueueStream(b, q.StreamSQL(), q.StreamArgs(args), eventstore.Start, &st)
 		err := s.readPool.SendBatch(ctx, b).Close()
+		if err != nil && ctx.Err() == nil {
+			stop()
+			return err
+		}
 		if err == nil && (st.Applied(rev) || st.HeldAt(rev)) {
 			stop()
 			return nil
@@ -237,7 +247,7 @@ func (s *Server) waitForRevision(ctx context.Context, r *projections.Runner, q *
 			return ctx.Err()
 		case <-s.stopping:
 			stop()
-			return errors.New("server stopping")
+			return errStopping
 		}
 	}
 }

@@ -285,7 +285,7 @@ func (r *Runner) assumptionFailed(err error, reg registration, expected eventsto
 // runner's pipeline starts again from there.
 func (r *Runner) checkpointMoved(expected, stored eventstore.Position) error {
 	r.mu.Lock()
-	r.setPositionLocked(stored)
+	r.setElsewhereLocked(stored)
 	r.mu.Unlock()
 	return fmt.Errorf("%w: expected %s, found %s", errCheckpointMoved, expected, stored)
 }
@@ -1047,6 +1047,16 @@ func compareUint(a, b uint64) int {
 		return 1
 	}
 	return 0
+}
+
+// setElsewhereLocked records a checkpoint another process committed. Its
+// batches moved streams this runner does not know of, so every stream's
+// watchers are woken to look again.
+func (r *Runner) setElsewhereLocked(p eventstore.Position) {
+	if r.position != p {
+		r.wakeAllStreamsLocked()
+	}
+	r.setPositionLocked(p)
 }
 
 // setPositionLocked records a committed checkpoint and wakes WaitFor.

@@ -161,7 +161,7 @@ func (r *Runner) refreshActive(ctx context.Context) {
 	}
 	r.mu.Lock()
 	if !r.serving {
-		r.setPositionLocked(pos)
+		r.setElsewhereLocked(pos)
 	}
 	r.mu.Unlock()
 }
