@@ -291,7 +291,16 @@ func (p *Projection) Source() string { return p.source }
 func (p *Projection) CheckSQL(ctx context.Context, tx pgx.Tx, _ string) error {
 	var errs []error
 	for _, typ := range sortedKeys(p.handlers) {
-		if _, err := tx.Conn().PgConn().Prepare(ctx, "", p.handlers[typ].sql, nil); err != nil {
+		// Each in a savepoint: a handler that fails leaves the others to
+		// be checked, and the queries after them.
+		if _, err := tx.Exec(ctx, `SAVEPOINT sightline_handler_check`); err != nil {
+			return err
+		}
+		_, err := tx.Conn().PgConn().Prepare(ctx, "", p.handlers[typ].sql, nil)
+		if _, rerr := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT sightline_handler_check`); rerr != nil {
+			return rerr
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("handler %s: %w", typ, err))
 		}
 	}

@@ -239,3 +239,25 @@ func TestQueriesInYAML(t *testing.T) {
 		require.Contains(t, err.Error(), bad+": projection things, "+want)
 	}
 }
+
+// TestABadHandlerLeavesTheRestChecked: a handler that does not prepare is
+// named, and the handlers and queries after it are still checked, each
+// with its own reason.
+func TestABadHandlerLeavesTheRestChecked(t *testing.T) {
+	t.Parallel()
+	p, err := declarative.New(declarative.Spec{
+		Name: "p", Version: 1, Streams: []string{"s-"}, Tables: map[string]string{"t": "CREATE TABLE t (id text PRIMARY KEY)"},
+		Handlers: map[string]string{"A": `INSERT INTO t (nope) VALUES (:stream_id)`, "B": `INSERT INTO t (id) VALUES (:stream_id)`, "C": `UPDATE t SET id = :type WHERE gone`},
+		Queries:  map[string]declarative.QuerySpec{"q": {SQL: "SELECT id, missing FROM t", PageBy: []string{"id"}}},
+	})
+	require.NoError(t, err)
+	db := testdb.New(t)
+	_, err = projections.Check(context.Background(), db.Pool, []projections.Projection{p})
+	require.Error(t, err)
+	msg := err.Error()
+	require.Contains(t, msg, `handler A: ERROR: column "nope" of relation "t" does not exist`)
+	require.Contains(t, msg, `handler C: ERROR: column "gone" does not exist`)
+	require.Contains(t, msg, `query q: sql: column "missing" does not exist`)
+	require.NotContains(t, msg, "aborted")
+	require.NotContains(t, msg, "handler B")
+}
