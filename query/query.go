@@ -316,8 +316,10 @@ func (c *Compiled) checkRoute(byName map[string]int) error {
 	if !strings.HasPrefix(r, "/") || strings.HasSuffix(r, "/") && r != "/" {
 		return errors.New("a path starting with / and not ending with one")
 	}
-	if r == "/v1/projections" || strings.HasPrefix(r, "/v1/projections/") || r == "/ui" || strings.HasPrefix(r, "/ui/") {
-		return errors.New("that path is the server's own")
+	for _, own := range serverPaths {
+		if r == own || strings.HasPrefix(r, own+"/") {
+			return errors.New("that path is the server's own")
+		}
 	}
 	for _, seg := range strings.Split(r[1:], "/") {
 		if !routeSegment.MatchString(seg) {
@@ -339,6 +341,10 @@ func (c *Compiled) checkRoute(byName map[string]int) error {
 	}
 	return nil
 }
+
+// serverPaths are the API's own paths, and those under them: no query's
+// route may take one.
+var serverPaths = []string{"/v1/projections", "/v1/streams", "/ui", "/healthz", "/readyz", "/metrics", "/openapi.json"}
 
 // RouteParams are the params the Route's path segments give.
 func (c *Compiled) RouteParams() []string { return c.routeParams }

@@ -12,7 +12,6 @@ import (
 
 	"github.com/sightlinehq/sightline/internal/migrate"
 	"github.com/sightlinehq/sightline/projections"
-	"github.com/sightlinehq/sightline/projections/declarative"
 	"github.com/sightlinehq/sightline/query"
 )
 
@@ -30,13 +29,9 @@ read-only. It prints every problem with its file, query and PostgreSQL's reason.
 			var ps []projections.Projection
 			var err error
 			if len(args) == 1 {
-				ps, err = declarative.LoadDir(args[0])
-				if err == nil && len(ps) == 0 {
-					err = fmt.Errorf("no *.yaml projections in %s", args[0])
-				}
-			} else {
-				ps, err = c.projections()
+				c.Projections = args[0] // what run --projections DIR would run, the examples with it
 			}
+			ps, err = c.projections()
 			if err != nil {
 				return exitError{code: exitFailure, msg: err.Error()}
 			}

@@ -19,7 +19,7 @@ func TestCheckCommand(t *testing.T) {
 
 	out, errOut, code := sightline(t, append([]string{"check", "../../examples/projections"}, dbURL...)...)
 	require.Zero(t, code, "%s%s", out, errOut)
-	require.Contains(t, out, "ok: 1 projection (order_activity), 2 queries")
+	require.Contains(t, out, "ok: 4 projections (orders, customer_stats, daily_sales, order_activity), 6 queries", "DIR is checked with the examples, as run runs it")
 	require.Contains(t, out, "GET /v1/projections/order_activity/queries/by_order")
 	out, errOut, code = sightline(t, append([]string{"check"}, dbURL...)...)
 	require.Zero(t, code, "%s%s", out, errOut)
@@ -51,7 +51,7 @@ queries:
 	require.Contains(t, out, bad+`: query by_id: sql: column "nope" does not exist (SQLSTATE 42703)`)
 	require.Contains(t, out, bad+": query locked: sql: cannot execute SELECT FOR UPDATE in a read-only transaction")
 	require.NotContains(t, out, "query fine")
-	require.Contains(t, errOut, "2 problem(s) in 1 projection (bad_one)")
+	require.Contains(t, errOut, "2 problem(s) in 4 projections")
 
 	out, errOut, code = sightline(t, append([]string{"run", "--http-addr", "127.0.0.1:0", "--projections", dir}, dbURL...)...)
 	require.Equal(t, 1, code, "%s%s", out, errOut)
@@ -59,6 +59,31 @@ queries:
 	var n int
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'sl_bad_one%'`).Scan(&n))
 	require.Zero(t, n, "nothing created for a projection that does not check")
+
+	// A route that an example's query has already.
+	clash := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(clash, "clash.yaml"), []byte(`name: clash
+version: 1
+streams: [order-]
+tables: {clash: 'CREATE TABLE clash (id text PRIMARY KEY)'}
+handlers: {OrderPlaced: 'INSERT INTO clash VALUES (:stream_id) ON CONFLICT DO NOTHING'}
+queries:
+  by_id: {params: {id: {type: text, required: true}}, one: true, route: "/v1/orders/:id", sql: "SELECT id FROM clash WHERE id = :id"}
+`), 0o600))
+	out, errOut, code = sightline(t, append([]string{"check", clash}, dbURL...)...)
+	require.Equal(t, 1, code, "%s%s", out, errOut)
+	require.Contains(t, out+errOut, "clash.yaml, query by_id: route /v1/orders/:id is also projection orders (Go), query by_id's")
+	require.NoError(t, os.WriteFile(filepath.Join(clash, "clash.yaml"), []byte(`name: clash
+version: 1
+streams: [order-]
+tables: {clash: 'CREATE TABLE clash (id text PRIMARY KEY)'}
+handlers: {OrderPlaced: 'INSERT INTO clash VALUES (:stream_id) ON CONFLICT DO NOTHING'}
+queries:
+  health: {one: true, route: /healthz, sql: "SELECT 1 AS ok"}
+`), 0o600))
+	out, errOut, code = sightline(t, append([]string{"check", clash}, dbURL...)...)
+	require.Equal(t, 1, code, "%s%s", out, errOut)
+	require.Contains(t, out+errOut, `query health: route "/healthz": that path is the server's own`)
 
 	out, errOut, code = sightline(t, "check", filepath.Join(dir, "missing"), "--database-url", db.URL)
 	require.Equal(t, 1, code, "%s%s", out, errOut)
