@@ -10,7 +10,7 @@ import (
 	"sort"
 
 	"github.com/jackc/pgx/v5"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/internal/pgsql"
