@@ -377,7 +377,7 @@ func TestCheckRefusesClashingRoutes(t *testing.T) {
 	t.Parallel()
 	db := testdb.New(t)
 	_, err := projections.Check(context.Background(), db.Pool, []projections.Projection{readmodel.Orders{}, clashing{}})
-	require.ErrorContains(t, err, "projection clashing (Go), query list: route /v1/orders is also projection orders (Go), query list's")
+	require.ErrorContains(t, err, "projection clashing (Go, api_test.clashing), query list: route /v1/orders is also projection orders (Go, readmodel.Orders), query list's")
 }
 
 type clashing struct{ probes }

@@ -38,7 +38,7 @@ func SourceOf(p Projection) string {
 	if s, ok := p.(Sourced); ok && s.Source() != "" {
 		return s.Source()
 	}
-	return fmt.Sprintf("projection %s (Go)", p.Name())
+	return fmt.Sprintf("projection %s (Go, %T)", p.Name(), p)
 }
 
 // Problems is every problem Check found, one error each.
@@ -65,13 +65,15 @@ func Check(ctx context.Context, pool *pgxpool.Pool, ps []Projection) ([]*query.P
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a check changes nothing
 	var problems Problems
+	if err := Validate(ps); err != nil {
+		problems = append(problems, err.(Problems)...)
+	}
 	var out []*query.Prepared
 	routes := map[string]string{}
 	for _, p := range ps {
 		src := SourceOf(p)
-		if err := validate(p); err != nil {
-			problems = append(problems, fmt.Errorf("%s: %w", src, err))
-			continue
+		if validate(p) != nil {
+			continue // Validate named it
 		}
 		if _, err := tx.Exec(ctx, `SAVEPOINT sightline_check`); err != nil {
 			return nil, err

@@ -16,13 +16,11 @@ type Daemon struct {
 
 // NewDaemon returns a Daemon for ps, all with the same configuration.
 func NewDaemon(pool *pgxpool.Pool, store eventstore.Store, ps []Projection, cfg Config) (*Daemon, error) {
+	if err := Validate(ps); err != nil {
+		return nil, err
+	}
 	d := &Daemon{}
-	seen := map[string]bool{}
 	for _, p := range ps {
-		if seen[p.Name()] {
-			return nil, errors.New("projections: two projections named " + p.Name())
-		}
-		seen[p.Name()] = true
 		r, err := NewRunner(pool, store, p, cfg)
 		if err != nil {
 			return nil, err

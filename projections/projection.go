@@ -3,7 +3,6 @@ package projections
 import (
 	"context"
 	"fmt"
-	"regexp"
 
 	"github.com/jackc/pgx/v5"
 
@@ -72,23 +71,6 @@ func (b *Batch) Queue(sql string, args ...any) {
 // Table returns the quoted name of table in the batch's schema.
 func (b *Batch) Table(name string) string {
 	return pgx.Identifier{b.Schema, name}.Sanitize()
-}
-
-var validName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
-
-func validate(p Projection) error {
-	if !validName.MatchString(p.Name()) {
-		return fmt.Errorf("projection name %q: want lower case letters, digits and _, starting with a letter, at most 40", p.Name())
-	}
-	if p.Version() < 1 {
-		return fmt.Errorf("projection %s: version must be at least 1", p.Name())
-	}
-	for _, t := range p.Tables() {
-		if !validName.MatchString(t) {
-			return fmt.Errorf("projection %s: table name %q: want lower case letters, digits and _", p.Name(), t)
-		}
-	}
-	return nil
 }
 
 // schemaName is where generation gen of a projection keeps its tables.
