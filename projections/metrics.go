@@ -21,6 +21,9 @@ type Metrics struct {
 	BatchRetries     *prometheus.CounterVec
 	RebuildProgress  *prometheus.GaugeVec
 	SourceReconnects *prometheus.CounterVec
+	// Status has a series per projection and status, 1 for the one the
+	// projection is in and 0 for the others.
+	Status *prometheus.GaugeVec
 }
 
 // Reasons an event is skipped, the values of the reason label.
@@ -65,10 +68,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Progress of the rebuild under way, by position, 0 to 1; 1 when none is."}, p),
 		SourceReconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("source_reconnects_total"),
 			Help: "Subscriptions to the event source opened again after a failure."}, []string{"source"}),
+		Status: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("projection_status"),
+			Help: "1 for the status the projection is in (live, catching-up, rebuilding, stalled, failed, degraded, stopped), 0 for the others."}, []string{"projection", "status"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.EventsApplied, m.EventsSkipped, m.GapsRepaired, m.Lag, m.CaughtUp, m.BatchDuration,
-			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects)
+			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects, m.Status)
 	}
 	return m
 }
@@ -81,6 +86,18 @@ type projectionMetrics struct {
 	lag, caughtUp, parkedNow, rebuildProgress     prometheus.Gauge
 	batchDuration, batchEvents, endToEnd          prometheus.Observer
 	reconnects                                    prometheus.Counter
+	status                                        map[string]prometheus.Gauge
+}
+
+// setStatus marks status as the projection's, and no other.
+func (pm projectionMetrics) setStatus(status string) {
+	for s, g := range pm.status {
+		if s == status {
+			g.Set(1)
+		} else {
+			g.Set(0)
+		}
+	}
 }
 
 func (m *Metrics) forProjection(name, source string) projectionMetrics {
@@ -105,5 +122,9 @@ func (m *Metrics) forProjection(name, source string) projectionMetrics {
 		rebuildProgress: m.RebuildProgress.WithLabelValues(name),
 	}
 	pm.rebuildProgress.Set(1) // no rebuild running: the read model is whole
+	pm.status = map[string]prometheus.Gauge{}
+	for _, s := range Statuses {
+		pm.status[s] = m.Status.WithLabelValues(name, s)
+	}
 	return pm
 }

@@ -19,6 +19,7 @@ import (
 const (
 	BatchSizeDefault      = 2000
 	StallAfterDefault     = 10 * time.Second
+	FailAfterDefault      = 30 * time.Second
 	StatusIntervalDefault = time.Second
 	LiveLagDefault        = time.Second
 	SourceDefault         = "postgres"
@@ -45,6 +46,11 @@ type Config struct {
 	// still counts as live (keeping up with traffic) rather than
 	// catching up. Defaults to LiveLagDefault.
 	LiveLag time.Duration
+	// FailAfter is how long batches may keep failing on something no
+	// single event is to blame for (the database, a handler failing on
+	// every event) before the projection reports failed instead of
+	// stalled. Defaults to FailAfterDefault.
+	FailAfter time.Duration
 	// Source names the event source in metrics. Defaults to SourceDefault.
 	Source string
 	// MaxAttempts is how many times an event whose handler fails is tried
@@ -73,6 +79,7 @@ func (c Config) WithDefaults() Config {
 	c.StallAfter = cmp.Or(c.StallAfter, StallAfterDefault)
 	c.StatusInterval = cmp.Or(c.StatusInterval, StatusIntervalDefault)
 	c.LiveLag = cmp.Or(c.LiveLag, LiveLagDefault)
+	c.FailAfter = cmp.Or(c.FailAfter, FailAfterDefault)
 	c.Source = cmp.Or(c.Source, SourceDefault)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
 	c.RetryInitialInterval = cmp.Or(c.RetryInitialInterval, RetryInitialDefault)
@@ -89,7 +96,7 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.BatchSize < 1 || c.StallAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 ||
+	if c.BatchSize < 1 || c.StallAfter <= 0 || c.FailAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 ||
 		c.MaxAttempts < 1 || c.RetryInitialInterval <= 0 || c.RetryMaxInterval < c.RetryInitialInterval ||
 		c.RebuildBatchSize < 1 || c.RetiredGrace < 0 {
 		return errors.New("projections: BatchSize, RebuildBatchSize, StallAfter, StatusInterval, LiveLag, MaxAttempts and the retry intervals must be positive, the maximum interval at least the initial one, RetiredGrace not negative")
@@ -97,15 +104,26 @@ func (c Config) validate() error {
 	return nil
 }
 
-// Projection statuses, as the API and readmodel.projection_status show them.
+// Projection statuses, as the API and readmodel.projection_status show
+// them. A failed, degraded or stalled projection says why in its reason.
 const (
 	StatusLive       = "live"
 	StatusCatchingUp = "catching-up"
 	StatusRebuilding = "rebuilding"
-	StatusStalled    = "stalled"
-	StatusFailed     = "failed"
-	StatusStopped    = "stopped"
+	// StatusStalled: behind, and no batch committed for StallAfter, or
+	// its batches failing for less than FailAfter.
+	StatusStalled = "stalled"
+	// StatusFailed: its batches have kept failing for FailAfter or more;
+	// it keeps retrying, but needs a look.
+	StatusFailed = "failed"
+	// StatusDegraded: its event source is unreachable; it serves what it
+	// has applied and subscribes again.
+	StatusDegraded = "degraded"
+	StatusStopped  = "stopped"
 )
+
+// Statuses lists every status, for metrics that have one series each.
+var Statuses = []string{StatusLive, StatusCatchingUp, StatusRebuilding, StatusStalled, StatusFailed, StatusDegraded, StatusStopped}
 
 // Status is a snapshot of a running projection.
 type Status struct {
@@ -117,7 +135,9 @@ type Status struct {
 	Lag             time.Duration
 	EventsPerSecond float64
 	// Parked counts the events parked or held behind them.
-	Parked    int
+	Parked int
+	// Reason says why the status is failed, degraded or stalled.
+	Reason    string
 	LastError string
 	UpdatedAt time.Time
 	// Rebuild is the rebuild under way, if any.
@@ -174,12 +194,20 @@ type runState struct {
 	pending      int                 // messages forwarded and not yet committed
 	head         eventstore.Head
 	lastProgress time.Time
-	failing      bool
+	failing      bool      // batches fail on what no event is to blame for
+	failingSince time.Time // since when they have
 	lastError    string
-	parked       int
-	applied      uint64
-	rate         float64
-	updatedAt    time.Time
+	sourceErr    string    // the subscription's failure, while it lasts
+	sourceSince  time.Time // since when it has failed
+	// disconnected: the store says it is not connected (a client that
+	// keeps trying to reach its server rather than failing the
+	// subscription); since when.
+	disconnected      bool
+	disconnectedSince time.Time
+	parked            int
+	applied           uint64
+	rate              float64
+	updatedAt         time.Time
 }
 
 // sighting is a head seen beyond the position at a time: until the
@@ -260,6 +288,13 @@ func (r *Runner) Stop(ctx context.Context) error {
 	}
 }
 
+// Reached reports whether the projection has applied pos.
+func (r *Runner) Reached(pos eventstore.Position) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.position.Before(pos)
+}
+
 // WaitFor returns once the projection has applied everything up to pos,
 // or ctx ends. It waits on the runner's commits, not on the database.
 func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
@@ -317,7 +352,7 @@ func (r *Runner) Status() Status {
 	}
 	st := Status{
 		Name: r.p.Name(), Version: cmp.Or(r.reg.version, r.p.Version()), Status: r.statusLocked(now),
-		Position: r.position, Head: head, Lag: r.lagLocked(now),
+		Position: r.position, Head: head, Lag: r.lagLocked(now), Reason: r.reasonLocked(now),
 		EventsPerSecond: r.state.rate, Parked: r.state.parked, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
 	}
 	if r.rebuild != nil {
@@ -350,6 +385,9 @@ func (r *Runner) run() {
 			r.mu.Unlock()
 			break
 		}
+		r.mu.Lock()
+		r.failingLocked(err)
+		r.mu.Unlock()
 		d := retry.NextBackOff()
 		r.log.Warn("projector restarting from its checkpoint", "error", err, "in", d)
 		sleep(r.soft, d)
@@ -391,6 +429,7 @@ func (r *Runner) serve() error {
 		r.wakeAllStreamsLocked() // their state is the new generation's now
 	}
 	r.reg, r.serving, r.pipeCancel = reg, serving, cancel
+	r.state.failing, r.state.lastError = false, "" // attached: what failed before is behind it
 	r.setPositionLocked(reg.checkpoint)
 	r.sinceAttach, r.nextAnalyze = 0, analyzeFirst
 	r.mu.Unlock()
@@ -489,6 +528,12 @@ func (r *Runner) read(ctx context.Context, from eventstore.Position, out chan<- 
 			return
 		}
 		r.m.reconnects.Inc()
+		r.mu.Lock()
+		if r.state.sourceErr == "" {
+			r.state.sourceSince = time.Now()
+		}
+		r.state.sourceErr = err.Error()
+		r.mu.Unlock()
 		d := retry.NextBackOff()
 		r.log.Warn("subscription lost; subscribing again", "from", pos.String(), "error", err, "in", d)
 		sleep(ctx, d)
@@ -501,6 +546,9 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 		return err
 	}
 	defer sub.Close()
+	r.mu.Lock()
+	r.state.sourceErr = "" // subscribed: the source is reachable
+	r.mu.Unlock()
 	for {
 		msg, err := sub.Recv(ctx)
 		if err != nil {
@@ -610,7 +658,7 @@ func (r *Runner) applyWithRetry(ctx context.Context, events []eventstore.Recorde
 			return err
 		}
 		r.mu.Lock()
-		r.state.failing, r.state.lastError = true, err.Error()
+		r.failingLocked(err)
 		r.mu.Unlock()
 		r.m.batchRetries.Inc()
 		d := retry.NextBackOff()
@@ -619,6 +667,14 @@ func (r *Runner) applyWithRetry(ctx context.Context, events []eventstore.Recorde
 			return ctx.Err() // stopping: the batch rolled back whole and will be read again
 		}
 	}
+}
+
+// failingLocked records a failure no single event is to blame for.
+func (r *Runner) failingLocked(err error) {
+	if !r.state.failing {
+		r.state.failing, r.state.failingSince = true, time.Now()
+	}
+	r.state.lastError = err.Error()
 }
 
 // sleep waits for d or ctx, and reports whether d passed.

@@ -71,6 +71,10 @@ func (r *Runner) statusLocked(now time.Time) string {
 		return StatusStopped
 	case !r.serving:
 		return StatusRebuilding // the code's version is not the one served yet
+	case r.state.failing && now.Sub(r.state.failingSince) >= r.cfg.FailAfter:
+		return StatusFailed
+	case r.state.sourceErr != "" || r.state.disconnected:
+		return StatusDegraded
 	case r.state.failing || (behind && !r.idleLiveLocked() && r.stalledLocked(now)):
 		return StatusStalled
 	case !behind || r.lagLocked(now) < r.cfg.LiveLag:
@@ -78,6 +82,47 @@ func (r *Runner) statusLocked(now time.Time) string {
 	default:
 		return StatusCatchingUp
 	}
+}
+
+// connector is a store that knows whether it is connected to its server.
+type connector interface{ Connected() bool }
+
+// seeConnectedLocked notes whether the store, if it can tell, is
+// connected.
+func (r *Runner) seeConnectedLocked() {
+	c, ok := r.store.(connector)
+	if !ok {
+		return
+	}
+	switch connected := c.Connected(); {
+	case !connected && !r.state.disconnected:
+		r.state.disconnected, r.state.disconnectedSince = true, time.Now()
+	case connected:
+		r.state.disconnected = false
+	}
+}
+
+// reasonLocked says why the status at now is failed, degraded or
+// stalled; it is empty for the others.
+func (r *Runner) reasonLocked(now time.Time) string {
+	since := func(t time.Time) string { return now.Sub(t).Round(time.Second).String() }
+	switch r.statusLocked(now) {
+	case StatusFailed:
+		return "batches failing for " + since(r.state.failingSince) + ": " + r.state.lastError
+	case StatusDegraded:
+		if r.state.sourceErr == "" {
+			return "event source not connected for " + since(r.state.disconnectedSince)
+		}
+		return "event source unreachable for " + since(r.state.sourceSince) + ": " + r.state.sourceErr
+	case StatusStalled:
+		if r.state.failing {
+			return "batches failing for " + since(r.state.failingSince) + ", retried: " + r.state.lastError
+		}
+		return "behind the head with no batch committed for " + since(r.state.lastProgress)
+	case StatusStopped:
+		return r.state.lastError
+	}
+	return ""
 }
 
 // reportStatus refreshes the head, the status, the lag metrics and the
@@ -91,11 +136,12 @@ func (r *Runner) reportStatus() {
 		headCtx, cancel := context.WithTimeout(r.soft, r.cfg.StatusInterval+time.Second)
 		h, err := r.store.Head(headCtx)
 		cancel()
+		r.mu.Lock()
 		if err == nil {
-			r.mu.Lock()
 			r.seeHeadLocked(h)
-			r.mu.Unlock()
 		}
+		r.seeConnectedLocked()
+		r.mu.Unlock()
 		now := time.Now()
 		r.mu.Lock()
 		behind := r.position.Before(r.state.head.Position)
@@ -110,6 +156,7 @@ func (r *Runner) reportStatus() {
 		r.mu.Unlock()
 
 		r.m.lag.Set(lag.Seconds())
+		r.m.setStatus(r.Status().Status)
 		if caughtUp {
 			r.m.caughtUp.Set(1)
 		} else {
@@ -138,9 +185,9 @@ func (r *Runner) writeStatus(ctx context.Context) {
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := r.pool.Exec(ctx, `UPDATE sightline.projections SET status = $2, head = $3, lag_ms = $4, updated_at = now()
+	if _, err := r.pool.Exec(ctx, `UPDATE sightline.projections SET status = $2, head = $3, lag_ms = $4, reason = $7, updated_at = now()
 		WHERE name = $1 AND ($5 OR updated_at < now() - $6::interval)`,
-		r.p.Name(), st.Status, st.Head.String(), st.Lag.Milliseconds(), serving, 3*r.cfg.StatusInterval); err != nil && ctx.Err() == nil {
+		r.p.Name(), st.Status, st.Head.String(), st.Lag.Milliseconds(), serving, 3*r.cfg.StatusInterval, st.Reason); err != nil && ctx.Err() == nil {
 		r.log.Warn("write projection status", "error", err)
 	}
 }
