@@ -39,8 +39,9 @@ type doc struct {
 	// more it may carry.
 	fresh   bool
 	headers []string
-	// admin: needs the API token when one is set.
-	admin bool
+	// admin: needs the API token when one is set; read: the read token
+	// (or the API token) when a read token is set.
+	admin, read bool
 }
 
 // schemas generates the components' schemas from Go types.
@@ -96,10 +97,13 @@ func buildOpenAPI(routes []route, sc *schemas) (*openapi3.T, error) {
 				"reads can wait for a write (Projection-Min-Position, Projection-Min-Revision). Errors are RFC 9457 problem documents."},
 		Paths: openapi3.NewPaths(),
 		Components: &openapi3.Components{
-			Schemas:         sc.all,
-			Headers:         stalenessHeaders(),
-			Parameters:      readYourWritesParams(),
-			SecuritySchemes: openapi3.SecuritySchemes{"token": {Value: openapi3.NewJWTSecurityScheme().WithBearerFormat("SIGHTLINE_API_TOKEN")}},
+			Schemas:    sc.all,
+			Headers:    stalenessHeaders(),
+			Parameters: readYourWritesParams(),
+			SecuritySchemes: openapi3.SecuritySchemes{
+				"token":     {Value: openapi3.NewJWTSecurityScheme().WithBearerFormat("SIGHTLINE_API_TOKEN")},
+				"readToken": {Value: openapi3.NewJWTSecurityScheme().WithBearerFormat("SIGHTLINE_READ_TOKEN")},
+			},
 		},
 	}
 	sc.all["Problem"] = openapi3.NewSchemaRef("", openapi3.NewObjectSchema().
@@ -143,8 +147,11 @@ func operation(path string, d *doc) *openapi3.Operation {
 		op.RequestBody = &openapi3.RequestBodyRef{Value: openapi3.NewRequestBody().WithRequired(true).
 			WithContent(openapi3.NewContentWithJSONSchemaRef(d.body))}
 	}
-	if d.admin {
+	switch {
+	case d.admin:
 		op.Security = &openapi3.SecurityRequirements{{"token": {}}}
+	case d.read:
+		op.Security = &openapi3.SecurityRequirements{{"readToken": {}}, {"token": {}}, {}} // {}: open when no read token is set
 	}
 	ok := openapi3.NewResponse().WithDescription(http.StatusText(cmpInt(d.okStatus, http.StatusOK)))
 	if d.ok != nil {

@@ -166,13 +166,18 @@ func (s *Server) serveQuery(c echo.Context, q *query.Prepared, path map[string]s
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), wait)
 	defer cancel()
-	if !want.IsStart() {
+	if !want.IsStart() && !r.Reached(want) {
+		release, ok := s.waitSlot()
+		if !ok {
+			return s.tooManyWaits(c, r)
+		}
+		defer release()
 		if err := s.waitFor(ctx, r, want); err != nil {
 			return s.notFreshYet(c, r, "projection "+q.Projection+" has not applied position "+want.String()+" within "+wait.String())
 		}
 	}
 
-	for retried := false; ; {
+	for retried, waiting := false, false; ; {
 		s.stalenessHeaders(c, r)
 		b := &pgx.Batch{}
 		var st projections.StreamState
@@ -189,6 +194,14 @@ func (s *Server) serveQuery(c echo.Context, q *query.Prepared, path map[string]s
 			return s.queryProblem(c, r, q, err)
 		}
 		if hasRev && !st.Applied(minRev) && !st.HeldAt(minRev) {
+			if !waiting {
+				release, ok := s.waitSlot()
+				if !ok {
+					return s.tooManyWaits(c, r)
+				}
+				defer release()
+				waiting = true
+			}
 			if err := s.waitForRevision(ctx, r, q, args, st.Stream, minRev); err != nil {
 				if errors.Is(err, errNoStream) {
 					return problem(c, http.StatusBadRequest, "No stream to wait for", "with these params, query "+q.Name+"'s stream is NULL: "+HeaderMinRevision+" cannot be met")

@@ -48,26 +48,30 @@ type ParkedList struct {
 // query at the general route and at its alias, if it has one.
 func (s *Server) routes(sc *schemas) []route {
 	admin := []echo.MiddlewareFunc{s.requireToken}
+	read := []echo.MiddlewareFunc{s.requireRead}
 	write := []echo.MiddlewareFunc{s.requireToken, s.limitBody}
 	queryParam := func(name, desc string, schema *openapi3.Schema) *openapi3.ParameterRef {
 		return &openapi3.ParameterRef{Value: openapi3.NewQueryParameter(name).WithDescription(desc).WithSchema(schema)}
 	}
 	rs := []route{
+		// The probes and this document are open; the reads take the read
+		// token, when one is set; admin routes the API token.
 		{http.MethodGet, "/healthz", s.healthz, nil, &doc{id: "healthz", summary: "The process is alive.", ok: sc.ref("Health", Health{})}},
-		{http.MethodGet, "/readyz", s.readyz, nil, &doc{id: "readyz", summary: "The database is reachable and the event source connected.",
+		{http.MethodGet, "/livez", s.healthz, nil, &doc{id: "livez", summary: "The process is alive (whatever the database, the source and the projections are doing).", ok: sc.ref("Health", Health{})}},
+		{http.MethodGet, "/readyz", s.readyz, nil, &doc{id: "readyz", summary: "The database is reachable, the event source connected, no projection failed and, with a maximum lag set, none lags more.",
 			ok: sc.ref("Readiness", Readiness{}), problems: []int{http.StatusServiceUnavailable}}},
-		{http.MethodGet, "/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})), nil,
+		{http.MethodGet, "/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})), read,
 			&doc{id: "metrics", summary: "Prometheus metrics, in the text exposition format.", ok: openapi3.NewSchemaRef("", openapi3.NewStringSchema()), okType: "text/plain"}},
 		{http.MethodGet, "/openapi.json", s.openAPIDoc, nil, &doc{id: "openapi", summary: "This document: OpenAPI 3.1 of every route, the declared queries included.",
 			ok: openapi3.NewSchemaRef("", openapi3.NewObjectSchema())}},
-		{http.MethodGet, "/v1/projections", s.listProjections, nil, &doc{id: "listProjections", summary: "Every projection's status.",
+		{http.MethodGet, "/v1/projections", s.listProjections, read, &doc{id: "listProjections", summary: "Every projection's status.",
 			ok: sc.ref("ProjectionList", ProjectionList{})}},
-		{http.MethodGet, "/v1/projections/:name", s.getProjection, nil, &doc{id: "getProjection",
+		{http.MethodGet, "/v1/projections/:name", s.getProjection, read, &doc{id: "getProjection",
 			summary: "A projection's status: version, status, position, head, lag, events per second, parked events, the rebuild under way.",
 			ok:      sc.ref("ProjectionStatus", ProjectionStatus{}), problems: []int{http.StatusNotFound}}},
-		{http.MethodGet, "/v1/projections/:name/queries", s.listQueries, nil, &doc{id: "listQueries", summary: "A projection's declared queries.",
+		{http.MethodGet, "/v1/projections/:name/queries", s.listQueries, read, &doc{id: "listQueries", summary: "A projection's declared queries.",
 			ok: sc.ref("QueryList", QueryList{}), problems: []int{http.StatusNotFound}}},
-		{http.MethodGet, "/v1/projections/:name/queries/:query", s.namedQuery, nil, nil}, // each query is described at its own path, below
+		{http.MethodGet, "/v1/projections/:name/queries/:query", s.namedQuery, read, nil}, // each query is described at its own path, below
 
 		// Writing routes: the token (when set) and a body limit, per
 		// route, so that unknown paths still answer 404.
@@ -99,9 +103,17 @@ func (s *Server) routes(sc *schemas) []route {
 			okStatus: http.StatusAccepted, ok: sc.ref("Rebuild", Rebuild{}), problems: []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusConflict}}},
 	}
 	for _, q := range s.cfg.Queries {
-		rs = append(rs, route{http.MethodGet, queryPath(q), s.servePrepared(q), nil, queryDoc(q, sc, false)})
+		rs = append(rs, route{http.MethodGet, queryPath(q), s.servePrepared(q), read, queryDoc(q, sc, false)})
 		if q.Route != "" {
-			rs = append(rs, route{http.MethodGet, q.Route, s.aliasQuery(q), nil, queryDoc(q, sc, true)})
+			rs = append(rs, route{http.MethodGet, q.Route, s.aliasQuery(q), read, queryDoc(q, sc, true)})
+		}
+	}
+	for i := range rs {
+		if len(rs[i].mw) == 1 && &rs[i].mw[0] == &read[0] && rs[i].doc != nil {
+			rs[i].doc.read = true
+			if s.cfg.ReadToken != "" {
+				rs[i].doc.problems = append(rs[i].doc.problems, http.StatusUnauthorized)
+			}
 		}
 	}
 	return rs

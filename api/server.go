@@ -40,8 +40,17 @@ type Config struct {
 	// Store is the event source: appends, the head, position tokens.
 	Store eventstore.Store
 	// Token, when set, is the bearer token every route that writes or
-	// changes state requires.
+	// changes state requires. It reads too.
 	Token string
+	// ReadToken, when set, is the bearer token the reads require: the
+	// projections' status, their queries and /metrics. The probes and the
+	// OpenAPI document stay open.
+	ReadToken string
+	// Limits bound connections and read-your-writes waits.
+	Limits Limits
+	// ReadyMaxLag, when set, makes /readyz fail while a projection lags
+	// more than this behind the head. A failed projection fails it always.
+	ReadyMaxLag time.Duration
 	// MaxBody bounds request bodies. Defaults to MaxBodyDefault.
 	MaxBody int64
 	// Registerer receives the HTTP request metrics. Defaults to none.
@@ -69,6 +78,9 @@ type Server struct {
 	ln       net.Listener
 	stopping chan struct{} // closed by Shutdown: releases read-your-writes waits
 	stopOnce sync.Once
+	// waits holds a token for each read-your-writes request waiting.
+	waits        chan struct{}
+	waitsRefused prometheus.Counter
 
 	// readPool runs the declared queries: its connections are read-only,
 	// with the statement timeout, and read the readmodel views, which
@@ -92,15 +104,24 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("api: a Pool is required")
 	}
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{}), queries: map[string][]*query.Prepared{}}
+	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{}), queries: map[string][]*query.Prepared{},
+		waits: make(chan struct{}, cfg.Limits.MaxWaits),
+		waitsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "sightline_http_waits_refused_total",
+			Help: "Read-your-writes requests answered 503 at once because MaxWaits others were waiting."})}
 	for _, q := range cfg.Queries {
 		s.queries[q.Projection] = append(s.queries[q.Projection], q)
 	}
 	e.HTTPErrorHandler = s.errorHandler
 	e.Use(middleware.Recover())
 	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.waitsRefused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sightline_http_waits",
+			Help: "Read-your-writes requests waiting now."}, func() float64 { return float64(len(s.waits)) }))
 		e.Use(echoprometheus.NewMiddlewareWithConfig(echoprometheus.MiddlewareConfig{
 			Namespace: "sightline", Subsystem: "http", Registerer: cfg.Registerer,
 			Skipper:           func(c echo.Context) bool { return c.Path() == "/metrics" },
@@ -159,23 +180,43 @@ func requestBuckets(opts prometheus.HistogramOpts) prometheus.HistogramOpts {
 	return opts
 }
 
-// requireToken asks for the bearer token, when one is configured, compared
-// in constant time.
+// requireToken asks for the API token, when one is configured.
 func (s *Server) requireToken(next echo.HandlerFunc) echo.HandlerFunc {
 	if s.cfg.Token == "" {
 		return next
 	}
+	return bearer("this route needs Authorization: Bearer <SIGHTLINE_API_TOKEN>", s.cfg.Token)(next)
+}
+
+// requireRead asks for the read token, when one is configured; the API
+// token reads too.
+func (s *Server) requireRead(next echo.HandlerFunc) echo.HandlerFunc {
+	if s.cfg.ReadToken == "" {
+		return next
+	}
+	return bearer("this route needs Authorization: Bearer <SIGHTLINE_READ_TOKEN> (or the API token)", s.cfg.ReadToken, s.cfg.Token)(next)
+}
+
+// bearer accepts a request whose bearer token is one of tokens (empty
+// ones never match), compared in constant time.
+func bearer(detail string, tokens ...string) echo.MiddlewareFunc {
 	return middleware.KeyAuthWithConfig(middleware.KeyAuthConfig{
 		KeyLookup:  "header:" + echo.HeaderAuthorization,
 		AuthScheme: "Bearer",
 		Validator: func(key string, _ echo.Context) (bool, error) {
-			return subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.Token)) == 1, nil
+			ok := 0
+			for _, t := range tokens {
+				if t != "" {
+					ok |= subtle.ConstantTimeCompare([]byte(key), []byte(t))
+				}
+			}
+			return ok == 1, nil
 		},
 		ErrorHandler: func(_ error, c echo.Context) error {
 			c.Response().Header().Set(echo.HeaderWWWAuthenticate, `Bearer realm="sightline"`)
-			return problem(c, http.StatusUnauthorized, "Unauthorized", "this route needs Authorization: Bearer <SIGHTLINE_API_TOKEN>")
+			return problem(c, http.StatusUnauthorized, "Unauthorized", detail)
 		},
-	})(next)
+	})
 }
 
 // limitBody bounds the request body; reading past it fails.
@@ -216,6 +257,7 @@ func (s *Server) Serve() error {
 		}
 	}
 	s.echo.Listener = s.ln
+	s.cfg.Limits.configure(s.echo.Server)
 	err := s.echo.Start("")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -255,6 +297,17 @@ func (s *Server) readyz(c echo.Context) error {
 	if s.cfg.SourceReady != nil && !s.cfg.SourceReady() {
 		checks["source"], ready = "not connected", false
 	}
+	if s.cfg.Daemon != nil {
+		for _, r := range s.cfg.Daemon.Runners() {
+			st := r.Status()
+			switch {
+			case st.Status == projections.StatusFailed:
+				checks["projection "+st.Name], ready = "failed: "+st.Reason, false
+			case s.cfg.ReadyMaxLag > 0 && st.Lag > s.cfg.ReadyMaxLag:
+				checks["projection "+st.Name], ready = fmt.Sprintf("lags %s, more than %s", st.Lag.Round(time.Millisecond), s.cfg.ReadyMaxLag), false
+			}
+		}
+	}
 	if !ready {
 		return c.JSON(http.StatusServiceUnavailable, Readiness{Status: "not ready", Checks: checks})
 	}
@@ -271,7 +324,9 @@ type ProjectionStatus struct {
 	LagMs           int64   `json:"lag_ms"`
 	EventsPerSecond float64 `json:"events_per_second"`
 	// Parked counts the events parked or held behind them.
-	Parked    int    `json:"parked"`
+	Parked int `json:"parked"`
+	// Reason says why the status is failed, degraded or stalled.
+	Reason    string `json:"reason,omitempty"`
 	LastError string `json:"last_error,omitempty"`
 	// Rebuild is the rebuild under way; null when none is.
 	Rebuild *RebuildStatus `json:"rebuild"`
@@ -280,7 +335,7 @@ type ProjectionStatus struct {
 func statusJSON(st projections.Status) ProjectionStatus {
 	return ProjectionStatus{
 		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
-		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, LastError: st.LastError,
+		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, Reason: st.Reason, LastError: st.LastError,
 		Rebuild: rebuildJSON(st.Rebuild),
 	}
 }
