@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"context"
@@ -15,12 +15,12 @@ import (
 	"github.com/sightlinehq/sightline/query"
 )
 
-func newCheckCmd(c *config) *cobra.Command {
+func newCheckCmd(c *Config) *cobra.Command {
 	return &cobra.Command{
 		Use:   "check [DIR]",
 		Short: "Check projection files and their queries against the database, changing nothing; exit 1 naming each problem",
-		Long: `check loads the declarative projections (*.yaml) of DIR, or without DIR every projection
-'sightline run' would run, and checks them against the configured database in a
+		Long: `check loads the declarative projections (*.yaml) of DIR (with the examples if --examples),
+or without DIR every projection 'sightline run' would run, and checks them against the configured database in a
 transaction it rolls back: each projection's tables are created in a scratch schema, its
 handlers and declared queries prepared against them, and each query run once on no rows,
 read-only. It prints every problem with its file, query and PostgreSQL's reason.`,
@@ -29,11 +29,14 @@ read-only. It prints every problem with its file, query and PostgreSQL's reason.
 			var ps []projections.Projection
 			var err error
 			if len(args) == 1 {
-				c.Projections = args[0] // what run --projections DIR would run, the examples with it
+				c.ProjectionDir = args[0] // what run --projections DIR would run (with the examples if --examples)
 			}
 			ps, err = c.projections()
 			if err != nil {
 				return exitError{code: exitFailure, msg: err.Error()}
+			}
+			if len(ps) == 0 {
+				return usagef("no projections to check: give DIR, or --projections DIR, or --examples")
 			}
 			pool, err := connect(cmd.Context(), c.DatabaseURL)
 			if err != nil {

@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newMigrateCmd(c *config) *cobra.Command {
+func newMigrateCmd(c *Config) *cobra.Command {
 	return &cobra.Command{
 		Use:   "migrate",
 		Short: "Create or upgrade the schema (creating the database if missing), then exit",

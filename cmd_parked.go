@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"errors"
@@ -16,7 +16,7 @@ import (
 	"github.com/sightlinehq/sightline/projections"
 )
 
-func newParkedCmd(c *config) *cobra.Command {
+func newParkedCmd(c *Config) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "parked",
 		Short: "List, retry and skip parked events (dead letters); safe while 'sightline run' runs",
@@ -30,7 +30,7 @@ or without a running projector, and both are idempotent.`,
 	return cmd
 }
 
-func newParkedListCmd(c *config) *cobra.Command {
+func newParkedListCmd(c *Config) *cobra.Command {
 	var opts projections.ListOptions
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -88,7 +88,7 @@ func oneLine(s string, max int) string {
 }
 
 // newParkedReleaseCmd is "parked retry ID" or "parked skip ID".
-func newParkedReleaseCmd(c *config, action string) *cobra.Command {
+func newParkedReleaseCmd(c *Config, action string) *cobra.Command {
 	short := "Apply a parked event again, then the events held behind it, in order"
 	do := projections.RetryParked
 	if action == "skip" {

@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"cmp"
@@ -17,7 +17,7 @@ import (
 	"github.com/sightlinehq/sightline/projections"
 )
 
-func newRebuildCmd(c *config) *cobra.Command {
+func newRebuildCmd(c *Config) *cobra.Command {
 	var wait bool
 	cmd := &cobra.Command{
 		Use:   "rebuild NAME",
@@ -68,7 +68,7 @@ it stopped the next time either runs. One rebuild runs at a time.`,
 
 // openProjection finds the configured projection named name and opens the
 // database and the event source; the caller closes the app.
-func openProjection(ctx context.Context, c *config, name string) (projections.Projection, *app, error) {
+func openProjection(ctx context.Context, c *Config, name string) (projections.Projection, *app, error) {
 	p, err := c.projection(name)
 	if err != nil {
 		return nil, nil, err
@@ -97,7 +97,7 @@ func projectorRunning(ctx context.Context, a *app, name string) bool {
 }
 
 // rebuildHere builds the rebuild of p in this process with a progress bar.
-func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projection) error {
+func rebuildHere(ctx context.Context, c *Config, a *app, p projections.Projection) error {
 	started := make(chan projections.Rebuild, 1)
 	done := make(chan error, 1)
 	go func() {
@@ -169,7 +169,7 @@ func rebuildHere(ctx context.Context, c *config, a *app, p projections.Projectio
 	}
 }
 
-func newVerifyCmd(c *config) *cobra.Command {
+func newVerifyCmd(c *Config) *cobra.Command {
 	var limit int
 	var asJSON bool
 	cmd := &cobra.Command{

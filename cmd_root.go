@@ -1,11 +1,26 @@
-package main
+package sightline
 
 import (
 	"github.com/spf13/cobra"
+
+	"github.com/sightlinehq/sightline/projections"
 )
 
-func newRootCmd() *cobra.Command {
-	c := &config{}
+// Option adds to what Main runs.
+type Option func(*Config)
+
+// WithProjections adds the program's own Go projections. Every command
+// knows them: run applies them and serves their queries, status, rebuild,
+// verify, parked and check name them.
+func WithProjections(ps ...projections.Projection) Option {
+	return func(c *Config) { c.Projections = append(c.Projections, ps...) }
+}
+
+func newRootCmd(opts ...Option) (*cobra.Command, *Config) {
+	c := &Config{}
+	for _, o := range opts {
+		o(c)
+	}
 	root := &cobra.Command{
 		Use:           "sightline",
 		Short:         "Keep PostgreSQL read models in step with an event store, and say how fresh they are",
@@ -19,7 +34,7 @@ func newRootCmd() *cobra.Command {
 	c.bind(root.PersistentFlags())
 	root.AddCommand(newRunCmd(c, false), newRunCmd(c, true), newSimulateCmd(c), newMigrateCmd(c), newStatusCmd(c), newParkedCmd(c),
 		newRebuildCmd(c), newVerifyCmd(c), newCheckCmd(c))
-	return root
+	return root, c
 }
 
 // noArgs rejects positional arguments as a usage error.

@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sightlinehq/sightline/api"
+	"github.com/sightlinehq/sightline/internal/redact"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
 )
@@ -24,7 +25,7 @@ const (
 	stopAPIGrace        = 5 * time.Second
 )
 
-func newRunCmd(c *config, demo bool) *cobra.Command {
+func newRunCmd(c *Config, demo bool) *cobra.Command {
 	sim := simulate.Config{Orders: 100_000, Customers: 500, Rate: 200, Writers: 4}
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -34,6 +35,7 @@ func newRunCmd(c *config, demo bool) *cobra.Command {
 			if !demo {
 				return serve(cmd.Context(), c, nil)
 			}
+			c.Examples = true
 			return serve(cmd.Context(), c, &sim)
 		},
 	}
@@ -50,9 +52,16 @@ func newRunCmd(c *config, demo bool) *cobra.Command {
 
 // serve runs the projections and the API until ctx ends; with sim, it also
 // simulates traffic.
-func serve(ctx context.Context, c *config, sim *simulate.Config) error {
+func serve(ctx context.Context, c *Config, sim *simulate.Config) error {
 	if err := c.checkListen(); err != nil {
 		return err
+	}
+	ps, err := c.projections()
+	if err != nil {
+		return err
+	}
+	if len(ps) == 0 {
+		return usagef("no projections to run: add your own (--projections DIR of *.yaml, or a Go program with sightline.WithProjections), or pass --examples for the example ones")
 	}
 	a, err := openApp(ctx, c)
 	if err != nil {
@@ -62,10 +71,6 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ps, err := c.projections()
-	if err != nil {
-		return err
-	}
 	// Checked before anything is created: a bad projection file or query
 	// stops the start, with every problem named.
 	queries, err := projections.Check(ctx, a.pool, ps)
@@ -76,8 +81,9 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 	if err != nil {
 		return err
 	}
-	srv, err := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, Daemon: daemon,
-		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger, Queries: queries, QueryTimeout: c.QueryTimeout})
+	srv, err := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, ReadToken: c.ReadToken, Daemon: daemon,
+		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger, Queries: queries, QueryTimeout: c.QueryTimeout,
+		Limits: c.HTTP, ReadyMaxLag: c.ReadyMaxLag})
 	if err != nil {
 		return err
 	}
@@ -90,14 +96,14 @@ func serve(ctx context.Context, c *config, sim *simulate.Config) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve() }()
-	c.logger.Info("sightline running", "http", "http://"+srv.Addr(), "source", c.Source)
+	c.logger.Info("sightline running", "http", "http://"+srv.Addr(), "source", c.sourceForLogs())
 
 	simDone := make(chan error, 1)
 	if sim != nil {
 		if sim.Seed == 0 {
 			sim.Seed = uint64(time.Now().UnixNano())
 		}
-		printDemo(srv.Addr(), c.DatabaseURL, *sim)
+		printDemo(srv.Addr(), redact.URL(c.DatabaseURL), *sim)
 		go func() {
 			_, err := simulate.Run(ctx, a.store, *sim)
 			if err == nil {

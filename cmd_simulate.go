@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"fmt"
@@ -11,7 +11,7 @@ import (
 	"github.com/sightlinehq/sightline/internal/simulate"
 )
 
-func newSimulateCmd(c *config) *cobra.Command {
+func newSimulateCmd(c *Config) *cobra.Command {
 	var sim simulate.Config
 	cmd := &cobra.Command{
 		Use:   "simulate",

@@ -1,6 +1,7 @@
-package main
+package sightline
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -20,12 +21,14 @@ type statusRow struct {
 	LagMs      int64     `json:"lag_ms"`
 	UpdatedAt  time.Time `json:"updated_at"`
 	Parked     int64     `json:"parked"`
+	// Reason says why the status is failed, degraded or stalled.
+	Reason string `json:"reason,omitempty"`
 	// The rebuild under way, if any: its generation and how far it is.
 	RebuildGeneration *int     `json:"rebuild_generation"`
 	RebuildPercent    *float64 `json:"rebuild_percent"`
 }
 
-func newStatusCmd(c *config) *cobra.Command {
+func newStatusCmd(c *Config) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -37,7 +40,7 @@ func newStatusCmd(c *config) *cobra.Command {
 				return err
 			}
 			defer pool.Close()
-			rows, err := pool.Query(cmd.Context(), `SELECT s.projection, s.version, s.status, coalesce(s.position, '0'), s.head, s.lag_ms, s.updated_at, s.parked,
+			rows, err := pool.Query(cmd.Context(), `SELECT s.projection, s.version, s.status, coalesce(s.position, '0'), s.head, s.lag_ms, s.updated_at, s.parked, s.reason,
 					b.generation, b.percent::float8
 				FROM readmodel.projection_status s
 				LEFT JOIN LATERAL (
@@ -55,6 +58,9 @@ func newStatusCmd(c *config) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			for i := range list {
+				list[i].Reason = c.secrets.String(list[i].Reason)
+			}
 			if asJSON {
 				return printJSON(map[string]any{"projections": list})
 			}
@@ -63,14 +69,14 @@ func newStatusCmd(c *config) *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tREBUILD\tUPDATED")
+			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tREBUILD\tUPDATED\tREASON")
 			for _, r := range list {
 				rebuild := "-"
 				if r.RebuildGeneration != nil {
 					rebuild = fmt.Sprintf("generation %d at %.1f%%", *r.RebuildGeneration, *r.RebuildPercent)
 				}
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s ago\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
-					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, rebuild, time.Since(r.UpdatedAt).Round(time.Second))
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s ago\t%s\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
+					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, rebuild, time.Since(r.UpdatedAt).Round(time.Second), cmp.Or(c.secrets.String(r.Reason), "-"))
 			}
 			return w.Flush()
 		},

@@ -1,13 +1,15 @@
-package main
+package sightline
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sightlinehq/sightline/api"
+	"github.com/sightlinehq/sightline/internal/redact"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/projections/declarative"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -25,61 +28,150 @@ import (
 // it is created if missing.
 const DatabaseURLDefault = "postgres://postgres@127.0.0.1:5432/sightline?sslmode=disable"
 
-// config is what every command shares. Each value comes from, in order of
-// precedence: its flag, its environment variable, the --config YAML file,
-// the default.
-type config struct {
+// SourcePostgres is the Source of the embedded event store.
+const SourcePostgres = "postgres"
+
+// Config is what sightline runs: the database, the event source, the
+// projections and the HTTP API. The command line fills it from, in order
+// of precedence, each value's flag, its environment variable, the
+// --config YAML file (the keys are the yaml tags), and the default. A
+// program calling Run fills it itself; the zero value of a field is its
+// default.
+type Config struct {
+	// DatabaseURL is the PostgreSQL of the read models (and of the
+	// embedded event store); created if missing. Default
+	// DatabaseURLDefault.
 	DatabaseURL string `yaml:"database_url"`
-	Source      string `yaml:"source"`
-	HTTPAddr    string `yaml:"http_addr"`
-	APIToken    string `yaml:"api_token"`
-	Insecure    bool   `yaml:"insecure"`
-	LogLevel    string `yaml:"log_level"`
-	LogFormat   string `yaml:"log_format"`
-	BatchSize   int    `yaml:"batch_size"`
-	MaxAttempts int    `yaml:"max_attempts"`
-	Projections string `yaml:"projections"`
+	// Source is the event source: SourcePostgres (the default), or an
+	// esdb://, esdb+discover://, kurrentdb:// or kurrentdb+discover://
+	// connection string.
+	Source string `yaml:"source"`
+	// HTTPAddr is where the API listens. Default api.AddrDefault, on
+	// loopback: beyond it, an APIToken (or Insecure) is required.
+	HTTPAddr string `yaml:"http_addr"`
+	// APIToken, when set, is the bearer token of the routes that write or
+	// change state; it reads too.
+	APIToken string `yaml:"api_token"`
+	// ReadToken, when set, is the bearer token of the reads: queries,
+	// status and /metrics.
+	ReadToken string `yaml:"read_token"`
+	// Insecure allows listening beyond loopback without an APIToken.
+	Insecure bool `yaml:"insecure"`
+	// Examples adds the example projections (orders, customer_stats,
+	// daily_sales); off unless asked, on for the demo.
+	Examples bool `yaml:"examples"`
+	// Projections are the program's own Go projections.
+	Projections []projections.Projection `yaml:"-"`
+	// ProjectionDir is a directory of declarative projections (*.yaml).
+	ProjectionDir string `yaml:"projections"`
+
+	LogLevel  string `yaml:"log_level"`  // debug, info (default), warn or error
+	LogFormat string `yaml:"log_format"` // text (default) or json
+	// Logger, when set, is used instead of one made from LogLevel and
+	// LogFormat.
+	Logger *slog.Logger `yaml:"-"`
+
+	BatchSize   int `yaml:"batch_size"`   // events of one live batch
+	MaxAttempts int `yaml:"max_attempts"` // tries of a failing event before it is parked
 	// RebuildBatchSize bounds the events of one rebuild transaction;
 	// RebuildGrace is how long replaced tables are kept after a rebuild.
 	RebuildBatchSize int           `yaml:"rebuild_batch_size"`
 	RebuildGrace     time.Duration `yaml:"rebuild_grace"`
-	// QueryTimeout bounds each declared query.
+	// QueryTimeout bounds each declared query. Default
+	// api.QueryTimeoutDefault.
 	QueryTimeout time.Duration `yaml:"query_timeout"`
+	// HTTP bounds the API's connections and waits.
+	HTTP api.Limits `yaml:"http"`
+	// ReadyMaxLag, when set, makes /readyz fail while a projection lags
+	// more than this behind the head.
+	ReadyMaxLag time.Duration `yaml:"ready_max_lag"`
 
-	file         string
-	cpuProfile   string
-	queryTimeout string // --query-timeout or SIGHTLINE_QUERY_TIMEOUT, parsed into QueryTimeout
-	logger       *slog.Logger
+	file       string
+	cpuProfile string
+	logger     *slog.Logger     // Logger, or the one made, masking secrets
+	secrets    *redact.Replacer // masks the passwords and tokens configured
 }
 
-// setting ties a config field to its flag and environment variable.
+// setting ties a Config field to its flag and environment variable.
 type setting struct {
 	flag, env, usage string
-	str              *string
+	value            settable
 }
 
-func (c *config) settings() []setting {
+// settable is a Config field a flag's or variable's text sets.
+type settable interface{ set(string) error }
+
+type (
+	strSetting  struct{ p *string }
+	boolSetting struct{ p *bool }
+	intSetting  struct{ p *int }
+	durSetting  struct{ p *time.Duration }
+)
+
+func (s strSetting) set(v string) error { *s.p = v; return nil }
+
+func (s boolSetting) set(v string) error {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("%q: want true or false", v)
+	}
+	*s.p = b
+	return nil
+}
+
+func (s intSetting) set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a whole number, 0 or more", v)
+	}
+	*s.p = n
+	return nil
+}
+
+func (s durSetting) set(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("%q: want a duration such as 5s", v)
+	}
+	*s.p = d
+	return nil
+}
+
+func (c *Config) settings() []setting {
 	return []setting{
-		{"database-url", "SIGHTLINE_DATABASE_URL", "PostgreSQL for the read models (and the embedded event store); created if missing", &c.DatabaseURL},
-		{"source", "SIGHTLINE_SOURCE", `event source: "postgres" (the embedded store) or an esdb:// connection string`, &c.Source},
-		{"http-addr", "SIGHTLINE_HTTP_ADDR", "address the HTTP API listens on", &c.HTTPAddr},
-		{"log-level", "SIGHTLINE_LOG_LEVEL", "debug, info, warn or error", &c.LogLevel},
-		{"log-format", "SIGHTLINE_LOG_FORMAT", "text or json", &c.LogFormat},
-		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run besides the examples", &c.Projections},
-		{"query-timeout", "SIGHTLINE_QUERY_TIMEOUT", "how long a declared query may run before it is cut off, e.g. 5s (default 5s)", &c.queryTimeout},
+		{"database-url", "SIGHTLINE_DATABASE_URL", "PostgreSQL for the read models (and the embedded event store); created if missing", strSetting{&c.DatabaseURL}},
+		{"source", "SIGHTLINE_SOURCE", `event source: "postgres" (the embedded store) or an esdb:// or kurrentdb:// connection string`, strSetting{&c.Source}},
+		{"http-addr", "SIGHTLINE_HTTP_ADDR", "address the HTTP API listens on", strSetting{&c.HTTPAddr}},
+		{"log-level", "SIGHTLINE_LOG_LEVEL", "debug, info, warn or error", strSetting{&c.LogLevel}},
+		{"log-format", "SIGHTLINE_LOG_FORMAT", "text or json", strSetting{&c.LogFormat}},
+		{"examples", "SIGHTLINE_EXAMPLES", "also run the example projections (orders, customer_stats, daily_sales); on for demo", boolSetting{&c.Examples}},
+		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run", strSetting{&c.ProjectionDir}},
+		{"read-token", "SIGHTLINE_READ_TOKEN", "bearer token the reads (queries, status, /metrics) require; prefer the variable, flags show in ps", strSetting{&c.ReadToken}},
+		{"query-timeout", "SIGHTLINE_QUERY_TIMEOUT", "how long a declared query may run before it is cut off (default 5s)", durSetting{&c.QueryTimeout}},
+		{"ready-max-lag", "SIGHTLINE_READY_MAX_LAG", "fail /readyz while a projection lags more than this, e.g. 30s (default: lag does not count)", durSetting{&c.ReadyMaxLag}},
+		{"max-waits", "SIGHTLINE_MAX_WAITS", fmt.Sprintf("read-your-writes waits at once; more are answered 503 (default %d)", api.MaxWaitsDefault), intSetting{&c.HTTP.MaxWaits}},
+		{"http-read-header-timeout", "SIGHTLINE_HTTP_READ_HEADER_TIMEOUT", fmt.Sprintf("time to read a request's headers (default %s)", api.ReadHeaderTimeoutDefault), durSetting{&c.HTTP.ReadHeaderTimeout}},
+		{"http-read-timeout", "SIGHTLINE_HTTP_READ_TIMEOUT", fmt.Sprintf("time to read a whole request (default %s)", api.ReadTimeoutDefault), durSetting{&c.HTTP.ReadTimeout}},
+		{"http-write-timeout", "SIGHTLINE_HTTP_WRITE_TIMEOUT", fmt.Sprintf("time to answer a request once read, waits included; at least the longest wait (default %s)", api.WriteTimeoutDefault), durSetting{&c.HTTP.WriteTimeout}},
+		{"http-idle-timeout", "SIGHTLINE_HTTP_IDLE_TIMEOUT", fmt.Sprintf("how long an idle keep-alive connection is kept (default %s)", api.IdleTimeoutDefault), durSetting{&c.HTTP.IdleTimeout}},
 	}
 }
 
-func (c *config) bind(flags *pflag.FlagSet) {
+func (c *Config) bind(flags *pflag.FlagSet) {
 	for _, s := range c.settings() {
-		flags.String(s.flag, "", fmt.Sprintf("%s (env %s)", s.usage, s.env))
+		usage := fmt.Sprintf("%s (env %s)", s.usage, s.env)
+		if _, ok := s.value.(boolSetting); ok {
+			flags.Bool(s.flag, false, usage)
+			continue
+		}
+		flags.String(s.flag, "", usage)
 	}
 	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, insecure, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, projections")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits)")
 }
 
-// load resolves the configuration for cmd.
-func (c *config) load(cmd *cobra.Command) error {
+// load resolves the configuration for cmd, over what the program set.
+func (c *Config) load(cmd *cobra.Command) error {
 	if c.file != "" {
 		raw, err := os.ReadFile(c.file)
 		if err != nil {
@@ -93,10 +185,14 @@ func (c *config) load(cmd *cobra.Command) error {
 	}
 	for _, s := range c.settings() {
 		if v, ok := os.LookupEnv(s.env); ok && v != "" {
-			*s.str = v
+			if err := s.value.set(v); err != nil {
+				return usagef("%s: %v", s.env, err)
+			}
 		}
 		if f := cmd.Flags().Lookup(s.flag); f != nil && f.Changed {
-			*s.str = f.Value.String()
+			if err := s.value.set(f.Value.String()); err != nil {
+				return usagef("--%s: %v", s.flag, err)
+			}
 		}
 	}
 	if v := os.Getenv("SIGHTLINE_API_TOKEN"); v != "" {
@@ -105,37 +201,54 @@ func (c *config) load(cmd *cobra.Command) error {
 	if f := cmd.Flags().Lookup("insecure"); f != nil && f.Changed {
 		c.Insecure = f.Value.String() == "true"
 	}
-	if c.queryTimeout != "" {
-		d, err := time.ParseDuration(c.queryTimeout)
-		if err != nil || d <= 0 {
-			return usagef("query timeout %q: want a duration such as 5s", c.queryTimeout)
-		}
-		c.QueryTimeout = d
-	}
-	if c.QueryTimeout < 0 {
-		return usagef("query_timeout must not be negative")
-	}
-	if c.DatabaseURL == "" {
-		c.DatabaseURL = DatabaseURLDefault
-	}
-	if c.Source == "" {
-		c.Source = "postgres"
-	}
-	if c.HTTPAddr == "" {
-		c.HTTPAddr = api.AddrDefault
-	}
 	if c.cpuProfile != "" {
 		if err := startCPUProfile(c.cpuProfile); err != nil {
 			return usagef("cpu profile: %v", err)
 		}
 	}
-	logger, err := newLogger(c.LogLevel, c.LogFormat)
-	if err != nil {
+	if err := c.complete(); err != nil {
 		return err
 	}
-	c.logger = logger
-	slog.SetDefault(logger)
+	slog.SetDefault(c.logger)
 	return nil
+}
+
+// complete sets the defaults and checks what cannot work.
+func (c *Config) complete() error {
+	if c.QueryTimeout < 0 || c.RebuildGrace < 0 || c.ReadyMaxLag < 0 {
+		return usagef("query_timeout, rebuild_grace and ready_max_lag must not be negative")
+	}
+	if c.BatchSize < 0 || c.MaxAttempts < 0 || c.RebuildBatchSize < 0 {
+		return usagef("batch_size, max_attempts and rebuild_batch_size must not be negative")
+	}
+	if err := c.HTTP.Check(); err != nil {
+		return usageError{err}
+	}
+	c.DatabaseURL = cmp.Or(c.DatabaseURL, DatabaseURLDefault)
+	c.Source = cmp.Or(c.Source, SourcePostgres)
+	c.HTTPAddr = cmp.Or(c.HTTPAddr, api.AddrDefault)
+	logger := c.Logger
+	if logger == nil {
+		var err error
+		if logger, err = newLogger(c.LogLevel, c.LogFormat); err != nil {
+			return err
+		}
+	}
+	c.secrets = redact.NewReplacer(append(redact.Secrets(c.DatabaseURL, c.Source), tokens(c.APIToken, c.ReadToken)...)...)
+	c.logger = slog.New(redact.Handler(logger.Handler(), c.secrets))
+	return nil
+}
+
+// tokens are the tokens long enough to be masked without masking
+// ordinary words.
+func tokens(ts ...string) []string {
+	var out []string
+	for _, t := range ts {
+		if len(t) >= 3 {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {
@@ -157,7 +270,7 @@ func newLogger(level, format string) (*slog.Logger, error) {
 
 // checkListen refuses to serve beyond loopback without a token unless
 // the user said --insecure.
-func (c *config) checkListen() error {
+func (c *Config) checkListen() error {
 	host, _, err := net.SplitHostPort(c.HTTPAddr)
 	if err != nil {
 		return usagef("http address %q: %v", c.HTTPAddr, err)
@@ -175,7 +288,7 @@ func (c *config) checkListen() error {
 }
 
 // projectorConfig is the projections.Config the configuration asks for.
-func (c *config) projectorConfig(metrics *projections.Metrics, source string) projections.Config {
+func (c *Config) projectorConfig(metrics *projections.Metrics, source string) projections.Config {
 	return projections.Config{
 		Logger: c.logger, Metrics: metrics, Source: source, BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts,
 		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace,
@@ -183,7 +296,7 @@ func (c *config) projectorConfig(metrics *projections.Metrics, source string) pr
 }
 
 // projection is the configured projection named name.
-func (c *config) projection(name string) (projections.Projection, error) {
+func (c *Config) projection(name string) (projections.Projection, error) {
 	ps, err := c.projections()
 	if err != nil {
 		return nil, err
@@ -195,22 +308,35 @@ func (c *config) projection(name string) (projections.Projection, error) {
 		}
 		names = append(names, p.Name())
 	}
+	if len(names) == 0 {
+		return nil, usagef("no projection named %q; none is configured (--examples, --projections DIR)", name)
+	}
 	return nil, usagef("no projection named %q; there are: %s", name, strings.Join(names, ", "))
 }
 
-// projections are the projections the configuration runs: the examples,
-// and the declarative ones in the --projections directory.
-func (c *config) projections() ([]projections.Projection, error) {
-	ps := readmodel.All()
-	if c.Projections == "" {
-		return ps, nil
+// projections are the projections the configuration runs: the program's
+// own, the examples when asked for, and the declarative ones of the
+// ProjectionDir, refused together if any two clash.
+func (c *Config) projections() ([]projections.Projection, error) {
+	ps := append([]projections.Projection(nil), c.Projections...)
+	if c.Examples {
+		ps = append(ps, readmodel.All()...)
 	}
-	more, err := declarative.LoadDir(c.Projections)
-	if err != nil {
-		return nil, usageError{err}
+	if c.ProjectionDir != "" {
+		more, err := declarative.LoadDir(c.ProjectionDir)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		if len(more) == 0 {
+			return nil, usagef("no *.yaml projections in %s", c.ProjectionDir)
+		}
+		ps = append(ps, more...)
 	}
-	if len(more) == 0 {
-		return nil, usagef("no *.yaml projections in %s", c.Projections)
+	if err := projections.Validate(ps); err != nil {
+		return nil, usageError{fmt.Errorf("the projections clash or are misnamed:\n%w", err)}
 	}
-	return append(ps, more...), nil
+	return ps, nil
 }
+
+// sourceForLogs is the source as it may be shown: without its secrets.
+func (c *Config) sourceForLogs() string { return redact.URL(c.Source) }

@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"context"
@@ -29,19 +29,19 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		"skip with a bad id":     {"parked", "skip", "x"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			require.Equal(t, exitUsage, run(context.Background(), args), "%v", args)
+			require.Equal(t, exitUsage, Main(context.Background(), args), "%v", args)
 		})
 	}
 }
 
 func TestUnreachableDatabaseExitsOne(t *testing.T) {
-	require.Equal(t, exitFailure, run(context.Background(), []string{"migrate", "--database-url", "postgres://postgres@127.0.0.1:1/x?connect_timeout=2"}))
+	require.Equal(t, exitFailure, Main(context.Background(), []string{"migrate", "--database-url", "postgres://postgres@127.0.0.1:1/x?connect_timeout=2"}))
 }
 
 // loaded parses args as the root command would and returns the config.
-func loaded(t *testing.T, args ...string) *config {
+func loaded(t *testing.T, args ...string) *Config {
 	t.Helper()
-	c := &config{}
+	c := &Config{}
 	cmd := &cobra.Command{Use: "x", RunE: func(*cobra.Command, []string) error { return nil }}
 	c.bind(cmd.Flags())
 	cmd.Flags().Bool("insecure", false, "")
@@ -77,7 +77,7 @@ func TestConfigPrecedence(t *testing.T) {
 
 func TestListenNeedsTokenBeyondLoopback(t *testing.T) {
 	for addr, ok := range map[string]bool{"127.0.0.1:8080": true, "[::1]:8080": true, "localhost:8080": true, "0.0.0.0:8080": false, ":8080": false, "10.1.2.3:80": false} {
-		c := &config{HTTPAddr: addr}
+		c := &Config{HTTPAddr: addr}
 		require.Equal(t, ok, c.checkListen() == nil, addr)
 		c.APIToken = "t"
 		require.NoError(t, c.checkListen(), addr)

@@ -1,16 +1,14 @@
-// Command sightline keeps PostgreSQL read models in step with an event
-// store and serves them with their freshness. See README.md.
-package main
+package sightline
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"runtime/pprof"
 	"strings"
-	"syscall"
+
+	"github.com/sightlinehq/sightline/internal/redact"
 )
 
 // Exit codes.
@@ -28,34 +26,33 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	os.Exit(run(ctx, os.Args[1:]))
-}
-
-func run(ctx context.Context, args []string) int {
-	root := newRootCmd()
+// Main runs the sightline command line on args (without the program
+// name, as os.Args[1:]) until ctx ends, and returns the exit code: 0
+// success, 1 failure or drift, 2 bad usage. Options add what the program
+// brings, such as its own Go projections; every command then knows them.
+func Main(ctx context.Context, args []string, opts ...Option) int {
+	root, c := newRootCmd(opts...)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	stopCPUProfile()
 	if err == nil {
 		return exitOK
 	}
+	mask := func(s string) string { return c.secrets.String(redact.URLsIn(s)) }
 	var ue usageError
 	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") || strings.HasPrefix(err.Error(), "unknown flag") ||
 		strings.HasPrefix(err.Error(), "accepts ") || strings.HasPrefix(err.Error(), "requires ") {
-		fmt.Fprintf(os.Stderr, "sightline: %v\nRun 'sightline --help' for usage.\n", err)
+		fmt.Fprintf(os.Stderr, "sightline: %s\nRun 'sightline --help' for usage.\n", mask(err.Error()))
 		return exitUsage
 	}
 	var ex exitError
 	if errors.As(err, &ex) {
 		if ex.msg != "" {
-			fmt.Fprintln(os.Stderr, "sightline: "+ex.msg)
+			fmt.Fprintln(os.Stderr, "sightline: "+mask(ex.msg))
 		}
 		return ex.code
 	}
-	fmt.Fprintf(os.Stderr, "sightline: %v\n", err)
+	fmt.Fprintf(os.Stderr, "sightline: %s\n", mask(err.Error()))
 	return exitFailure
 }
 

@@ -1,4 +1,4 @@
-package main
+package sightline
 
 import (
 	"context"
@@ -32,7 +32,7 @@ type app struct {
 }
 
 // openDatabase creates the database if missing, connects and migrates.
-func openDatabase(ctx context.Context, c *config) (*pgxpool.Pool, error) {
+func openDatabase(ctx context.Context, c *Config) (*pgxpool.Pool, error) {
 	pool, err := migrate.Open(ctx, c.DatabaseURL, 16, c.logger)
 	if errors.Is(err, migrate.ErrPoolSettings) {
 		return nil, usagef("%v", err)
@@ -41,14 +41,14 @@ func openDatabase(ctx context.Context, c *config) (*pgxpool.Pool, error) {
 }
 
 // openApp opens the database and the configured event source.
-func openApp(ctx context.Context, c *config) (*app, error) {
+func openApp(ctx context.Context, c *Config) (*app, error) {
 	var esdbURL string
 	switch {
 	case c.Source == "postgres":
 	case strings.HasPrefix(c.Source, "esdb://") || strings.HasPrefix(c.Source, "esdb+discover://"):
 		esdbURL = c.Source
 	default:
-		return nil, usagef(`source %q: want "postgres" or an esdb:// or esdb+discover:// connection string`, c.Source)
+		return nil, usagef(`source %q: want "postgres" or an esdb:// or esdb+discover:// connection string`, c.sourceForLogs())
 	}
 	if esdbURL != "" {
 		if _, err := esdbclient.ParseConnectionString(esdbURL); err != nil {

@@ -45,7 +45,14 @@ func (s *syncBuffer) String() string {
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv is start with env added to the environment.
+func startEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
 	p := &proc{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	require.NoError(t, cmd.Start())
@@ -71,7 +78,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 
 	conf := filepath.Join(t.TempDir(), "sightline.yaml")
 	require.NoError(t, os.WriteFile(conf, []byte("batch_size: 100\n"), 0o600))
-	args := []string{"run", "--database-url", db.URL, "--http-addr", "127.0.0.1:0", "--config", conf}
+	args := []string{"run", "--database-url", db.URL, "--http-addr", "127.0.0.1:0", "--config", conf, "--examples"}
 
 	// Live traffic throughout.
 	live := make(chan error, 1)

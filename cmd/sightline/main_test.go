@@ -48,3 +48,5 @@ func newDatabase(t *testing.T, d time.Duration) (context.Context, *testdb.DB, *p
 	t.Cleanup(store.Close)
 	return ctx, db, store
 }
+
+const exitUsage, exitFailure = 2, 1

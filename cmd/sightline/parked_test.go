@@ -17,9 +17,9 @@ import (
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
-// sightline runs the binary to completion and returns its stdout, stderr
+// runCLI runs the binary to completion and returns its stdout, stderr
 // and exit code.
-func sightline(t *testing.T, args ...string) (string, string, int) {
+func runCLI(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
 	var stdout, stderr strings.Builder
@@ -43,11 +43,11 @@ func TestParkedCommands(t *testing.T) {
 		storetest.Event(readmodel.TypeOrderPaid, `{"amount":{"cents":100}}`),
 		storetest.Event(readmodel.TypeOrderCancelled, `{"reason":"changed mind"}`))
 	require.NoError(t, err)
-	db2 := []string{"--database-url", db.URL}
+	db2 := []string{"--database-url", db.URL, "--examples"}
 	p := start(t, append([]string{"run", "--http-addr", "127.0.0.1:0"}, db2...)...)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 
-	out, _, code := sightline(t, append([]string{"parked", "list", "--projection", "orders", "--json"}, db2...)...)
+	out, _, code := runCLI(t, append([]string{"parked", "list", "--projection", "orders", "--json"}, db2...)...)
 	require.Zero(t, code)
 	var list struct {
 		Parked []struct {
@@ -62,24 +62,24 @@ func TestParkedCommands(t *testing.T) {
 	require.Equal(t, "parked", head.State)
 	require.Contains(t, head.Error, "amount")
 
-	out, _, code = sightline(t, append([]string{"parked", "list"}, db2...)...)
+	out, _, code = runCLI(t, append([]string{"parked", "list"}, db2...)...)
 	require.Zero(t, code)
 	require.Contains(t, out, "ID  ")
 	require.Equal(t, 3*2+1, strings.Count(out, "\n"), "orders, customer_stats and daily_sales each park the payment and hold the cancellation:\n%s", out)
 
 	id := fmt.Sprint(head.ID)
-	_, stderr, code := sightline(t, append([]string{"parked", "retry", id}, db2...)...)
+	_, stderr, code := runCLI(t, append([]string{"parked", "retry", id}, db2...)...)
 	require.Equal(t, exitFailure, code, "the event fails again")
 	require.Contains(t, stderr, "holds its stream")
-	_, stderr, code = sightline(t, append([]string{"parked", "retry", fmt.Sprint(list.Parked[1].ID)}, db2...)...)
+	_, stderr, code = runCLI(t, append([]string{"parked", "retry", fmt.Sprint(list.Parked[1].ID)}, db2...)...)
 	require.Equal(t, exitFailure, code)
 	require.Contains(t, stderr, "waits behind parked event "+id)
 
-	out, _, code = sightline(t, append([]string{"parked", "skip", id}, db2...)...)
+	out, _, code = runCLI(t, append([]string{"parked", "skip", id}, db2...)...)
 	require.Zero(t, code)
 	require.Contains(t, out, "skipped "+id)
 	require.Contains(t, out, "applied 1 event(s) of order-q to orders, through revision 2")
-	out, _, code = sightline(t, append([]string{"parked", "skip", id}, db2...)...)
+	out, _, code = runCLI(t, append([]string{"parked", "skip", id}, db2...)...)
 	require.Zero(t, code, "skipping twice is fine")
 	require.Contains(t, out, "already skipped")
 
@@ -87,7 +87,7 @@ func TestParkedCommands(t *testing.T) {
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT status FROM readmodel.orders WHERE id = 'q'`).Scan(&status))
 	require.Equal(t, "cancelled", status)
 	require.Eventually(t, func() bool {
-		out, _, code := sightline(t, append([]string{"status"}, db2...)...)
+		out, _, code := runCLI(t, append([]string{"status"}, db2...)...)
 		return code == 0 && strings.Contains(out, "PARKED") && strings.Contains(out, "orders") &&
 			strings.Fields(lineOf(out, "orders "))[6] == "0"
 	}, 10*time.Second, 100*time.Millisecond, "status shows no parked event left for orders")

@@ -63,7 +63,7 @@ func TestRebuildSurvivesKillNine(t *testing.T) {
 
 	conf := filepath.Join(t.TempDir(), "sightline.yaml")
 	require.NoError(t, os.WriteFile(conf, []byte("rebuild_batch_size: 200\n"), 0o600))
-	dbArgs := []string{"--database-url", db.URL, "--config", conf}
+	dbArgs := []string{"--database-url", db.URL, "--config", conf, "--examples"}
 	runArgs := append([]string{"run", "--http-addr", "127.0.0.1:0"}, dbArgs...)
 	first := start(t, runArgs...)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
@@ -73,7 +73,7 @@ func TestRebuildSurvivesKillNine(t *testing.T) {
 		_, err := simulate.Run(ctx, store, simulate.Config{Orders: 300, Customers: 50, Writers: 2, Rate: 300, Seed: 5})
 		live <- err
 	}()
-	out, _, code := sightline(t, append([]string{"rebuild", "orders"}, dbArgs...)...)
+	out, _, code := runCLI(t, append([]string{"rebuild", "orders"}, dbArgs...)...)
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "orders: rebuild requested: generation 2 (version 1).")
 	require.Contains(t, out, "The running projector builds it")
@@ -113,13 +113,13 @@ func TestRebuildSurvivesKillNine(t *testing.T) {
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
 
-	out, errOut, code := sightline(t, append([]string{"verify", "orders"}, dbArgs...)...)
+	out, errOut, code := runCLI(t, append([]string{"verify", "orders"}, dbArgs...)...)
 	require.Equal(t, 0, code, out+errOut)
 	require.Regexp(t, `^orders: no drift: 10,300 rows equal a clean replay at position \d+`, out)
 
 	_, err = db.Pool.Exec(ctx, `UPDATE readmodel.orders SET paid = paid + 1 WHERE id = 'seed-000042'`)
 	require.NoError(t, err)
-	out, errOut, code = sightline(t, append([]string{"verify", "orders", "--limit", "5"}, dbArgs...)...)
+	out, errOut, code = runCLI(t, append([]string{"verify", "orders", "--limit", "5"}, dbArgs...)...)
 	require.Equal(t, 1, code, out+errOut)
 	require.Regexp(t, `^orders: 1 of 10,300 rows differ from a clean replay at position \d+ \(first 1 below\)
   orders id="seed-000042": paid: live 143, replay 142
@@ -136,12 +136,12 @@ func TestRebuildWaitCommand(t *testing.T) {
 	t.Parallel()
 	ctx, db, store := newDatabase(t, 2*time.Minute)
 	seedOrders(t, ctx, store, 2000)
-	dbArgs := []string{"--database-url", db.URL}
+	dbArgs := []string{"--database-url", db.URL, "--examples"}
 
-	_, errOut, code := sightline(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
+	_, errOut, code := runCLI(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "projection has never run: orders; its first run builds it from the start")
-	_, errOut, code = sightline(t, append([]string{"rebuild", "nope"}, dbArgs...)...)
+	_, errOut, code = runCLI(t, append([]string{"rebuild", "nope"}, dbArgs...)...)
 	require.Equal(t, 2, code, errOut)
 	require.Contains(t, errOut, `no projection named "nope"; there are: orders, customer_stats, daily_sales`)
 
@@ -161,7 +161,7 @@ func TestRebuildWaitCommand(t *testing.T) {
 	}()
 	<-claimed
 	for _, args := range [][]string{{"rebuild", "orders", "--wait"}, {"rebuild", "orders"}} {
-		_, errOut, code = sightline(t, append(args, dbArgs...)...)
+		_, errOut, code = runCLI(t, append(args, dbArgs...)...)
 		require.Equal(t, 1, code, errOut)
 		require.Contains(t, errOut, "a rebuild is already running: generation 2 (version 1) of orders is being built", args)
 	}
@@ -173,12 +173,12 @@ func TestRebuildWaitCommand(t *testing.T) {
 			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`).Scan(&held) == nil && held == 0
 	}, 10*time.Second, 10*time.Millisecond)
 
-	out, errOut, code := sightline(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
+	out, errOut, code := runCLI(t, append([]string{"rebuild", "orders", "--wait"}, dbArgs...)...)
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, errOut, "building orders generation 2 100%")
 	require.Contains(t, out, "orders: generation 2 (version 1) is active")
 	readmodeltest.RequireExact(t, ctx, db.Pool)
-	out, _, code = sightline(t, append([]string{"status"}, dbArgs...)...)
+	out, _, code = runCLI(t, append([]string{"status"}, dbArgs...)...)
 	require.Equal(t, 0, code)
 	require.Regexp(t, `orders +1 +stopped +6000 +6000 +0s +0 +- `, out)
 }
