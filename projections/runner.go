@@ -98,6 +98,8 @@ func (c Config) validate() error {
 }
 
 // Projection statuses, as the API and readmodel.projection_status show them.
+// A Runner reports all but StatusFailed, which none reports: a runner that
+// gives up (a newer version took over) is stopped, with its last error.
 const (
 	StatusLive       = "live"
 	StatusCatchingUp = "catching-up"
