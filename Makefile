@@ -3,8 +3,9 @@
 .PHONY: test fuzz drill build demo vet lint bench microbench
 
 # test runs every test, then a short fuzzing run of the example
-# projections' event decoding, then the PostgreSQL restart drill, which
-# restarts the server the other tests use and so runs alone, last.
+# projections' event decoding and of the SQL lexer, then the PostgreSQL
+# restart drill, which restarts the server the other tests use and so runs
+# alone, last.
 test:
 	go test -race -count=1 ./...
 	$(MAKE) fuzz drill

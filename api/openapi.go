@@ -201,7 +201,7 @@ func stalenessHeaders() openapi3.Headers {
 		HeaderPosition:     h("The checkpoint the data reflects (a position token).", openapi3.NewStringSchema()),
 		HeaderHead:         h("The newest position the event store has.", openapi3.NewStringSchema()),
 		HeaderLagMs:        h("Age in ms of the oldest event the data does not reflect yet; 0 when caught up.", openapi3.NewIntegerSchema()),
-		HeaderStatus:       h("The projection's status.", openapi3.NewStringSchema().WithEnum("live", "catching-up", "rebuilding", "stalled", "failed", "stopped")),
+		HeaderStatus:       h("The projection's status.", openapi3.NewStringSchema().WithEnum("live", "catching-up", "rebuilding", "stalled", "failed", "degraded", "stopped")),
 		HeaderStreamParked: h("On a query that names its stream: the parked event holding that stream.", openapi3.NewStringSchema()),
 		"Link":             h(`The next page, as rel="next" (list queries).`, openapi3.NewStringSchema()),
 	}

@@ -18,7 +18,7 @@ const (
 	HeaderPosition    = "Projection-Position"     // the checkpoint the data reflects
 	HeaderHead        = "Projection-Head"         // the newest position the store has
 	HeaderLagMs       = "Projection-Lag-Ms"       // age in ms of the oldest event not reflected; 0 when caught up
-	HeaderStatus      = "Projection-Status"       // live, catching-up, rebuilding, stalled, failed or stopped
+	HeaderStatus      = "Projection-Status"       // live, catching-up, rebuilding, stalled, failed, degraded or stopped
 	HeaderMinPosition = "Projection-Min-Position" // read your writes: wait until this position is applied
 	HeaderWaitMs      = "Projection-Wait-Ms"      // how long to wait for it
 	// HeaderStreamParked, on reads of a query that names its stream,

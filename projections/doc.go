@@ -1,20 +1,105 @@
 // Package projections is sightline's projector: it applies events from an
 // eventstore.Store to PostgreSQL read models.
 //
-// One event's path, in the order the code runs it (runner.go, apply.go):
-// the Runner subscribes from the projection's checkpoint; a reader goroutine
-// forwards messages into a small channel; the applier collects what has
-// arrived into a batch, groups it by stream, and in one transaction locks the
-// checkpoint row, reads the streams' last applied revisions, skips
-// duplicates and late arrivals, fills gaps from the store (or records them in
-// sightline.gaps), hands the rest to the Projection's Apply, and writes the
-// revisions and the checkpoint before committing. Metrics follow the commit.
+// # One event's path
 //
-// When Apply fails, errors.go decides whose fault it is. An infrastructure
-// failure retries the batch whole. Otherwise apply.go isolates the failing
-// events in savepoints, retries each with backoff, and parks the last
-// failure with the rest of its stream in sightline.parked; parked.go lists
-// and releases parked events under the same checkpoint-row lock as batches.
+// In the order the code runs it, with the file and function of each step:
+//
+//  1. Subscription (runner.go). Runner.Start registers the projection and
+//     starts run; serve attaches to the active generation and sets the
+//     runner's position to that generation's stored checkpoint. pipeline
+//     starts read, which subscribes from there (forward: Store.Subscribe
+//     with the projection's Filter) and forwards each message into a
+//     channel of a few messages (readAhead); when the subscription fails, it
+//     subscribes again from the last message forwarded.
+//  2. Batching (runner.go). pipeline takes the first message that arrives
+//     and, through collect, whatever others have already arrived, up to
+//     about Config.BatchSize events, without waiting for more; the batch's
+//     checkpoint is the latest of their checkpoints. applyWithRetry hands
+//     the batch to apply (apply.go), which tries it with applyOnce (a
+//     second time, reading first, when a one-round-trip attempt finds it
+//     assumed wrong: step 7).
+//  3. The transaction (apply.go). applyOnce groups the batch by stream
+//     (byStream, plan.go), leaving out events the Filter does not choose. A
+//     live batch whose events of each stream follow one another
+//     (assumedRevisions) goes to the server in one round trip (oneTrip): it
+//     assumes that each stream stands just before the batch's first event
+//     of it, that none is held, and that the checkpoint is where this runner
+//     left it, and queues, unsent behind its BEGIN (deferBegin, batchtx.go),
+//     statements that lock the checkpoint row and raise if an assumption is
+//     wrong. Any other batch (a builder's, an isolation's, one whose events
+//     do not follow one another) reads first (readFirst): one round trip
+//     begins, locks the checkpoint row (FOR UPDATE, so that batches of the
+//     projection and releases of parked events never interleave), checks
+//     that the row holds the checkpoint this runner committed (otherwise
+//     checkpointMoved, checkpoint.go), and reads the streams' last applied
+//     revisions and which of them are held behind a parked event; a builder
+//     keeps the revisions in memory instead (known.go).
+//  4. The revision guard (plan.go). plan sorts each stream's events by
+//     revision and compares them with the revision the stream expects next
+//     (inSequence when they simply follow on): an event at or below the
+//     stream's last applied or parked revision is a duplicate or a late
+//     arrival and is skipped; one beyond the next leaves a gap, which
+//     fillGap reads from the store (Store.ReadStream), recording what the
+//     store does not have as a gap. A held stream's events are kept to be
+//     parked behind its parked event.
+//  5. The handler (apply.go). The events to apply go to the Projection's
+//     Apply in one call, in the batch's transaction without a savepoint,
+//     through safeApply, which turns a panic into an error. Apply reads
+//     through Batch.Tx and writes through it or with Batch.Queue. If Apply
+//     fails while a oneTrip batch's checks are unsent, the checks answer
+//     first, so that an event they would have kept from Apply is not blamed.
+//     An error of Apply, or later of its queued statements, that is not
+//     transient (classify, errors.go) is a handlerError, and the batch rolls
+//     back.
+//  6. Retry, backoff and parking (runner.go, isolate.go). applyWithRetry
+//     retries a batch that failed on the infrastructure whole, with backoff
+//     and a fresh transaction each time, and the projection shows stalled
+//     meanwhile. After a handlerError it applies the batch again at once
+//     with an isolation (newIsolation): isolate applies the live streams in
+//     savepoints (applyInSavepoint), halving the set of streams while it
+//     fails, then the failing stream's events one at a time. An event that
+//     fails with attempts left ends the transaction with an eventRetryError,
+//     and applyWithRetry waits out a jittered backoff
+//     (Config.RetryInitialInterval up to Config.RetryMaxInterval) with no
+//     transaction open before trying again. An event that fails its
+//     Config.MaxAttempts-th attempt, or fails for certain (IsPermanent), is
+//     marked to be parked, unless an operator skipped it in an earlier
+//     generation (skippedBefore), and park writes it to sightline.parked in
+//     the batch's transaction, with the rest of its stream held behind it,
+//     while the other streams apply and the checkpoint advances.
+//     RetryParked and SkipParked (parked.go) release parked events under the
+//     checkpoint-row lock that batches take.
+//  7. The checkpoint and the commit (apply.go). applyOnce queues, behind the
+//     projection's statements, the streams' new last revisions (the
+//     generation's _stream_revisions table), the gaps (sightline.gaps) and,
+//     when it is ahead of the runner's position, the batch's checkpoint
+//     (sightline.checkpoints); commitWith sends them and the COMMIT in one
+//     round trip, after whatever of the transaction was still unsent (a
+//     oneTrip batch's BEGIN and checks). The read-model writes, the
+//     revisions, the parked events and the checkpoint commit together or
+//     not at all. When a check raised, nothing is written, and
+//     assumptionFailed (checkpoint.go) says why: a stream was not where the
+//     batch assumed (errNotAsAssumed: apply tries again, reading first), the
+//     checkpoint was moved by another process (checkpointMoved: the pipeline
+//     starts again from the stored one), or the generation was replaced
+//     (errSuperseded: the runner attaches to the new one).
+//  8. After the commit (apply.go, checkpoint.go, streams.go, status.go).
+//     Holding the runner's mutex, applyOnce calls setPositionLocked, which
+//     records the new position and closes the channel WaitFor waits on, and
+//     wakeStreamsLocked, which wakes the WatchStream watchers of each stream
+//     whose revision the batch moved or whose events it parked; it counts
+//     the events applied and the time of progress for the status. Then come
+//     the metrics, the log of gaps and parked events, when it parked some
+//     refreshParked's count of them (parked.go), and analyzeWhileGrowing
+//     (analyze.go), which keeps a young generation's table statistics up to
+//     date. applyWithRetry clears the runner's failing state, and pipeline
+//     counts the batch's messages as no longer pending. Every
+//     Config.StatusInterval, reportStatus (status.go) reads the store's
+//     head, derives the status and lag from it and the position, and writes
+//     them to sightline.projections.
+//
+// # Generations
 //
 // Generations (generations.go, rebuild.go): each projection writes into a
 // schema per generation; sightline.projections names the active one, which
@@ -25,6 +110,8 @@
 // runner whose generation is superseded attaches to the new one. Verify
 // (verify.go) replays into a scratch generation and compares tables at one
 // position.
+//
+// # What it owns
 //
 // It owns the sightline.projections, sightline.checkpoints,
 // sightline.generations, sightline.gaps and sightline.parked rows of its

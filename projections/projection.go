@@ -63,7 +63,9 @@ type Batch struct {
 }
 
 // Queue adds a statement that the projector sends, together with the
-// checkpoint, in one round trip after Apply returns. Its errors fail the batch.
+// checkpoint, in one round trip after Apply returns; when it applies events
+// in savepoints (isolating a failing one, or releasing parked ones), it
+// sends them in the event's savepoint instead. Its errors fail the batch.
 func (b *Batch) Queue(sql string, args ...any) {
 	b.queue.Queue(sql, args...)
 }

@@ -12,5 +12,7 @@
 // from its checkpoint. When the client gives up connecting for good, the
 // Store replaces it. esdbtest is a test double of the server's wire protocol
 // for the tests; the same contract suite runs against a real server when
-// SIGHTLINE_TEST_ESDB_URL is set.
+// SIGHTLINE_TEST_ESDB_URL is set, and that test skips when it is not. The
+// other tests, the rebuild and the drops and restarts among them, run only
+// against esdbtest.
 package esdb

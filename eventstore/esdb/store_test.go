@@ -271,10 +271,11 @@ func TestServerAwayLongerThanDiscovery(t *testing.T) {
 	require.True(t, store.Connected())
 }
 
-// TestRebuildAndVerifyOnEventStoreDB rebuilds orders from EventStoreDB while
-// orders keep coming, then verifies every example projection against a
-// replay: positions with commit and prepare parts, live subscriptions and
-// filtered checkpoints all the way through a take-over.
+// TestRebuildAndVerifyOnEventStoreDB rebuilds orders through the adapter,
+// from the wire-level double (esdbtest, not a real server), while orders
+// keep coming, then verifies every example projection against a replay:
+// positions with commit and prepare parts, live subscriptions and filtered
+// checkpoints all the way through a take-over.
 func TestRebuildAndVerifyOnEventStoreDB(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -3,7 +3,8 @@
 //
 // It owns the sightline.event_log, sightline.unsequenced, sightline.positions
 // and sightline.sequencer tables, the sightline.events view and the
-// sightline.position_events function (created by internal/migrate; the
+// sightline.position_events_rows function that the sequencer calls, with
+// the sightline.position_events it wraps (created by internal/migrate; the
 // older sightline.sequence_events stays for processes running older code),
 // and nothing else in the database.
 //
