@@ -54,8 +54,9 @@
 //     back.
 //  6. Retry, backoff and parking (runner.go, isolate.go). applyWithRetry
 //     retries a batch that failed on the infrastructure whole, with backoff
-//     and a fresh transaction each time, and the projection shows stalled
-//     meanwhile. After a handlerError it applies the batch again at once
+//     and a fresh transaction each time; the projection shows stalled
+//     meanwhile, and failed once it has kept failing for Config.FailAfter,
+//     with the error as its reason (status.go). After a handlerError it applies the batch again at once
 //     with an isolation (newIsolation): isolate applies the live streams in
 //     savepoints (applyInSavepoint), halving the set of streams while it
 //     fails, then the failing stream's events one at a time. An event that
