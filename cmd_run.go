@@ -141,6 +141,8 @@ func printDemo(addr, dbURL string, sim simulate.Config) {
 sightline demo: %d orders at %.0f events/s into the embedded store, projected live.
 
   Projections and lag:  curl -s http://%[3]s/v1/projections
+  A read model, fresh:  curl -si 'http://%[3]s/v1/orders?status=paid&limit=3'
+  Every route:          curl -s http://%[3]s/openapi.json
   Metrics:              curl -s http://%[3]s/metrics | grep ^sightline_
   Read models in SQL:   psql '%[4]s' \
                           -c 'SELECT * FROM readmodel.projection_status' \

@@ -135,3 +135,23 @@ func TestSecretsStayOutOfTheLogs(t *testing.T) {
 		require.NotContains(t, all, secret)
 	}
 }
+
+// TestMigrateDownTo rolls the newest migration back and applies it again.
+func TestMigrateDownTo(t *testing.T) {
+	t.Parallel()
+	ctx, db, _ := newDatabase(t, time.Minute)
+	newest := func() int {
+		var v int
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT max(version) FROM sightline.schema_migrations`).Scan(&v))
+		return v
+	}
+	top := newest()
+	out, errOut, code := runCLI(t, "migrate", "--down-to", fmt.Sprint(top-1), "--database-url", db.URL)
+	require.Zero(t, code, errOut)
+	require.Contains(t, out, fmt.Sprintf("schema rolled back to migration %d", top-1))
+	require.Equal(t, top-1, newest())
+	out, errOut, code = runCLI(t, "migrate", "--database-url", db.URL)
+	require.Zero(t, code, errOut)
+	require.Contains(t, out, "schema is up to date")
+	require.Equal(t, top, newest())
+}

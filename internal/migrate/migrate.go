@@ -116,6 +116,59 @@ func applyOne(ctx context.Context, db Conn, m Migration) (bool, error) {
 	return true, tx.Commit(ctx)
 }
 
+// Down rolls back, newest first, every applied migration above version
+// to, each with its down file in its own transaction under the
+// migrators' lock. Rolling back drops what those migrations created, the
+// data in it included (below 0002 the projections' bookkeeping, below 0001
+// the embedded store's events): it is for stepping back to an older
+// sightline, not for everyday use.
+func Down(ctx context.Context, db Conn, to int, logger *slog.Logger) error {
+	all, err := All()
+	if err != nil {
+		return err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		m := all[i]
+		if m.Version <= to {
+			break
+		}
+		undone, err := undoOne(ctx, db, m)
+		if err != nil {
+			return fmt.Errorf("migration %04d_%s down: %w", m.Version, m.Name, err)
+		}
+		if undone && logger != nil {
+			logger.Info("rolled back migration", "version", m.Version, "name", m.Name)
+		}
+	}
+	return nil
+}
+
+func undoOne(ctx context.Context, db Conn, m Migration) (bool, error) {
+	tx, err := db.Begin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockKey)); err != nil {
+		return false, err
+	}
+	var applied bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass('sightline.schema_migrations') IS NOT NULL
+		AND EXISTS (SELECT 1 FROM sightline.schema_migrations WHERE version = $1)`, m.Version).Scan(&applied); err != nil {
+		return false, err
+	}
+	if !applied {
+		return false, tx.Commit(ctx)
+	}
+	if _, err := tx.Exec(ctx, m.Down); err != nil {
+		return false, err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM sightline.schema_migrations WHERE version = $1`, m.Version); err != nil {
+		return false, err
+	}
+	return true, tx.Commit(ctx)
+}
+
 // EnsureDatabase creates the database that databaseURL names if it does not
 // exist, by connecting to the server's "postgres" database. It returns a
 // clear error when the server cannot be reached at all.

@@ -105,3 +105,34 @@ func TestEnsureDatabaseSaysHowToStartPostgres(t *testing.T) {
 	require.Contains(t, err.Error(), "cannot reach PostgreSQL at postgres://postgres@127.0.0.1:1/nothing")
 	require.True(t, strings.Contains(err.Error(), "pg_ctlcluster") && strings.Contains(err.Error(), "--database-url"), err.Error())
 }
+
+// TestDownToStepsBack: Down rolls back the migrations above a version,
+// newest first, records it, and Up brings them back.
+func TestDownToStepsBack(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := testdb.New(t)
+	all, err := migrate.All()
+	require.NoError(t, err)
+	newest := all[len(all)-1].Version
+	versions := func() []int {
+		rows, err := db.Pool.Query(ctx, `SELECT version FROM sightline.schema_migrations ORDER BY 1`)
+		require.NoError(t, err)
+		vs, err := pgx.CollectRows(rows, pgx.RowTo[int])
+		require.NoError(t, err)
+		return vs
+	}
+	require.Equal(t, newest, versions()[len(versions())-1])
+
+	require.NoError(t, migrate.Down(ctx, db.Pool, 2, nil))
+	require.Equal(t, []int{1, 2}, versions())
+	var parked *string
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT to_regclass('sightline.parked')::text`).Scan(&parked))
+	require.Nil(t, parked, "0003 is undone")
+	require.NoError(t, migrate.Down(ctx, db.Pool, 2, nil), "nothing more to undo")
+
+	require.NoError(t, migrate.Up(ctx, db.Pool, nil))
+	require.Equal(t, newest, versions()[len(versions())-1])
+	require.Len(t, versions(), len(all))
+}
