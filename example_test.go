@@ -22,10 +22,12 @@ const exampleDB = "postgres://postgres@127.0.0.1:5432/sightline_example?sslmode=
 // Signups counts sign-ups per day from the streams user-<id>.
 type Signups struct{}
 
-func (Signups) Name() string              { return "signups" }
-func (Signups) Version() int              { return 1 }
-func (Signups) Tables() []string          { return []string{"signups"} }
-func (Signups) Filter() eventstore.Filter { return eventstore.Filter{StreamPrefixes: []string{"user-"}} }
+func (Signups) Name() string     { return "signups" }
+func (Signups) Version() int     { return 1 }
+func (Signups) Tables() []string { return []string{"signups"} }
+func (Signups) Filter() eventstore.Filter {
+	return eventstore.Filter{StreamPrefixes: []string{"user-"}}
+}
 func (Signups) Setup(ctx context.Context, tx pgx.Tx, schema string) error {
 	_, err := tx.Exec(ctx, `CREATE TABLE `+pgx.Identifier{schema, "signups"}.Sanitize()+` (day date PRIMARY KEY, users bigint NOT NULL)`)
 	return err
