@@ -140,7 +140,7 @@ func (s durSetting) set(v string) error {
 func (c *Config) settings() []setting {
 	return []setting{
 		{"database-url", "SIGHTLINE_DATABASE_URL", "PostgreSQL for the read models (and the embedded event store); created if missing", strSetting{&c.DatabaseURL}},
-		{"source", "SIGHTLINE_SOURCE", `event source: "postgres" (the embedded store) or an esdb:// or kurrentdb:// connection string`, strSetting{&c.Source}},
+		{"source", "SIGHTLINE_SOURCE", `event source: "postgres" (the embedded store) or an esdb:// or kurrentdb:// connection string (+discover for DNS discovery)`, strSetting{&c.Source}},
 		{"http-addr", "SIGHTLINE_HTTP_ADDR", "address the HTTP API listens on", strSetting{&c.HTTPAddr}},
 		{"log-level", "SIGHTLINE_LOG_LEVEL", "debug, info, warn or error", strSetting{&c.LogLevel}},
 		{"log-format", "SIGHTLINE_LOG_FORMAT", "text or json", strSetting{&c.LogFormat}},

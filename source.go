@@ -8,8 +8,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	esdbclient "github.com/EventStore/EventStore-Client-Go/v4/esdb"
-
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/eventstore/esdb"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
@@ -44,14 +42,14 @@ func openDatabase(ctx context.Context, c *Config) (*pgxpool.Pool, error) {
 func openApp(ctx context.Context, c *Config) (*app, error) {
 	var esdbURL string
 	switch {
-	case c.Source == "postgres":
-	case strings.HasPrefix(c.Source, "esdb://") || strings.HasPrefix(c.Source, "esdb+discover://"):
+	case c.Source == SourcePostgres:
+	case esdb.IsURL(c.Source):
 		esdbURL = c.Source
 	default:
-		return nil, usagef(`source %q: want "postgres" or an esdb:// or esdb+discover:// connection string`, c.sourceForLogs())
+		return nil, usagef(`source %q: want "postgres" or an esdb://, esdb+discover://, kurrentdb:// or kurrentdb+discover:// connection string`, c.sourceForLogs())
 	}
 	if esdbURL != "" {
-		if _, err := esdbclient.ParseConnectionString(esdbURL); err != nil {
+		if _, err := esdb.ParseURL(esdbURL); err != nil {
 			return nil, usagef("source: %v", err)
 		}
 	}

@@ -1,7 +1,7 @@
 // Command bench measures sightline side by side with its references, in one
 // run on one machine, and prints a table with the ratios and SPEC §7's
-// targets (make bench; BENCHMARKS.md has a run and what limits each
-// figure):
+// targets (make bench, or cd bench && go run .; BENCHMARKS.md has a run and
+// what limits each figure):
 //
 //   - rebuilds of each example projection by the sightline binary from the
 //     embedded store (1 million events; --events 5000000 for the memory
@@ -23,4 +23,9 @@
 // It owns the sightline_bench_* databases it creates on the server it is
 // given; the rebuild database is kept between runs, so that it is seeded
 // once.
+//
+// It is a module of its own (bench/go.mod), so that what only it needs, such
+// as the load generator vegeta, is not a dependency of sightline's. Its
+// go.mod replaces sightline with the directory above: it is built with, and
+// builds the sightline binary from, the sources beside it.
 package main

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -45,7 +46,7 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "runs of each rebuild and append measurement; the median is reported")
 	flag.StringVar(&only, "only", "rebuild,append,live", "which parts to run: rebuild, append, live (live includes the query load)")
 	flag.DurationVar(&cfg.phase, "phase", 15*time.Second, "length of each timed phase (append rounds, live latency, query load)")
-	flag.StringVar(&cfg.binary, "binary", "", "sightline binary to rebuild with (default: built from ./cmd/sightline)")
+	flag.StringVar(&cfg.binary, "binary", "", "sightline binary to rebuild with (default: built from the sightline module's ./cmd/sightline)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the bench process (appends, and the live part's projector, API and load) to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -78,6 +79,26 @@ func envOr(key, def string) string {
 	return def
 }
 
+// sightlineDir returns the directory of the sightline module the bench is
+// built with (bench/go.mod replaces it with the directory above).
+func sightlineDir(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/sightlinehq/sightline").Output()
+	dir := strings.TrimSpace(string(out))
+	if err != nil || dir == "" {
+		return "", fmt.Errorf("find the sightline module to build (run the bench from its module, cd bench && go run ., or give --binary): %v", errors.Join(err, exitStderr(err)))
+	}
+	return dir, nil
+}
+
+// exitStderr returns what a failed command wrote to its standard error.
+func exitStderr(err error) error {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) && len(exit.Stderr) > 0 {
+		return errors.New(strings.TrimSpace(string(exit.Stderr)))
+	}
+	return nil
+}
+
 func run(ctx context.Context, cfg config) error {
 	if cfg.binary == "" {
 		dir, err := os.MkdirTemp("", "sightline-bench")
@@ -86,7 +107,12 @@ func run(ctx context.Context, cfg config) error {
 		}
 		defer os.RemoveAll(dir)
 		cfg.binary = filepath.Join(dir, "sightline")
+		root, err := sightlineDir(ctx)
+		if err != nil {
+			return err
+		}
 		build := exec.CommandContext(ctx, "go", "build", "-o", cfg.binary, "./cmd/sightline")
+		build.Dir = root // built in its own module, with its own go.mod, as make build builds it
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			return fmt.Errorf("build sightline: %w", err)

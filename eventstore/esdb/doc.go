@@ -7,6 +7,11 @@
 // deleted events are counted and passed over; appends with expected
 // revisions; stream reads for gap repair; the head of $all.
 //
+// Its connection strings are URLs of the schemes esdb://, esdb+discover://,
+// kurrentdb:// and kurrentdb+discover:// (IsURL, ParseURL); the client knows
+// only the first two, and KurrentDB speaks the same protocol, so the others
+// are read as those. Errors show a connection string without its password.
+//
 // It owns the client and its connection. The client does not resubscribe
 // after a drop; Recv returns the error and the projector subscribes again
 // from its checkpoint. When the client gives up connecting for good, the

@@ -26,7 +26,9 @@ const (
 
 // Config configures a Store.
 type Config struct {
-	// URL is the connection string, such as esdb://127.0.0.1:2113?tls=false.
+	// URL is the connection string, such as esdb://127.0.0.1:2113?tls=false
+	// or kurrentdb://admin:changeit@127.0.0.1:2113: any that ParseURL
+	// accepts.
 	URL string
 	// ReadBatch caps the events in one subscription message. Defaults to
 	// ReadBatchDefault.
@@ -68,12 +70,13 @@ type Store struct {
 
 var _ eventstore.Store = (*Store)(nil)
 
-// New returns a Store for cfg.URL. It connects lazily, on first use.
+// New returns a Store for cfg.URL. It connects lazily, on first use. Its
+// errors do not show the URL's password (see ParseURL).
 func New(cfg Config) (*Store, error) {
 	cfg = cfg.WithDefaults()
-	settings, err := client.ParseConnectionString(cfg.URL)
+	settings, err := ParseURL(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("esdb: connection string %q: %w", cfg.URL, err)
+		return nil, err
 	}
 	// By default the client gives up for good after 10 failed discoveries
 	// (about a second) and then fails every call. A projector should wait

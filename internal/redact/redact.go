@@ -1,177 +1,178 @@
 package redact
 
 import (
-	"context"
-	"fmt"
-	"log/slog"
 	"net/url"
-	"regexp"
 	"strings"
 )
 
-// Mask is what a secret is replaced by.
+// Mask replaces each secret.
 const Mask = "xxxxx"
 
-// secretKey is a query parameter or DSN key whose value is a secret.
-var secretKey = regexp.MustCompile(`(?i)(pass|pwd|token|secret|key|credential)`)
-
-// dsnSecret is a secret key=value pair of a key=value connection string
-// (quoted as libpq quotes, or bare).
-var dsnSecret = regexp.MustCompile(`(?i)\b([a-z_]*(?:pass|pwd|token|secret|key)[a-z_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s]*)`)
-
-// userInfo is the user:password@ of a URL that did not parse.
-var userInfo = regexp.MustCompile(`(://[^/@:\s]*):[^@/\s]*@`)
-
-// URL is the connection string s with its secrets masked: the password
-// of a URL's user info, the values of its query parameters named like a
-// password, token, secret or key, and such values of a key=value string.
-// Anything else is kept, so that the string still says where it points.
+// URL returns s with its secrets replaced by Mask: the password of a URL's
+// user info, and the values of query parameters or key=value settings whose
+// names say they hold a secret (see the package documentation). A string
+// that is neither a URL nor holds key=value settings is returned as it is.
 func URL(s string) string {
-	if !strings.Contains(s, "://") {
-		return dsnSecret.ReplaceAllString(s, "${1}="+Mask)
+	if i := strings.Index(s, "://"); i > 0 && isScheme(s[:i]) {
+		return s[:i+3] + redactURLRest(s[i+3:])
 	}
-	u, err := url.Parse(s)
-	if err != nil {
-		s = userInfo.ReplaceAllString(s, "${1}:"+Mask+"@")
-		return dsnSecret.ReplaceAllString(s, "${1}="+Mask)
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), Mask)
-	}
-	if u.RawQuery != "" {
-		q := u.Query()
-		for k := range q {
-			if secretKey.MatchString(k) {
-				for i := range q[k] {
-					q[k][i] = Mask
-				}
-			}
-		}
-		u.RawQuery = q.Encode()
-	}
-	return u.String()
+	return redactSettings(s)
 }
 
-// Secrets are the secrets of connection strings: each password and
-// secret parameter value, as written and as decoded.
-func Secrets(connStrings ...string) []string {
-	var out []string
-	add := func(v string) {
-		if len(v) >= 3 && v != Mask { // shorter ones would mask ordinary words
-			out = append(out, v)
-			if d, err := url.QueryUnescape(v); err == nil && d != v {
-				out = append(out, d)
-			}
+// isScheme reports whether s is a URL scheme (RFC 3986: a letter, then
+// letters, digits, '+', '-' or '.').
+func isScheme(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
 		}
 	}
-	for _, s := range connStrings {
-		if u, err := url.Parse(s); err == nil && strings.Contains(s, "://") {
-			if p, ok := u.User.Password(); ok {
-				add(p)
-				add(url.QueryEscape(p))
-			}
-			for k, vs := range u.Query() {
-				if secretKey.MatchString(k) {
-					for _, v := range vs {
-						add(v)
-						add(url.QueryEscape(v))
-					}
-				}
-			}
+	return s != ""
+}
+
+// redactURLRest redacts what follows a URL's "scheme://".
+func redactURLRest(rest string) string {
+	var b strings.Builder
+	// The user info ends at the last @: a password may hold an @ that was
+	// not percent-encoded (and so may it a /, ? or #, which is why the
+	// last @ of the whole rest counts, not the last of the authority).
+	if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+		userinfo := rest[:at]
+		if user, password, ok := strings.Cut(userinfo, ":"); ok && password != "" {
+			b.WriteString(user)
+			b.WriteString(":" + Mask)
+		} else {
+			b.WriteString(userinfo)
+		}
+		b.WriteByte('@')
+		rest = rest[at+1:]
+	}
+	q := strings.IndexByte(rest, '?')
+	if q < 0 {
+		b.WriteString(rest)
+		return b.String()
+	}
+	b.WriteString(rest[:q+1])
+	query, fragment := rest[q+1:], ""
+	if h := strings.IndexByte(query, '#'); h >= 0 {
+		query, fragment = query[:h], query[h:]
+	}
+	for i, pair := range strings.Split(query, "&") {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		key, value, ok := strings.Cut(pair, "=")
+		if name, err := url.QueryUnescape(key); err == nil {
+			key = name
+		}
+		if ok && value != "" && isSecret(key) {
+			pair = pair[:len(pair)-len(value)] + Mask
+		}
+		b.WriteString(pair)
+	}
+	b.WriteString(fragment)
+	return b.String()
+}
+
+// redactSettings redacts key=value settings, as in a PostgreSQL connection
+// string: whitespace around '=' is allowed, a value may be single-quoted
+// with backslash escapes, and an unquoted value ends at white space.
+func redactSettings(s string) string {
+	var b strings.Builder
+	done := 0 // s[:done] is written to b or needs no change
+	for i := 0; i < len(s); i++ {
+		if s[i] != '=' {
 			continue
 		}
-		for _, m := range dsnSecret.FindAllStringSubmatch(s, -1) {
-			add(strings.Trim(m[2], "'"))
+		if !isSecret(keyBefore(s[:i])) {
+			continue
 		}
-	}
-	return out
-}
-
-// Replacer masks known secrets in any text.
-type Replacer struct{ r *strings.Replacer }
-
-// NewReplacer masks each of secrets (empty ones are ignored).
-func NewReplacer(secrets ...string) *Replacer {
-	var pairs []string
-	for _, s := range secrets {
-		if s != "" {
-			pairs = append(pairs, s, Mask)
+		start := i + 1
+		for start < len(s) && isSpace(s[start]) {
+			start++
 		}
+		end := valueEnd(s, start)
+		if v := s[start:end]; v != "" && v != "''" {
+			b.WriteString(s[done:start])
+			b.WriteString(Mask)
+			done = end
+		}
+		i = end - 1
 	}
-	if len(pairs) == 0 {
-		return &Replacer{}
-	}
-	return &Replacer{strings.NewReplacer(pairs...)}
-}
-
-// String is s with every known secret masked.
-func (r *Replacer) String(s string) string {
-	if r == nil || r.r == nil {
+	if done == 0 {
 		return s
 	}
-	return r.r.Replace(s)
+	b.WriteString(s[done:])
+	return b.String()
 }
 
-// Handler wraps h so that no record it handles carries one of r's
-// secrets: in its message, or in any attribute, errors and other values
-// included (they are written as text).
-func Handler(h slog.Handler, r *Replacer) slog.Handler {
-	if r == nil || r.r == nil {
-		return h
+// keyBefore returns the setting name that ends s, before white space.
+func keyBefore(s string) string {
+	end := len(s)
+	for end > 0 && isSpace(s[end-1]) {
+		end--
 	}
-	return &handler{h: h, r: r}
-}
-
-type handler struct {
-	h slog.Handler
-	r *Replacer
-}
-
-func (h *handler) Enabled(ctx context.Context, l slog.Level) bool { return h.h.Enabled(ctx, l) }
-
-func (h *handler) Handle(ctx context.Context, rec slog.Record) error {
-	out := slog.NewRecord(rec.Time, rec.Level, h.r.String(rec.Message), rec.PC)
-	rec.Attrs(func(a slog.Attr) bool {
-		out.AddAttrs(h.attr(a))
-		return true
-	})
-	return h.h.Handle(ctx, out)
-}
-
-func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {
-	clean := make([]slog.Attr, len(as))
-	for i, a := range as {
-		clean[i] = h.attr(a)
+	start := end
+	for start > 0 && isKeyByte(s[start-1]) {
+		start--
 	}
-	return &handler{h: h.h.WithAttrs(clean), r: h.r}
+	return s[start:end]
 }
 
-func (h *handler) WithGroup(name string) slog.Handler {
-	return &handler{h: h.h.WithGroup(name), r: h.r}
-}
-
-func (h *handler) attr(a slog.Attr) slog.Attr {
-	v := a.Value.Resolve()
-	switch v.Kind() {
-	case slog.KindString:
-		return slog.String(a.Key, h.r.String(v.String()))
-	case slog.KindGroup:
-		g := v.Group()
-		clean := make([]any, len(g))
-		for i, ga := range g {
-			clean[i] = h.attr(ga)
+// valueEnd returns the end of the value that starts at s[start]: past its
+// closing quote if it is quoted (the end of s if it is never closed), else
+// at the next white space.
+func valueEnd(s string, start int) int {
+	if start < len(s) && s[start] == '\'' {
+		for i := start + 1; i < len(s); i++ {
+			switch s[i] {
+			case '\\':
+				i++
+			case '\'':
+				return i + 1
+			}
 		}
-		return slog.Group(a.Key, clean...)
-	case slog.KindAny:
-		return slog.String(a.Key, h.r.String(fmt.Sprint(v.Any())))
+		return len(s)
 	}
-	return slog.Attr{Key: a.Key, Value: v}
+	end := start
+	for end < len(s) && !isSpace(s[end]) {
+		if s[end] == '\\' && end+1 < len(s) {
+			end++
+		}
+		end++
+	}
+	return end
 }
 
-// urlIn is a URL within text.
-var urlIn = regexp.MustCompile(`[a-zA-Z][a-zA-Z0-9+.-]*://[^\s"'` + "`" + `]+`)
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'
+}
 
-// URLsIn is text with every URL in it masked as URL masks it.
-func URLsIn(text string) string {
-	return urlIn.ReplaceAllStringFunc(text, URL)
+func isKeyByte(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-' || c == '.'
+}
+
+// isSecret reports whether a setting or parameter named name holds a
+// secret.
+func isSecret(name string) bool {
+	n := strings.Map(func(r rune) rune {
+		switch r {
+		case '_', '-', '.':
+			return -1
+		}
+		return r
+	}, strings.ToLower(name))
+	if n == "sig" || strings.HasSuffix(n, "key") {
+		return true
+	}
+	for _, word := range []string{"pass", "pwd", "token", "secret", "credential", "signature"} {
+		if strings.Contains(n, word) {
+			return true
+		}
+	}
+	return false
 }

@@ -39,8 +39,8 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// URL returns the connection string for esdb.ParseConnectionString:
-// "esdb://127.0.0.1:PORT?tls=false".
+// URL returns the connection string for esdb.ParseURL (or the client's
+// ParseConnectionString): "esdb://127.0.0.1:PORT?tls=false".
 func (s *Server) URL() string {
 	return fmt.Sprintf("esdb://%s?tls=false", s.addr)
 }
