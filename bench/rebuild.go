@@ -133,7 +133,7 @@ func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxp
 	if left > 0 {
 		return rebuildRun{}, fmt.Errorf("a rebuild of %s was left half done by an interrupted run; finish it first ('sightline rebuild %s --wait --database-url %s')", name, name, dbURL)
 	}
-	cmd := exec.CommandContext(ctx, cfg.binary, "rebuild", name, "--wait", "--database-url", dbURL, "--config", conf, "--log-level", "warn")
+	cmd := exec.CommandContext(ctx, cfg.binary, "rebuild", name, "--wait", "--examples", "--database-url", dbURL, "--config", conf, "--log-level", "warn")
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // it stops cleanly, to resume later
 	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
