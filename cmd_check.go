@@ -23,7 +23,7 @@ func newCheckCmd(c *Config) *cobra.Command {
 or without DIR every projection 'sightline run' would run, and checks them against the configured database in a
 transaction it rolls back: each projection's tables are created in a scratch schema, its
 handlers and declared queries prepared against them, and each query run once on no rows,
-read-only. It prints every problem with its file, query and PostgreSQL's reason.`,
+read-only. It creates the database if it is missing, and nothing in it. It prints every problem with its file, query and PostgreSQL's reason.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var ps []projections.Projection
@@ -37,6 +37,9 @@ read-only. It prints every problem with its file, query and PostgreSQL's reason.
 			}
 			if len(ps) == 0 {
 				return usagef("no projections to check: give DIR, or --projections DIR, or --examples")
+			}
+			if err := migrate.EnsureDatabase(cmd.Context(), c.DatabaseURL); err != nil { // as every command does
+				return err
 			}
 			pool, err := connect(cmd.Context(), c.DatabaseURL)
 			if err != nil {

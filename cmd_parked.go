@@ -129,7 +129,7 @@ func newParkedReleaseCmd(c *Config, action string) *cobra.Command {
 				}
 			}
 			if p == nil {
-				return fmt.Errorf("parked event %d belongs to projection %s, which this configuration does not run (see --projections)", id, target.Projection)
+				return fmt.Errorf("parked event %d belongs to projection %s, which this configuration does not run (see --projections and --examples)", id, target.Projection)
 			}
 			rel, err := do(cmd.Context(), pool, p, id)
 			if errors.Is(err, projections.ErrParkedHeld) || errors.Is(err, projections.ErrParkedResolved) {

@@ -184,14 +184,15 @@ func (c *Config) load(cmd *cobra.Command) error {
 		}
 	}
 	for _, s := range c.settings() {
-		if v, ok := os.LookupEnv(s.env); ok && v != "" {
-			if err := s.value.set(v); err != nil {
-				return usagef("%s: %v", s.env, err)
-			}
-		}
 		if f := cmd.Flags().Lookup(s.flag); f != nil && f.Changed {
 			if err := s.value.set(f.Value.String()); err != nil {
 				return usagef("--%s: %v", s.flag, err)
+			}
+			continue // the flag beats the variable, even one that does not parse
+		}
+		if v, ok := os.LookupEnv(s.env); ok && v != "" {
+			if err := s.value.set(v); err != nil {
+				return usagef("%s: %v", s.env, err)
 			}
 		}
 	}
@@ -221,8 +222,11 @@ func (c *Config) complete() error {
 	if c.BatchSize < 0 || c.MaxAttempts < 0 || c.RebuildBatchSize < 0 {
 		return usagef("batch_size, max_attempts and rebuild_batch_size must not be negative")
 	}
-	if err := c.HTTP.Check(); err != nil {
+	if err := c.HTTP.Check(c.QueryTimeout); err != nil {
 		return usageError{err}
+	}
+	if c.ReadToken != "" && c.APIToken == "" {
+		return usagef("a read token needs an API token too: without one, the writes and the dead letters would stay open while the reads are guarded (set SIGHTLINE_API_TOKEN)")
 	}
 	c.DatabaseURL = cmp.Or(c.DatabaseURL, DatabaseURLDefault)
 	c.Source = cmp.Or(c.Source, SourcePostgres)

@@ -27,6 +27,9 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		"bad esdb connection":    {"run", "--source", "esdb://127.0.0.1:2113?tls=maybe"},
 		"retry without an id":    {"parked", "retry"},
 		"skip with a bad id":     {"parked", "skip", "x"},
+		"read token alone":       {"run", "--read-token", "read-only-token"},
+		"short write timeout":    {"run", "--http-write-timeout", "20s"},
+		"bad examples flag":      {"run", "--examples=maybe"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			require.Equal(t, exitUsage, Main(context.Background(), args), "%v", args)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,8 +18,16 @@ import (
 	"github.com/sightlinehq/sightline/query"
 )
 
-// exampleDB is the database the examples run on.
-const exampleDB = "postgres://postgres@127.0.0.1:5432/sightline_example?sslmode=disable"
+// exampleDB is the database the examples run on: sightline_example, on
+// the server of TEST_DATABASE_URL if it is set.
+var exampleDB = func() string {
+	u, err := url.Parse(os.Getenv("TEST_DATABASE_URL"))
+	if err != nil || u.Host == "" {
+		u, _ = url.Parse("postgres://postgres@127.0.0.1:5432/?sslmode=disable")
+	}
+	u.Path = "/sightline_example"
+	return u.String()
+}()
 
 // Signups counts sign-ups per day from the streams user-<id>.
 type Signups struct{}
@@ -82,8 +92,6 @@ func ExampleRun() {
 	// signups live
 	// stopped: <nil>
 }
-
-// ExampleRun has created and migrated the database by now.
 
 // A program runs sightline's command line with its own projections: every
 // command (run, check, status, rebuild, verify, parked) and flag of the

@@ -12,8 +12,10 @@ import (
 )
 
 // Defaults of Limits. The write timeout leaves room for the longest
-// read-your-writes wait (WaitMax) and a declared query after it
-// (QueryTimeoutDefault), with time to spare for the answer.
+// read-your-writes wait (WaitMax) and two declared queries after it (a
+// query of one stream may read once more after its wait), with time to
+// spare for the answer: WaitMax + 2 × the query timeout + 10 s, which is
+// WriteTimeoutDefault with the default query timeout.
 const (
 	ReadHeaderTimeoutDefault = 10 * time.Second
 	ReadTimeoutDefault       = 30 * time.Second
@@ -31,7 +33,8 @@ type Limits struct {
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 	ReadTimeout       time.Duration `yaml:"read_timeout"`
 	// WriteTimeout is how long a request may take once read, its wait
-	// and query included. It must exceed WaitMax.
+	// and query included. It must exceed WaitMax and the query timeout
+	// together.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// IdleTimeout is how long an idle keep-alive connection is kept.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
@@ -42,23 +45,27 @@ type Limits struct {
 	MaxWaits int `yaml:"max_waits"`
 }
 
-// withDefaults is l with each zero value set to its default.
-func (l Limits) withDefaults() Limits {
+// withDefaults is l with each zero value set to its default, for
+// declared queries cut off after queryTimeout.
+func (l Limits) withDefaults(queryTimeout time.Duration) Limits {
+	queryTimeout = cmp.Or(queryTimeout, QueryTimeoutDefault)
 	l.ReadHeaderTimeout = cmp.Or(l.ReadHeaderTimeout, ReadHeaderTimeoutDefault)
 	l.ReadTimeout = cmp.Or(l.ReadTimeout, ReadTimeoutDefault)
-	l.WriteTimeout = cmp.Or(l.WriteTimeout, WriteTimeoutDefault)
+	l.WriteTimeout = cmp.Or(l.WriteTimeout, WaitMax+2*queryTimeout+10*time.Second)
 	l.IdleTimeout = cmp.Or(l.IdleTimeout, IdleTimeoutDefault)
 	l.MaxWaits = cmp.Or(l.MaxWaits, MaxWaitsDefault)
 	return l
 }
 
-// Check refuses limits the server cannot keep.
-func (l Limits) Check() error {
+// Check refuses limits the server cannot keep with declared queries cut
+// off after queryTimeout (0: QueryTimeoutDefault).
+func (l Limits) Check(queryTimeout time.Duration) error {
 	if l.ReadHeaderTimeout < 0 || l.ReadTimeout < 0 || l.WriteTimeout < 0 || l.IdleTimeout < 0 || l.MaxWaits < 0 {
 		return fmt.Errorf("http limits must not be negative")
 	}
-	if l.WriteTimeout != 0 && l.WriteTimeout <= WaitMax {
-		return fmt.Errorf("http write timeout %s: it must exceed the longest read-your-writes wait, %s", l.WriteTimeout, WaitMax)
+	least := WaitMax + cmp.Or(queryTimeout, QueryTimeoutDefault)
+	if l.WriteTimeout != 0 && l.WriteTimeout <= least {
+		return fmt.Errorf("http write timeout %s: it must exceed the longest read-your-writes wait and a query's timeout together, %s", l.WriteTimeout, least)
 	}
 	if l.ReadTimeout != 0 && l.ReadHeaderTimeout > l.ReadTimeout {
 		return fmt.Errorf("http read header timeout %s exceeds the read timeout %s", l.ReadHeaderTimeout, l.ReadTimeout)

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -55,6 +56,45 @@ func TestReadTokenGuardsReadsAndMetrics(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, r.StatusCode, "the read token does not write")
 	r = get(t, b.url+"/v1/projections/orders/parked", "Authorization", "Bearer "+readToken)
 	require.Equal(t, http.StatusUnauthorized, r.StatusCode, "dead letters are admin")
+
+	// The document says which token each route takes.
+	var doc struct {
+		Paths map[string]map[string]struct {
+			Security []map[string][]string `json:"security"`
+		} `json:"paths"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(get(t, b.url+"/openapi.json").body), &doc))
+	require.Equal(t, []map[string][]string{{"readToken": {}}, {"token": {}}}, doc.Paths["/v1/projections"]["get"].Security)
+	require.Equal(t, []map[string][]string{{"readToken": {}}, {"token": {}}}, doc.Paths["/v1/orders"]["get"].Security)
+	require.Equal(t, []map[string][]string{{"token": {}}}, doc.Paths["/v1/projections/{name}/parked"]["get"].Security)
+	require.Nil(t, doc.Paths["/healthz"]["get"].Security)
+}
+
+// A read token alone would guard the reads and leave the writes open.
+func TestReadTokenNeedsAnAPIToken(t *testing.T) {
+	t.Parallel()
+	db := testdb.New(t)
+	_, err := api.New(api.Config{Pool: db.Pool, ReadToken: readToken, Gatherer: prometheus.NewRegistry()})
+	require.ErrorContains(t, err, "a read token without an API token")
+}
+
+// One request waiting for a position and then a revision holds one slot.
+func TestOneRequestHoldsOneWaitSlot(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t, api.Config{Limits: api.Limits{MaxWaits: 1}})
+	done := make(chan response, 1)
+	go func() {
+		done <- get(t, b.url+"/v1/orders/9?min_revision=0", api.HeaderMinPosition, "3", api.HeaderWaitMs, "10000")
+	}()
+	time.Sleep(200 * time.Millisecond) // waiting for position 3
+	_, err := b.store.Append(ctx, "order-x", eventstore.Any, storetest.Event("OrderPlaced", `{"customer_id":"c","items":[],"total":1}`))
+	require.NoError(t, err) // position 3 is not order-9's: the request waits on for its revision
+	time.Sleep(200 * time.Millisecond)
+	_, err = b.store.Append(ctx, "order-9", eventstore.NoStream, storetest.Event("OrderPlaced", `{"customer_id":"c","items":[],"total":9}`))
+	require.NoError(t, err)
+	r := <-done
+	require.Equal(t, http.StatusOK, r.StatusCode, r.body)
+	require.Contains(t, r.body, `"id":"9"`)
 }
 
 // TestWaitsAreCapped: past MaxWaits waiting requests, one more that would
@@ -123,10 +163,12 @@ func TestServeBoundsSlowClients(t *testing.T) {
 }
 
 func TestLimitsAreChecked(t *testing.T) {
-	require.ErrorContains(t, api.Limits{WriteTimeout: 10 * time.Second}.Check(), "must exceed the longest read-your-writes wait")
-	require.ErrorContains(t, api.Limits{ReadHeaderTimeout: time.Minute, ReadTimeout: time.Second}.Check(), "exceeds the read timeout")
-	require.ErrorContains(t, api.Limits{MaxWaits: -1}.Check(), "negative")
-	require.NoError(t, api.Limits{}.Check())
+	require.ErrorContains(t, api.Limits{WriteTimeout: 10 * time.Second}.Check(0), "must exceed the longest read-your-writes wait and a query's timeout together, 35s")
+	require.ErrorContains(t, api.Limits{WriteTimeout: 40 * time.Second}.Check(20*time.Second), "together, 50s")
+	require.NoError(t, api.Limits{WriteTimeout: 40 * time.Second}.Check(0))
+	require.ErrorContains(t, api.Limits{ReadHeaderTimeout: time.Minute, ReadTimeout: time.Second}.Check(0), "exceeds the read timeout")
+	require.ErrorContains(t, api.Limits{MaxWaits: -1}.Check(0), "negative")
+	require.NoError(t, api.Limits{}.Check(0))
 }
 
 // ailing fails every batch, while ill is set, with an error no event is

@@ -42,6 +42,8 @@ type doc struct {
 	// admin: needs the API token when one is set; read: the read token
 	// (or the API token) when a read token is set.
 	admin, read bool
+	// readOpen: no read token is set, so the reads are open.
+	readOpen bool
 }
 
 // schemas generates the components' schemas from Go types.
@@ -150,8 +152,10 @@ func operation(path string, d *doc) *openapi3.Operation {
 	switch {
 	case d.admin:
 		op.Security = &openapi3.SecurityRequirements{{"token": {}}}
+	case d.read && d.readOpen:
+		op.Security = &openapi3.SecurityRequirements{{}} // no read token set: open
 	case d.read:
-		op.Security = &openapi3.SecurityRequirements{{"readToken": {}}, {"token": {}}, {}} // {}: open when no read token is set
+		op.Security = &openapi3.SecurityRequirements{{"readToken": {}}, {"token": {}}}
 	}
 	ok := openapi3.NewResponse().WithDescription(http.StatusText(cmpInt(d.okStatus, http.StatusOK)))
 	if d.ok != nil {

@@ -166,18 +166,20 @@ func (s *Server) serveQuery(c echo.Context, q *query.Prepared, path map[string]s
 	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), wait)
 	defer cancel()
+	waiting := false // holds one of the MaxWaits slots, whatever it waits for
 	if !want.IsStart() && !r.Reached(want) {
 		release, ok := s.waitSlot()
 		if !ok {
 			return s.tooManyWaits(c, r)
 		}
 		defer release()
+		waiting = true
 		if err := s.waitFor(ctx, r, want); err != nil {
 			return s.notFreshYet(c, r, "projection "+q.Projection+" has not applied position "+want.String()+" within "+wait.String())
 		}
 	}
 
-	for retried, waiting := false, false; ; {
+	for retried := false; ; {
 		s.stalenessHeaders(c, r)
 		b := &pgx.Batch{}
 		var st projections.StreamState

@@ -3,6 +3,7 @@ package api
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/internal/redact"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/query"
 )
@@ -104,10 +106,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Pool == nil {
 		return nil, errors.New("api: a Pool is required")
 	}
-	if err := cfg.Limits.Check(); err != nil {
+	if cfg.ReadToken != "" && cfg.Token == "" {
+		return nil, errors.New("api: a read token without an API token would guard the reads and leave the writes and dead letters open: set both")
+	}
+	if err := cfg.Limits.Check(cfg.QueryTimeout); err != nil {
 		return nil, fmt.Errorf("api: %w", err)
 	}
-	cfg.Limits = cfg.Limits.withDefaults()
+	cfg.Limits = cfg.Limits.withDefaults(cfg.QueryTimeout)
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{}), queries: map[string][]*query.Prepared{},
@@ -118,7 +123,13 @@ func New(cfg Config) (*Server, error) {
 		s.queries[q.Projection] = append(s.queries[q.Projection], q)
 	}
 	e.HTTPErrorHandler = s.errorHandler
-	e.Use(middleware.Recover())
+	e.Server.ErrorLog = slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn) // through the logger, which masks secrets
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			cfg.Logger.Error("request panicked", "method", c.Request().Method, "path", c.Path(), "error", err, "stack", string(stack))
+			return err
+		},
+	}))
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.waitsRefused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sightline_http_waits",
 			Help: "Read-your-writes requests waiting now."}, func() float64 { return float64(len(s.waits)) }))
@@ -207,7 +218,9 @@ func bearer(detail string, tokens ...string) echo.MiddlewareFunc {
 			ok := 0
 			for _, t := range tokens {
 				if t != "" {
-					ok |= subtle.ConstantTimeCompare([]byte(key), []byte(t))
+					// Digests, so that not even the length is told.
+					a, b := sha256.Sum256([]byte(key)), sha256.Sum256([]byte(t))
+					ok |= subtle.ConstantTimeCompare(a[:], b[:])
 				}
 			}
 			return ok == 1, nil
@@ -238,6 +251,7 @@ func (s *Server) Listen() error {
 		return err
 	}
 	s.ln = ln
+	s.cfg.Limits.configure(s.echo.Server)
 	return nil
 }
 
@@ -257,7 +271,6 @@ func (s *Server) Serve() error {
 		}
 	}
 	s.echo.Listener = s.ln
-	s.cfg.Limits.configure(s.echo.Server)
 	err := s.echo.Start("")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -276,9 +289,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close ends a server that was never served (one whose Handler a test
-// mounted): it releases waits and closes the queries' pool.
+// mounted, or one whose start failed after Listen): it releases waits,
+// closes the listener and the queries' pool.
 func (s *Server) Close() {
 	s.stopOnce.Do(func() { close(s.stopping) })
+	if s.ln != nil {
+		_ = s.ln.Close() // already closed if it was served
+	}
 	s.readPool.Close()
 }
 
@@ -291,8 +308,16 @@ func (s *Server) readyz(c echo.Context) error {
 	defer cancel()
 	checks := map[string]string{"database": "ok", "source": "ok"}
 	ready := true
+	// The probe is open: with a read token set, it says what fails, not
+	// why (the reasons are read with the token at /v1/projections).
+	detail := func(short, why string) string {
+		if s.cfg.ReadToken != "" {
+			return short
+		}
+		return short + ": " + redact.URLsIn(why)
+	}
 	if err := s.cfg.Pool.Ping(ctx); err != nil {
-		checks["database"], ready = err.Error(), false
+		checks["database"], ready = detail("unreachable", err.Error()), false
 	}
 	if s.cfg.SourceReady != nil && !s.cfg.SourceReady() {
 		checks["source"], ready = "not connected", false
@@ -302,7 +327,7 @@ func (s *Server) readyz(c echo.Context) error {
 			st := r.Status()
 			switch {
 			case st.Status == projections.StatusFailed:
-				checks["projection "+st.Name], ready = "failed: "+st.Reason, false
+				checks["projection "+st.Name], ready = detail("failed", st.Reason), false
 			case s.cfg.ReadyMaxLag > 0 && st.Lag > s.cfg.ReadyMaxLag:
 				checks["projection "+st.Name], ready = fmt.Sprintf("lags %s, more than %s", st.Lag.Round(time.Millisecond), s.cfg.ReadyMaxLag), false
 			}
@@ -333,6 +358,7 @@ type ProjectionStatus struct {
 }
 
 func statusJSON(st projections.Status) ProjectionStatus {
+	st.Reason, st.LastError = redact.URLsIn(st.Reason), redact.URLsIn(st.LastError)
 	return ProjectionStatus{
 		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
 		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, Reason: st.Reason, LastError: st.LastError,

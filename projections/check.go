@@ -65,8 +65,9 @@ func Check(ctx context.Context, pool *pgxpool.Pool, ps []Projection) ([]*query.P
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a check changes nothing
 	var problems Problems
-	if err := Validate(ps); err != nil {
-		problems = append(problems, err.(Problems)...)
+	var invalid Problems
+	if errors.As(Validate(ps), &invalid) {
+		problems = append(problems, invalid...)
 	}
 	var out []*query.Prepared
 	routes := map[string]string{}

@@ -47,9 +47,10 @@ type Config struct {
 	// catching up. Defaults to LiveLagDefault.
 	LiveLag time.Duration
 	// FailAfter is how long batches may keep failing on something no
-	// single event is to blame for (the database, a handler failing on
-	// every event) before the projection reports failed instead of
-	// stalled. Defaults to FailAfterDefault.
+	// single event is to blame for (the database unreachable, a table
+	// renamed under the projector, a serialization failure) before the
+	// projection reports failed instead of stalled. A handler failing on
+	// every event parks each one instead. Defaults to FailAfterDefault.
 	FailAfter time.Duration
 	// Source names the event source in metrics. Defaults to SourceDefault.
 	Source string
@@ -385,9 +386,11 @@ func (r *Runner) run() {
 			r.mu.Unlock()
 			break
 		}
-		r.mu.Lock()
-		r.failingLocked(err)
-		r.mu.Unlock()
+		if !errors.Is(err, errCheckpointMoved) { // another process moved it: no failure of ours
+			r.mu.Lock()
+			r.failingLocked(err)
+			r.mu.Unlock()
+		}
 		d := retry.NextBackOff()
 		r.log.Warn("projector restarting from its checkpoint", "error", err, "in", d)
 		sleep(r.soft, d)
@@ -400,6 +403,7 @@ func (r *Runner) run() {
 	<-statusDone
 	r.wg.Wait()
 	r.writeStatus(context.Background()) // the final "stopped"
+	r.m.setStatus(StatusStopped)
 }
 
 // errCheckpointMoved says the checkpoint in the database is not the one this
@@ -546,15 +550,15 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 		return err
 	}
 	defer sub.Close()
-	r.mu.Lock()
-	r.state.sourceErr = "" // subscribed: the source is reachable
-	r.mu.Unlock()
 	for {
 		msg, err := sub.Recv(ctx)
 		if err != nil {
 			return err
 		}
 		retry.Reset()
+		r.mu.Lock()
+		r.state.sourceErr = "" // the source answered: reachable
+		r.mu.Unlock()
 		if msg.DeletedLinks > 0 {
 			r.m.deletedLink.Add(float64(msg.DeletedLinks))
 			r.log.Warn("links to deleted events passed over", "count", msg.DeletedLinks)

@@ -2,7 +2,10 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"regexp"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -121,7 +124,23 @@ func TestSecretsStayOutOfTheLogs(t *testing.T) {
 	status, statusErr, code := runCLI(t, "status", "--database-url", dbURL)
 	require.Zero(t, code, statusErr)
 	require.Contains(t, status, "degraded")
-	statusJSON, _, _ := runCLI(t, "status", "--json", "--database-url", dbURL)
+	statusJSON, _, code := runCLI(t, "status", "--json", "--database-url", dbURL)
+	require.Zero(t, code)
+	addr := regexp.MustCompile(`http=http://(\S+)`).FindStringSubmatch(p.stderr.String())
+	require.NotNil(t, addr)
+	var served strings.Builder
+	for _, path := range []string{"/v1/projections", "/readyz", "/metrics"} {
+		req, err := http.NewRequest(http.MethodGet, "http://"+addr[1]+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+readToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		served.Write(body)
+	}
+	require.Contains(t, served.String(), `"status":"degraded"`)
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	<-p.done
 	_, usage, code := runCLI(t, "run", "--source", "kurrentdb://admin:"+esdbPassword+"@[bad", "--database-url", dbURL)
@@ -129,7 +148,7 @@ func TestSecretsStayOutOfTheLogs(t *testing.T) {
 	_, unreachable, code := runCLI(t, "migrate", "--database-url", "postgres://postgres:"+dbPassword+"@127.0.0.1:1/x?connect_timeout=2")
 	require.Equal(t, 1, code)
 
-	all := p.stderr.String() + status + statusErr + statusJSON + usage + unreachable
+	all := p.stderr.String() + status + statusErr + statusJSON + usage + unreachable + served.String()
 	require.Contains(t, all, "xxxxx", "masked, not dropped")
 	for _, secret := range []string{dbPassword, esdbPassword, apiToken, readToken} {
 		require.NotContains(t, all, secret)

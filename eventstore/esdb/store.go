@@ -86,11 +86,28 @@ func New(cfg Config) (*Store, error) {
 	if !strings.Contains(strings.ToLower(cfg.URL), "maxdiscoverattempts") {
 		settings.MaxDiscoverAttempts = math.MaxInt32
 	}
+	settings.Logger = clientLogger(cfg.Logger)
 	s := &Store{cfg: cfg, settings: settings}
 	if s.client, err = client.NewClient(settings); err != nil {
 		return nil, fmt.Errorf("esdb: %w", err)
 	}
 	return s, nil
+}
+
+// clientLogger sends the client's own log lines to l, at their levels.
+func clientLogger(l *slog.Logger) client.LoggingFunc {
+	return func(level client.LogLevel, format string, args ...any) {
+		lv := slog.LevelInfo
+		switch level {
+		case client.LogDebug:
+			lv = slog.LevelDebug
+		case client.LogWarn:
+			lv = slog.LevelWarn
+		case client.LogError:
+			lv = slog.LevelError
+		}
+		l.Log(context.Background(), lv, "esdb client: "+fmt.Sprintf(format, args...))
+	}
 }
 
 // Close closes the store: new calls fail with ErrClosed, and the client is

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -70,8 +71,11 @@ func unescape(s string) string {
 // Replacer masks known secrets in any text.
 type Replacer struct{ r *strings.Replacer }
 
-// NewReplacer masks each of secrets at least three bytes long.
+// NewReplacer masks each of secrets at least three bytes long, the
+// longest first, so that one secret inside another leaves nothing of it.
 func NewReplacer(secrets ...string) *Replacer {
+	secrets = slices.Clone(secrets)
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	var pairs []string
 	for _, s := range secrets {
 		if len(s) >= minSecret {

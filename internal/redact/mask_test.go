@@ -22,6 +22,7 @@ func TestReplacer(t *testing.T) {
 	r := redact.NewReplacer("hunter22", "", "ab")
 	require.Equal(t, "pw xxxxx, ab stays", r.String("pw hunter22, ab stays"))
 	require.Equal(t, "as is", (*redact.Replacer)(nil).String("as is"))
+	require.Equal(t, "token xxxxx, password xxxxx", redact.NewReplacer("abc", "abcdef").String("token abcdef, password abc"), "the longest first")
 }
 
 func TestHandlerMasksEveryAttribute(t *testing.T) {
