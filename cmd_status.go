@@ -23,6 +23,11 @@ type statusRow struct {
 	Parked     int64     `json:"parked"`
 	// Reason says why the status is failed, degraded or stalled.
 	Reason string `json:"reason,omitempty"`
+	// The process that applies it, if one holds its lease.
+	Owner      *string    `json:"owner"`
+	OwnerHost  *string    `json:"owner_host"`
+	OwnerPID   *int       `json:"owner_pid"`
+	OwnerSince *time.Time `json:"owner_since"`
 	// The rebuild under way, if any: its generation and how far it is.
 	RebuildGeneration *int     `json:"rebuild_generation"`
 	RebuildPercent    *float64 `json:"rebuild_percent"`
@@ -41,8 +46,11 @@ func newStatusCmd(c *Config) *cobra.Command {
 			}
 			defer pool.Close()
 			rows, err := pool.Query(cmd.Context(), `SELECT s.projection, s.version, s.status, coalesce(s.position, '0'), s.head, s.lag_ms, s.updated_at, s.parked, s.reason,
+					o.owner, p.host, p.pid, o.since,
 					b.generation, b.percent::float8
 				FROM readmodel.projection_status s
+				LEFT JOIN sightline.owners o ON o.projection = s.projection AND o.segment = 0 AND o.lease_until > now()
+				LEFT JOIN sightline.processes p ON p.id = o.owner
 				LEFT JOIN LATERAL (
 					SELECT g.generation, CASE WHEN h.head > 0 THEN round(100.0 * least(c.commit_position, h.head) / h.head, 1) ELSE 0 END AS percent
 					FROM sightline.generations g
@@ -69,14 +77,21 @@ func newStatusCmd(c *Config) *cobra.Command {
 				return nil
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tREBUILD\tUPDATED\tREASON")
+			fmt.Fprintln(w, "PROJECTION\tVERSION\tSTATUS\tPOSITION\tHEAD\tLAG\tPARKED\tREBUILD\tUPDATED\tOWNER\tREASON")
 			for _, r := range list {
 				rebuild := "-"
 				if r.RebuildGeneration != nil {
 					rebuild = fmt.Sprintf("generation %d at %.1f%%", *r.RebuildGeneration, *r.RebuildPercent)
 				}
-				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s ago\t%s\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
-					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, rebuild, time.Since(r.UpdatedAt).Round(time.Second), cmp.Or(c.secrets.String(r.Reason), "-"))
+				owner := "-"
+				switch {
+				case r.Owner != nil && r.OwnerPID != nil:
+					owner = fmt.Sprintf("%s (pid %d on %s, since %s ago)", *r.Owner, *r.OwnerPID, *r.OwnerHost, time.Since(*r.OwnerSince).Round(time.Second))
+				case r.Owner != nil:
+					owner = *r.Owner
+				}
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s ago\t%s\t%s\n", r.Projection, r.Version, r.Status, r.Position, r.Head,
+					(time.Duration(r.LagMs) * time.Millisecond).String(), r.Parked, rebuild, time.Since(r.UpdatedAt).Round(time.Second), owner, cmp.Or(c.secrets.String(r.Reason), "-"))
 			}
 			return w.Flush()
 		},

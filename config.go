@@ -85,9 +85,14 @@ type Config struct {
 	// ReadyMaxLag, when set, makes /readyz fail while a projection lags
 	// more than this behind the head.
 	ReadyMaxLag time.Duration `yaml:"ready_max_lag"`
+	// Lease is how long a process holds a projection without renewing it:
+	// when it dies, another takes its projections up this long (and a tick)
+	// after. Default projections.LeaseDefault.
+	Lease time.Duration `yaml:"lease"`
 
 	file       string
 	cpuProfile string
+	processID  string           // this process among those sharing the projections
 	logger     *slog.Logger     // Logger, or the one made, masking secrets
 	secrets    *redact.Replacer // masks the passwords and tokens configured
 }
@@ -148,6 +153,7 @@ func (c *Config) settings() []setting {
 		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run", strSetting{&c.ProjectionDir}},
 		{"read-token", "SIGHTLINE_READ_TOKEN", "bearer token the reads (queries, status, /metrics) require; prefer the variable, flags show in ps", strSetting{&c.ReadToken}},
 		{"query-timeout", "SIGHTLINE_QUERY_TIMEOUT", "how long a declared query may run before it is cut off (default 5s)", durSetting{&c.QueryTimeout}},
+		{"lease", "SIGHTLINE_LEASE", fmt.Sprintf("how long a process holds a projection without renewing it; another takes over this long after it dies (default %s)", projections.LeaseDefault), durSetting{&c.Lease}},
 		{"ready-max-lag", "SIGHTLINE_READY_MAX_LAG", "fail /readyz while a projection lags more than this, e.g. 30s (default: lag does not count)", durSetting{&c.ReadyMaxLag}},
 		{"max-waits", "SIGHTLINE_MAX_WAITS", fmt.Sprintf("read-your-writes waits at once; more are answered 503 (default %d)", api.MaxWaitsDefault), intSetting{&c.HTTP.MaxWaits}},
 		{"http-read-header-timeout", "SIGHTLINE_HTTP_READ_HEADER_TIMEOUT", fmt.Sprintf("time to read a request's headers (default %s)", api.ReadHeaderTimeoutDefault), durSetting{&c.HTTP.ReadHeaderTimeout}},
@@ -167,7 +173,7 @@ func (c *Config) bind(flags *pflag.FlagSet) {
 		flags.String(s.flag, "", usage)
 	}
 	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits)")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, lease, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits)")
 }
 
 // load resolves the configuration for cmd, over what the program set.
@@ -216,8 +222,11 @@ func (c *Config) load(cmd *cobra.Command) error {
 
 // complete sets the defaults and checks what cannot work.
 func (c *Config) complete() error {
-	if c.QueryTimeout < 0 || c.RebuildGrace < 0 || c.ReadyMaxLag < 0 {
-		return usagef("query_timeout, rebuild_grace and ready_max_lag must not be negative")
+	if c.QueryTimeout < 0 || c.RebuildGrace < 0 || c.ReadyMaxLag < 0 || c.Lease < 0 {
+		return usagef("query_timeout, rebuild_grace, ready_max_lag and lease must not be negative")
+	}
+	if c.processID == "" {
+		c.processID = projections.NewProcessID()
 	}
 	if c.BatchSize < 0 || c.MaxAttempts < 0 || c.RebuildBatchSize < 0 {
 		return usagef("batch_size, max_attempts and rebuild_batch_size must not be negative")
@@ -295,7 +304,7 @@ func (c *Config) checkListen() error {
 func (c *Config) projectorConfig(metrics *projections.Metrics, source string) projections.Config {
 	return projections.Config{
 		Logger: c.logger, Metrics: metrics, Source: source, BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts,
-		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace,
+		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace, ProcessID: c.processID, Lease: c.Lease,
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/sightlinehq/sightline/eventstore/esdb"
 	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/migrate"
+	"github.com/sightlinehq/sightline/projections"
 )
 
 // source is an event store the commands can run on.
@@ -31,7 +32,7 @@ type app struct {
 
 // openDatabase creates the database if missing, connects and migrates.
 func openDatabase(ctx context.Context, c *Config) (*pgxpool.Pool, error) {
-	pool, err := migrate.Open(ctx, c.DatabaseURL, 16, c.logger)
+	pool, err := migrate.OpenAs(ctx, c.DatabaseURL, 16, projections.ApplicationName(c.processID), c.logger)
 	if errors.Is(err, migrate.ErrPoolSettings) {
 		return nil, usagef("%v", err)
 	}

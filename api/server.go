@@ -351,15 +351,31 @@ type ProjectionStatus struct {
 	// Parked counts the events parked or held behind them.
 	Parked int `json:"parked"`
 	// Reason says why the status is failed, degraded or stalled.
-	Reason    string `json:"reason,omitempty"`
-	LastError string `json:"last_error,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Owner is the process that applies the projection (null while none
+	// does); Owned says whether it is the one answering.
+	Owner     *OwnerJSON `json:"owner"`
+	Owned     bool       `json:"owned"`
+	LastError string     `json:"last_error,omitempty"`
 	// Rebuild is the rebuild under way; null when none is.
 	Rebuild *RebuildStatus `json:"rebuild"`
 }
 
+// OwnerJSON is the process that applies a projection.
+type OwnerJSON struct {
+	ID    string    `json:"id"`
+	Host  string    `json:"host"`
+	PID   int       `json:"pid"`
+	Since time.Time `json:"since"`
+}
+
 func statusJSON(st projections.Status) ProjectionStatus {
 	st.Reason, st.LastError = redact.URLsIn(st.Reason), redact.URLsIn(st.LastError)
-	return ProjectionStatus{
+	var owner *OwnerJSON
+	if st.Owner != nil {
+		owner = &OwnerJSON{ID: st.Owner.ID, Host: st.Owner.Host, PID: st.Owner.PID, Since: st.Owner.Since}
+	}
+	return ProjectionStatus{Owner: owner, Owned: st.Owned,
 		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
 		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, Reason: st.Reason, LastError: st.LastError,
 		Rebuild: rebuildJSON(st.Rebuild),

@@ -231,6 +231,7 @@ func assumedRevisions(s streamEvents) map[string]int64 {
 // saved was about a tenth of the time from an append to the read model.
 func (r *Runner) oneTrip(conn *pgx.Conn, reg registration, expected eventstore.Position, revsTable string, streams streamEvents, last map[string]int64) *batchTx {
 	tx, checks := deferBegin(conn)
+	r.queueFence(checks)
 	checks.Queue(`SELECT sightline.lock_checkpoint($1, $2, $3, $4)`, r.p.Name(), reg.generation, int64(expected.Commit), int64(expected.Prepare))
 	if len(streams.order) == 0 {
 		return tx
@@ -268,6 +269,7 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 		// the generation before it takes over.
 		read.Queue(`SET LOCAL synchronous_commit = off`)
 	}
+	fenced := r.queueFence(read)
 	read.Queue(`SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
 		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), reg.generation)
 	if known != nil {
@@ -290,6 +292,11 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 	if r.build != nil {
 		if _, err := res.Exec(); err != nil {
 			return tx, nil, nil, known, err
+		}
+	}
+	if fenced {
+		if _, err := res.Exec(); err != nil {
+			return tx, nil, nil, known, notOwner(err)
 		}
 	}
 	var commit, prepare int64

@@ -3,6 +3,7 @@ package projections
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -19,6 +20,8 @@ func (r *Runner) assumptionFailed(err error, reg registration, expected eventsto
 		return err
 	}
 	switch pgErr.Code {
+	case "SLOWN":
+		return fmt.Errorf("%w: %s", errNotOwner, pgErr.Message)
 	case "SLREV":
 		return errNotAsAssumed
 	case "SLGEN":
@@ -30,6 +33,15 @@ func (r *Runner) assumptionFailed(err error, reg registration, expected eventsto
 			return fmt.Errorf("%w: expected %s, found %q", errCheckpointMoved, expected, pgErr.Detail)
 		}
 		return r.checkpointMoved(expected, eventstore.Position{Commit: commit, Prepare: prepare})
+	}
+	return err
+}
+
+// notOwner turns the fence's refusal into errNotOwner.
+func notOwner(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "SLOWN" {
+		return fmt.Errorf("%w: %s", errNotOwner, pgErr.Message)
 	}
 	return err
 }
@@ -50,6 +62,7 @@ func (r *Runner) checkpointMoved(expected, stored eventstore.Position) error {
 func (r *Runner) setElsewhereLocked(p eventstore.Position) {
 	if r.position != p {
 		r.wakeAllStreamsLocked()
+		r.state.lastProgress = time.Now() // progress, made elsewhere
 	}
 	r.setPositionLocked(p)
 }

@@ -24,6 +24,10 @@ type Metrics struct {
 	// Status has a series per projection and status, 1 for the one the
 	// projection is in and 0 for the others.
 	Status *prometheus.GaugeVec
+	// Owned is 1 for the projections (and segments) this process applies.
+	Owned *prometheus.GaugeVec
+	// OwnershipChanges counts the projections this process took up.
+	OwnershipChanges *prometheus.CounterVec
 }
 
 // Reasons an event is skipped, the values of the reason label.
@@ -70,10 +74,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Subscriptions to the event source opened again after a failure."}, []string{"source"}),
 		Status: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("projection_status"),
 			Help: "1 for the status the projection is in (live, catching-up, rebuilding, stalled, failed, degraded, stopped), 0 for the others."}, []string{"projection", "status"}),
+		Owned: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name("projection_owned"),
+			Help: "1 while this process applies the projection's segment, else 0 (another process does, or none)."}, []string{"projection", "segment"}),
+		OwnershipChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("ownership_changes_total"),
+			Help: "Times this process took a projection up: at start, from a process that gave it up, or from one that stopped renewing."}, p),
 	}
 	if reg != nil {
 		reg.MustRegister(m.EventsApplied, m.EventsSkipped, m.GapsRepaired, m.Lag, m.CaughtUp, m.BatchDuration,
-			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects, m.Status)
+			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects, m.Status, m.Owned, m.OwnershipChanges)
 	}
 	return m
 }
@@ -87,6 +95,8 @@ type projectionMetrics struct {
 	batchDuration, batchEvents, endToEnd          prometheus.Observer
 	reconnects                                    prometheus.Counter
 	status                                        map[string]prometheus.Gauge
+	owned                                         prometheus.Gauge
+	ownershipChanges                              prometheus.Counter
 }
 
 // setStatus marks status as the projection's, and no other.
@@ -122,6 +132,8 @@ func (m *Metrics) forProjection(name, source string) projectionMetrics {
 		rebuildProgress: m.RebuildProgress.WithLabelValues(name),
 	}
 	pm.rebuildProgress.Set(1) // no rebuild running: the read model is whole
+	pm.owned = m.Owned.WithLabelValues(name, "0")
+	pm.ownershipChanges = m.OwnershipChanges.WithLabelValues(name)
 	pm.status = map[string]prometheus.Gauge{}
 	for _, s := range Statuses {
 		pm.status[s] = m.Status.WithLabelValues(name, s)

@@ -52,6 +52,13 @@ type Config struct {
 	// projection reports failed instead of stalled. A handler failing on
 	// every event parks each one instead. Defaults to FailAfterDefault.
 	FailAfter time.Duration
+	// ProcessID names this process among those sharing the projections
+	// (a Daemon's); its connections should carry ApplicationName(ProcessID)
+	// as their application_name. Defaults to NewProcessID().
+	ProcessID string
+	// Lease is how long a Daemon holds a projection without renewing it;
+	// it renews every sixth of it. Defaults to LeaseDefault.
+	Lease time.Duration
 	// Source names the event source in metrics. Defaults to SourceDefault.
 	Source string
 	// MaxAttempts is how many times an event whose handler fails is tried
@@ -81,6 +88,10 @@ func (c Config) WithDefaults() Config {
 	c.StatusInterval = cmp.Or(c.StatusInterval, StatusIntervalDefault)
 	c.LiveLag = cmp.Or(c.LiveLag, LiveLagDefault)
 	c.FailAfter = cmp.Or(c.FailAfter, FailAfterDefault)
+	c.Lease = cmp.Or(c.Lease, LeaseDefault)
+	if c.ProcessID == "" {
+		c.ProcessID = NewProcessID()
+	}
 	c.Source = cmp.Or(c.Source, SourceDefault)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, MaxAttemptsDefault)
 	c.RetryInitialInterval = cmp.Or(c.RetryInitialInterval, RetryInitialDefault)
@@ -97,7 +108,7 @@ func (c Config) WithDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if c.BatchSize < 1 || c.StallAfter <= 0 || c.FailAfter <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 ||
+	if c.BatchSize < 1 || c.StallAfter <= 0 || c.FailAfter <= 0 || c.Lease <= 0 || c.StatusInterval <= 0 || c.LiveLag <= 0 ||
 		c.MaxAttempts < 1 || c.RetryInitialInterval <= 0 || c.RetryMaxInterval < c.RetryInitialInterval ||
 		c.RebuildBatchSize < 1 || c.RetiredGrace < 0 {
 		return errors.New("projections: BatchSize, RebuildBatchSize, StallAfter, StatusInterval, LiveLag, MaxAttempts and the retry intervals must be positive, the maximum interval at least the initial one, RetiredGrace not negative")
@@ -138,7 +149,11 @@ type Status struct {
 	// Parked counts the events parked or held behind them.
 	Parked int
 	// Reason says why the status is failed, degraded or stalled.
-	Reason    string
+	Reason string
+	// Owner is the process that applies the projection, when one does;
+	// Owned says whether it is this one.
+	Owner     *Owner
+	Owned     bool
 	LastError string
 	UpdatedAt time.Time
 	// Rebuild is the rebuild under way, if any.
@@ -182,6 +197,7 @@ type Runner struct {
 	position    eventstore.Position        // the committed checkpoint
 	advanced    chan struct{}              // closed, and replaced, whenever position moves
 	streamWaits map[string][]chan struct{} // WatchStream's watchers, by stream
+	lease       lease                      // whether this process holds the projection
 	state       runState
 }
 
@@ -238,6 +254,7 @@ func NewRunner(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Con
 		done: make(chan struct{}),
 
 		advanced: make(chan struct{}),
+		lease:    lease{changed: make(chan struct{})},
 	}, nil
 }
 
@@ -353,8 +370,12 @@ func (r *Runner) Status() Status {
 	}
 	st := Status{
 		Name: r.p.Name(), Version: cmp.Or(r.reg.version, r.p.Version()), Status: r.statusLocked(now),
-		Position: r.position, Head: head, Lag: r.lagLocked(now), Reason: r.reasonLocked(now),
+		Position: r.position, Head: head, Lag: r.lagLocked(now), Reason: r.reasonLocked(now), Owned: r.ownedLocked(),
 		EventsPerSecond: r.state.rate, Parked: r.state.parked, LastError: r.state.lastError, UpdatedAt: r.state.updatedAt,
+	}
+	if r.lease.holder != nil {
+		h := *r.lease.holder
+		st.Owner = &h
 	}
 	if r.rebuild != nil {
 		rb := *r.rebuild
@@ -371,9 +392,18 @@ func (r *Runner) run() {
 
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	for r.soft.Err() == nil {
+		if !r.waitOwned() {
+			break
+		}
 		err := r.serve()
 		if r.soft.Err() != nil {
 			break
+		}
+		if errors.Is(err, errNotOwner) {
+			r.log.Info("another process applies the projection now")
+			r.revoke() // until the lease is ours again
+			retry.Reset()
+			continue
 		}
 		if errors.Is(err, errSuperseded) {
 			retry.Reset()
@@ -433,6 +463,9 @@ func (r *Runner) serve() error {
 		r.wakeAllStreamsLocked() // their state is the new generation's now
 	}
 	r.reg, r.serving, r.pipeCancel = reg, serving, cancel
+	if !r.ownedLocked() { // revoked while registering
+		cancel(errNotOwner)
+	}
 	r.state.failing, r.state.lastError = false, "" // attached: what failed before is behind it
 	r.setPositionLocked(reg.checkpoint)
 	r.sinceAttach, r.nextAnalyze = 0, analyzeFirst
@@ -658,7 +691,7 @@ func (r *Runner) applyWithRetry(ctx context.Context, events []eventstore.Recorde
 			r.mu.Unlock()
 			return nil
 		}
-		if errors.Is(err, errCheckpointMoved) || errors.Is(err, errSuperseded) || r.hard.Err() != nil {
+		if errors.Is(err, errCheckpointMoved) || errors.Is(err, errSuperseded) || errors.Is(err, errNotOwner) || r.hard.Err() != nil {
 			return err
 		}
 		r.mu.Lock()

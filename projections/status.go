@@ -181,7 +181,7 @@ func (r *Runner) reportStatus() {
 func (r *Runner) writeStatus(ctx context.Context) {
 	st := r.Status()
 	r.mu.Lock()
-	serving := r.serving
+	serving := r.serving && r.ownedLocked() // the row is the applier's to write
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -207,7 +207,7 @@ func (r *Runner) refreshActive(ctx context.Context) {
 		return
 	}
 	r.mu.Lock()
-	if !r.serving {
+	if !r.serving || !r.ownedLocked() { // another process applies it: follow its checkpoint
 		r.setElsewhereLocked(pos)
 	}
 	r.mu.Unlock()

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
+)
+
+// holders says which process (by pid) holds each projection now.
+func holders(t *testing.T, ctx context.Context, db *pgxpool.Pool) map[string]int {
+	t.Helper()
+	rows, err := db.Query(ctx, `SELECT o.projection, p.pid FROM sightline.owners o JOIN sightline.processes p ON p.id = o.owner
+		WHERE o.lease_until > now()`)
+	require.NoError(t, err)
+	out := map[string]int{}
+	for rows.Next() {
+		var name string
+		var pid int
+		require.NoError(t, rows.Scan(&name, &pid))
+		out[name] = pid
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+// waitHeld waits until every example projection is held and ok says so,
+// and returns how long that took.
+func waitHeld(t *testing.T, ctx context.Context, db *pgxpool.Pool, within time.Duration, ok func(map[string]int) bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last map[string]int
+	require.Eventually(t, func() bool {
+		last = holders(t, ctx, db)
+		return len(last) == 3 && ok(last)
+	}, within, 10*time.Millisecond, "holders %v", last)
+	return time.Since(start)
+}
+
+func holds(h map[string]int, pid int) (n int) {
+	for _, p := range h {
+		if p == pid {
+			n++
+		}
+	}
+	return n
+}
+
+// TestProcessesShareFailOverAndFence runs two, then three processes on
+// one database under traffic. A joining process takes its share; one
+// paused (SIGSTOP) past its lease loses its projections to another, and
+// once resumed writes nothing twice; one killed (kill -9) is taken over
+// within 5 s; one stopped (SIGTERM) hands over within a second. The read
+// models equal the fold of the events at the end.
+func TestProcessesShareFailOverAndFence(t *testing.T) {
+	t.Parallel()
+	ctx, db, store := newDatabase(t, 4*time.Minute)
+	args := []string{"run", "--examples", "--database-url", db.URL, "--http-addr", "127.0.0.1:0", "--lease", "1s"}
+
+	p1 := start(t, args...)
+	pid1 := p1.cmd.Process.Pid
+	waitHeld(t, ctx, db.Pool, time.Minute, func(h map[string]int) bool { return holds(h, pid1) == 3 })
+	p2 := start(t, args...)
+	pid2 := p2.cmd.Process.Pid
+	waitHeld(t, ctx, db.Pool, 30*time.Second, func(h map[string]int) bool { return holds(h, pid1) == 2 && holds(h, pid2) == 1 || holds(h, pid1) == 1 && holds(h, pid2) == 2 })
+
+	traffic := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(ctx, store, simulate.Config{Orders: 2000, Customers: 100, Writers: 4, Rate: 1000, Seed: 21})
+		traffic <- err
+	}()
+	time.Sleep(time.Second)
+
+	// Pause the one that holds orders past its lease.
+	paused, other := p1, pid2
+	if holders(t, ctx, db.Pool)["orders"] == pid2 {
+		paused, other = p2, pid1
+	}
+	require.NoError(t, paused.cmd.Process.Signal(syscall.SIGSTOP))
+	took := waitHeld(t, ctx, db.Pool, 10*time.Second, func(h map[string]int) bool { return holds(h, other) == 3 })
+	t.Logf("takeover from a paused owner: %s (lease 1 s)", took)
+	require.Less(t, took, 5*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, paused.cmd.Process.Signal(syscall.SIGCONT))
+	waitHeld(t, ctx, db.Pool, 30*time.Second, func(h map[string]int) bool { return holds(h, pid1) > 0 && holds(h, pid2) > 0 })
+
+	// Kill the one that holds orders now.
+	victim, survivor := p1, pid2
+	if holders(t, ctx, db.Pool)["orders"] == pid2 {
+		victim, survivor = p2, pid1
+	}
+	require.NoError(t, victim.cmd.Process.Signal(syscall.SIGKILL))
+	<-victim.done
+	took = waitHeld(t, ctx, db.Pool, 10*time.Second, func(h map[string]int) bool { return holds(h, survivor) == 3 })
+	t.Logf("takeover from a killed owner: %s (lease 1 s)", took)
+	require.Less(t, took, 5*time.Second)
+
+	// A third joins, takes its share, and hands it over on SIGTERM.
+	p3 := start(t, args...)
+	pid3 := p3.cmd.Process.Pid
+	waitHeld(t, ctx, db.Pool, 30*time.Second, func(h map[string]int) bool { return holds(h, pid3) > 0 })
+	require.NoError(t, p3.cmd.Process.Signal(syscall.SIGTERM))
+	took = waitHeld(t, ctx, db.Pool, 10*time.Second, func(h map[string]int) bool { return holds(h, survivor) == 3 })
+	<-p3.done
+	require.NoError(t, p3.err, p3.stderr.String())
+	t.Logf("handover on SIGTERM: %s", took)
+	require.Less(t, took, time.Second)
+
+	require.NoError(t, <-traffic)
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, db.Pool)
+	for _, p := range []*proc{p1, p2} {
+		if p == victim {
+			continue
+		}
+		require.NotContains(t, p.stderr.String(), "DATA RACE")
+		require.NotContains(t, p.stderr.String(), "panic")
+	}
+}

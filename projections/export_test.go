@@ -1,0 +1,6 @@
+package projections
+
+// PauseOwnership stops the daemon's ownership rounds without giving its
+// projections up, as a process that is paused or cut off from the
+// database stops renewing: its runners go on as if they still held them.
+func (d *Daemon) PauseOwnership() { d.owners.stop() }

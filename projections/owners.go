@@ -1,0 +1,311 @@
+package projections
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// LeaseDefault is how long a process holds a projection without renewing
+// it: a process killed outright loses its projections this long after its
+// last renewal, and another takes them up within a tick after that.
+const LeaseDefault = 3 * time.Second
+
+// NewProcessID is a fresh process id: the host name and a random suffix.
+func NewProcessID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	host, _ := os.Hostname()
+	return cmp.Or(host, "sightline") + "-" + hex.EncodeToString(b[:])
+}
+
+// ApplicationName is the PostgreSQL application_name of a process's
+// connections, by which a process that takes over from one that stopped
+// answering ends that one's sessions (and with them its open batches).
+func ApplicationName(processID string) string { return "sightline " + processID }
+
+// owners shares a Daemon's projections with the other processes on the
+// database, through sightline.processes and sightline.owners: every tick
+// it beats the process's heart, renews its leases, gives up what is
+// beyond its fair share (the projections divided by the live processes,
+// rounded up) and claims, up to it, what nobody holds or whose holder
+// stopped renewing.
+type owners struct {
+	pool    *pgxpool.Pool
+	id      string
+	host    string
+	pid     int
+	lease   time.Duration
+	tick    time.Duration
+	runners []*Runner
+	log     *slog.Logger
+
+	mu   sync.Mutex
+	held map[string]int64 // projection → the epoch this process holds it at
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newOwners(pool *pgxpool.Pool, runners []*Runner, cfg Config) *owners {
+	host, _ := os.Hostname()
+	o := &owners{pool: pool, id: cfg.ProcessID, host: host, pid: os.Getpid(), lease: cfg.Lease,
+		tick: min(max(cfg.Lease/6, 20*time.Millisecond), time.Second), runners: runners, log: cfg.Logger,
+		held: map[string]int64{}, done: make(chan struct{})}
+	for _, r := range runners {
+		r.mu.Lock()
+		r.lease.fenced, r.lease.owner = true, o.id
+		r.mu.Unlock()
+	}
+	return o
+}
+
+// start takes a first share at once, then keeps it up in the background.
+func (o *owners) start(ctx context.Context) error {
+	if err := o.round(ctx); err != nil {
+		return fmt.Errorf("projections: share the projections: %w", err)
+	}
+	ctx, o.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		defer close(o.done)
+		t := time.NewTicker(o.tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := o.round(ctx); err != nil && ctx.Err() == nil {
+				o.log.Warn("could not renew or claim projections; trying again", "error", err)
+			}
+		}
+	}()
+	return nil
+}
+
+// stop ends the rounds; release then gives the projections up.
+func (o *owners) stop() {
+	if o.cancel != nil {
+		o.cancel()
+		<-o.done
+	}
+}
+
+// release gives up every projection this process holds, at once, so that
+// the others take them up at their next tick, and removes the process.
+func (o *owners) release(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET lease_until = '-infinity' WHERE owner = $1`, o.id)
+	if _, derr := o.pool.Exec(ctx, `DELETE FROM sightline.processes WHERE id = $1`, o.id); err == nil {
+		err = derr
+	}
+	return err
+}
+
+// holding is a row of sightline.owners with its holder's process.
+type holding struct {
+	projection string
+	owner      string
+	epoch      int64
+	since      time.Time
+	expired    bool // its lease ran out or was given up
+	released   bool // given up, not run out
+	stale      bool // its holder's heart stopped beating
+	host       string
+	pid        int
+}
+
+// round is one tick: heartbeat, renew, read, give up, claim.
+func (o *owners) round(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, max(o.lease, time.Second))
+	defer cancel()
+	lease := o.lease.String()
+	if _, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid) VALUES ($1, $2, $3)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid); err != nil {
+		return err
+	}
+	rows, err := o.pool.Query(ctx, `UPDATE sightline.owners SET lease_until = now() + $2::interval
+		WHERE owner = $1 AND lease_until > now() RETURNING projection, epoch`, o.id, lease)
+	if err != nil {
+		return err
+	}
+	renewed := map[string]int64{}
+	var name string
+	var epoch int64
+	if _, err := pgx.ForEachRow(rows, []any{&name, &epoch}, func() error { renewed[name] = epoch; return nil }); err != nil {
+		return err
+	}
+	var live int
+	if err := o.pool.QueryRow(ctx, `SELECT count(*) FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease).Scan(&live); err != nil {
+		return err
+	}
+	table, err := o.read(ctx)
+	if err != nil {
+		return err
+	}
+
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for name := range o.held {
+		if _, ok := renewed[name]; !ok {
+			delete(o.held, name)
+			r := o.runner(name)
+			r.revoke()
+			r.m.owned.Set(0)
+			o.log.Warn("lost a projection's lease", "projection", name)
+		}
+	}
+	for name, epoch := range renewed {
+		o.held[name] = epoch
+		r := o.runner(name)
+		r.grant(epoch) // again, should the runner have let it go on a failed fence
+		r.m.owned.Set(1)
+	}
+	share := (len(o.runners) + max(live, 1) - 1) / max(live, 1)
+	for _, r := range o.runners {
+		if h, ok := table[r.Name()]; ok && !h.expired {
+			r.setHolder(&Owner{ID: h.owner, Host: h.host, PID: h.pid, Since: h.since})
+		} else {
+			r.setHolder(nil)
+		}
+	}
+	// Beyond the share: give up the last ones, by name.
+	if excess := len(o.held) - share; excess > 0 {
+		names := make([]string, 0, len(o.held))
+		for name := range o.held {
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		for _, name := range names[len(names)-excess:] {
+			r := o.runner(name)
+			r.revoke()
+			if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET lease_until = '-infinity' WHERE projection = $1 AND owner = $2`, name, o.id); err != nil {
+				return err
+			}
+			delete(o.held, name)
+			r.m.owned.Set(0)
+			o.log.Info("gave up a projection for another process's share", "projection", name, "share", share)
+		}
+	}
+	for _, r := range o.runners {
+		if len(o.held) >= share {
+			break
+		}
+		name := r.Name()
+		if _, mine := o.held[name]; mine {
+			continue
+		}
+		h, known := table[name]
+		if known && !h.expired {
+			continue
+		}
+		epoch, ok, err := o.claim(ctx, name, h, known)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		o.held[name] = epoch
+		r.m.owned.Set(1)
+		r.m.ownershipChanges.Inc()
+		r.grant(epoch)
+		r.setHolder(&Owner{ID: o.id, Host: o.host, PID: o.pid, Since: time.Now()})
+		if known && h.owner != o.id {
+			o.log.Info("took a projection over", "projection", name, "from", h.owner, "epoch", epoch)
+		} else {
+			o.log.Info("holds a projection", "projection", name, "epoch", epoch)
+		}
+	}
+	return nil
+}
+
+// read reads who holds what.
+func (o *owners) read(ctx context.Context) (map[string]holding, error) {
+	rows, err := o.pool.Query(ctx, `SELECT o.projection, o.owner, o.epoch, o.since, o.lease_until <= now(), o.lease_until = '-infinity',
+			coalesce(p.heartbeat_at <= now() - $1::interval, true), coalesce(p.host, ''), coalesce(p.pid, 0)
+		FROM sightline.owners o LEFT JOIN sightline.processes p ON p.id = o.owner
+		WHERE o.segment = 0`, o.lease.String())
+	if err != nil {
+		return nil, err
+	}
+	table := map[string]holding{}
+	var h holding
+	_, err = pgx.ForEachRow(rows, []any{&h.projection, &h.owner, &h.epoch, &h.since, &h.expired, &h.released, &h.stale, &h.host, &h.pid}, func() error {
+		table[h.projection] = h
+		return nil
+	})
+	return table, err
+}
+
+// claim takes the projection: a new row, or the expired one at the next
+// epoch. When its holder's heart stopped too (killed, paused, cut off), its
+// sessions are ended first: a batch it left open would otherwise keep the
+// owners row, and a paused process's connections could not commit later
+// anyway, the fence refusing them.
+func (o *owners) claim(ctx context.Context, name string, h holding, known bool) (int64, bool, error) {
+	var epoch int64
+	if !known {
+		err := o.pool.QueryRow(ctx, `INSERT INTO sightline.owners (projection, owner, epoch, lease_until)
+			VALUES ($1, $2, 1, now() + $3::interval) ON CONFLICT DO NOTHING RETURNING epoch`, name, o.id, o.lease.String()).Scan(&epoch)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return 0, false, nil // another process was first
+		}
+		return epoch, err == nil, err
+	}
+	if h.stale && !h.released && h.owner != o.id {
+		if _, err := o.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()`, ApplicationName(h.owner)); err != nil {
+			return 0, false, err
+		}
+	}
+	tx, err := o.pool.Begin(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
+		return 0, false, err
+	}
+	err = tx.QueryRow(ctx, `UPDATE sightline.owners SET owner = $2, epoch = epoch + 1, since = now(), lease_until = now() + $4::interval
+		WHERE projection = $1 AND segment = 0 AND epoch = $3 AND lease_until <= now() RETURNING epoch`, name, o.id, h.epoch, o.lease.String()).Scan(&epoch)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		if IsTransient(err) { // lock_timeout included
+			return 0, false, nil // a batch of the holder still runs: next tick
+		}
+		return 0, false, err
+	}
+	return epoch, true, tx.Commit(ctx)
+}
+
+func (o *owners) runner(name string) *Runner {
+	for _, r := range o.runners {
+		if r.Name() == name {
+			return r
+		}
+	}
+	panic("projections: no runner for " + name)
+}
+
+// setHolder records who holds the projection.
+func (r *Runner) setHolder(h *Owner) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lease.holder = h
+}

@@ -1,0 +1,116 @@
+package projections_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/projections"
+	"github.com/sightlinehq/sightline/readmodel"
+	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
+)
+
+const testLease = 600 * time.Millisecond
+
+// startShared starts a daemon of the example projections as a process of
+// its own (its own id and metrics) on b's database.
+func (b *bundle) startShared(t *testing.T, ctx context.Context, id string) (*projections.Daemon, *projections.Metrics) {
+	t.Helper()
+	m := projections.NewMetrics(prometheus.NewRegistry())
+	d, err := projections.NewDaemon(b.db.Pool, b.store, readmodel.All(), projections.Config{Metrics: m, StatusInterval: 20 * time.Millisecond,
+		ProcessID: id, Lease: testLease})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	t.Cleanup(func() { _ = d.Stop(context.Background()) })
+	return d, m
+}
+
+func owned(d *projections.Daemon) (n int) {
+	for _, r := range d.Runners() {
+		if r.Owned() {
+			n++
+		}
+	}
+	return n
+}
+
+// TestProcessesShareTheProjections: two processes split the three
+// projections, each applied by one; a third joining takes its share
+// without a restart; one stopping hands its share over at once; the read
+// models are exact throughout, and status says who applies what.
+func TestProcessesShareTheProjections(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
+	defer cancel()
+	a, ma := b.startShared(t, ctx, "proc-a")
+	require.Equal(t, 3, owned(a), "alone, it holds them all")
+	bb, _ := b.startShared(t, ctx, "proc-b")
+	require.Eventually(t, func() bool { return owned(a) == 2 && owned(bb) == 1 }, 10*time.Second, 10*time.Millisecond,
+		"a joining process takes its share: a %d, b %d", owned(a), owned(bb))
+
+	_, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 300, Customers: 30, Writers: 4, Seed: 3})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, b.db.Pool)
+	for _, r := range a.Runners() {
+		st := r.Status()
+		require.NotNil(t, st.Owner, st.Name)
+		other := bb.Runner(st.Name).Status()
+		require.Equal(t, st.Owner.ID, other.Owner.ID, "both say the same owner of %s", st.Name)
+		require.NotEqual(t, st.Owned, other.Owned, "one of them applies %s", st.Name)
+		require.Equal(t, st.Position, other.Position, "the other follows %s's checkpoint", st.Name)
+	}
+	require.Equal(t, 2.0, testutil.ToFloat64(ma.Owned.WithLabelValues("orders", "0"))+testutil.ToFloat64(ma.Owned.WithLabelValues("customer_stats", "0"))+
+		testutil.ToFloat64(ma.Owned.WithLabelValues("daily_sales", "0")))
+
+	c, _ := b.startShared(t, ctx, "proc-c")
+	require.Eventually(t, func() bool { return owned(a) == 1 && owned(bb) == 1 && owned(c) == 1 }, 10*time.Second, 10*time.Millisecond)
+
+	stopped := time.Now()
+	require.NoError(t, a.Stop(ctx))
+	require.Eventually(t, func() bool { return owned(bb)+owned(c) == 3 }, 5*time.Second, 5*time.Millisecond)
+	handover := time.Since(stopped)
+	t.Logf("handover after a stop: %s", handover)
+	require.Less(t, handover, time.Second, "a process that stops hands over at once")
+
+	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 200, Customers: 30, Writers: 4, Seed: 4})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, b.db.Pool)
+}
+
+// TestAFencedOffOwnerCommitsNothing: a process that stops renewing (as a
+// paused one does) while its runners go on loses its projections after
+// the lease; another takes them up, and from then on the first one's
+// batches are refused by the fence: nothing is applied twice.
+func TestAFencedOffOwnerCommitsNothing(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
+	defer cancel()
+	a, _ := b.startShared(t, ctx, "proc-a")
+	bb, _ := b.startShared(t, ctx, "proc-b")
+	require.Eventually(t, func() bool { return owned(a)+owned(bb) == 3 && owned(bb) > 0 }, 10*time.Second, 10*time.Millisecond)
+
+	traffic := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 400, Customers: 30, Writers: 4, Rate: 1500, Seed: 5})
+		traffic <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+	a.PauseOwnership()
+	paused := time.Now()
+	require.Eventually(t, func() bool { return owned(bb) == 3 }, 10*time.Second, 5*time.Millisecond, "b takes a's projections after the lease")
+	t.Logf("takeover %s after the last renewal could have been", time.Since(paused))
+	require.NoError(t, <-traffic)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, b.db.Pool)
+	require.Eventually(t, func() bool { return owned(a) == 0 }, 10*time.Second, 5*time.Millisecond,
+		"a's runners let go once the fence refused them")
+}
