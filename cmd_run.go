@@ -81,6 +81,9 @@ func serve(ctx context.Context, c *Config, sim *simulate.Config) error {
 	if err != nil {
 		return err
 	}
+	if c.Role == RoleProject {
+		queries = nil // another process serves them
+	}
 	srv, err := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, ReadToken: c.ReadToken, Daemon: daemon,
 		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger, Queries: queries, QueryTimeout: c.QueryTimeout,
 		Limits: c.HTTP, ReadyMaxLag: c.ReadyMaxLag})
@@ -96,7 +99,7 @@ func serve(ctx context.Context, c *Config, sim *simulate.Config) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve() }()
-	c.logger.Info("sightline running", "http", "http://"+srv.Addr(), "source", c.sourceForLogs())
+	c.logger.Info("sightline running", "http", "http://"+srv.Addr(), "source", c.sourceForLogs(), "process", c.processID, "role", c.Role)
 
 	simDone := make(chan error, 1)
 	if sim != nil {

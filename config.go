@@ -31,6 +31,13 @@ const DatabaseURLDefault = "postgres://postgres@127.0.0.1:5432/sightline?sslmode
 // SourcePostgres is the Source of the embedded event store.
 const SourcePostgres = "postgres"
 
+// Roles of a process among those sharing one database (Config.Role).
+const (
+	RoleBoth    = "both"
+	RoleServe   = "serve"
+	RoleProject = "project"
+)
+
 // Config is what sightline runs: the database, the event source, the
 // projections and the HTTP API. The command line fills it from, in order
 // of precedence, each value's flag, its environment variable, the
@@ -89,6 +96,12 @@ type Config struct {
 	// when it dies, another takes its projections up this long (and a tick)
 	// after. Default projections.LeaseDefault.
 	Lease time.Duration `yaml:"lease"`
+	// Role is what this process does of what the processes on the
+	// database share: RoleBoth (the default) applies its share of the
+	// projections and serves them all; RoleServe serves only, following
+	// the others' checkpoints; RoleProject applies its share and serves no
+	// queries (status, metrics and the admin routes stay).
+	Role string `yaml:"role"`
 
 	file       string
 	cpuProfile string
@@ -153,6 +166,7 @@ func (c *Config) settings() []setting {
 		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run", strSetting{&c.ProjectionDir}},
 		{"read-token", "SIGHTLINE_READ_TOKEN", "bearer token the reads (queries, status, /metrics) require; prefer the variable, flags show in ps", strSetting{&c.ReadToken}},
 		{"query-timeout", "SIGHTLINE_QUERY_TIMEOUT", "how long a declared query may run before it is cut off (default 5s)", durSetting{&c.QueryTimeout}},
+		{"role", "SIGHTLINE_ROLE", "both (apply a share of the projections and serve every query), serve (serve only) or project (apply only)", strSetting{&c.Role}},
 		{"lease", "SIGHTLINE_LEASE", fmt.Sprintf("how long a process holds a projection without renewing it; another takes over this long after it dies (default %s)", projections.LeaseDefault), durSetting{&c.Lease}},
 		{"ready-max-lag", "SIGHTLINE_READY_MAX_LAG", "fail /readyz while a projection lags more than this, e.g. 30s (default: lag does not count)", durSetting{&c.ReadyMaxLag}},
 		{"max-waits", "SIGHTLINE_MAX_WAITS", fmt.Sprintf("read-your-writes waits at once; more are answered 503 (default %d)", api.MaxWaitsDefault), intSetting{&c.HTTP.MaxWaits}},
@@ -173,7 +187,7 @@ func (c *Config) bind(flags *pflag.FlagSet) {
 		flags.String(s.flag, "", usage)
 	}
 	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, lease, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits)")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, lease, role, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits)")
 }
 
 // load resolves the configuration for cmd, over what the program set.
@@ -224,6 +238,13 @@ func (c *Config) load(cmd *cobra.Command) error {
 func (c *Config) complete() error {
 	if c.QueryTimeout < 0 || c.RebuildGrace < 0 || c.ReadyMaxLag < 0 || c.Lease < 0 {
 		return usagef("query_timeout, rebuild_grace, ready_max_lag and lease must not be negative")
+	}
+	switch c.Role {
+	case "":
+		c.Role = RoleBoth
+	case RoleBoth, RoleServe, RoleProject:
+	default:
+		return usagef("role %q: want both, serve or project", c.Role)
 	}
 	if c.processID == "" {
 		c.processID = projections.NewProcessID()
@@ -304,7 +325,7 @@ func (c *Config) checkListen() error {
 func (c *Config) projectorConfig(metrics *projections.Metrics, source string) projections.Config {
 	return projections.Config{
 		Logger: c.logger, Metrics: metrics, Source: source, BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts,
-		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace, ProcessID: c.processID, Lease: c.Lease,
+		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace, ProcessID: c.processID, Lease: c.Lease, ServeOnly: c.Role == RoleServe,
 	}
 }
 

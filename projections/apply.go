@@ -148,6 +148,7 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 		newPosition = checkpoint
 		queue.Queue(`UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
 			WHERE projection = $1 AND generation = $2`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare))
+		r.queueNotify(queue, checkpoint)
 	}
 	if err := commitWith(ctx, tx, queue, fromProjection); err != nil {
 		return r.assumptionFailed(err, reg, expected)

@@ -3,7 +3,12 @@ package projections
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"time"
 
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -14,8 +19,13 @@ import (
 // is applied by the one process that holds its lease (sightline.owners);
 // the others follow its checkpoint and serve its reads.
 type Daemon struct {
+	pool    *pgxpool.Pool
 	runners []*Runner
 	owners  *owners
+	log     *slog.Logger
+
+	cancel context.CancelFunc // ends following
+	done   chan struct{}
 }
 
 // NewDaemon returns a Daemon for ps, all with the same configuration.
@@ -23,8 +33,8 @@ func NewDaemon(pool *pgxpool.Pool, store eventstore.Store, ps []Projection, cfg 
 	if err := Validate(ps); err != nil {
 		return nil, err
 	}
-	d := &Daemon{}
 	cfg = cfg.WithDefaults() // one ProcessID for all
+	d := &Daemon{pool: pool, log: cfg.Logger, done: make(chan struct{})}
 	for _, p := range ps {
 		r, err := NewRunner(pool, store, p, cfg)
 		if err != nil {
@@ -42,6 +52,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.owners.start(ctx); err != nil {
 		return err
 	}
+	followCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	go d.follow(followCtx)
 	for i, r := range d.runners {
 		if err := r.Start(ctx); err != nil {
 			for _, started := range d.runners[:i] {
@@ -49,6 +62,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 			}
 			d.owners.stop()
 			_ = d.owners.release(ctx)
+			d.stopFollowing()
 			return err
 		}
 	}
@@ -59,6 +73,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 // that another process takes them up at once.
 func (d *Daemon) Stop(ctx context.Context) error {
 	d.owners.stop()
+	defer d.stopFollowing()
 	defer func() { _ = d.owners.release(ctx) }()
 	errs := make(chan error, len(d.runners))
 	for _, r := range d.runners {
@@ -82,4 +97,58 @@ func (d *Daemon) Runner(name string) *Runner {
 		}
 	}
 	return nil
+}
+
+// follow listens for the checkpoints other processes commit and hands
+// each to its runner, until ctx ends; it listens again after a lost
+// connection (the status ticks read the checkpoints meanwhile).
+func (d *Daemon) follow(ctx context.Context) {
+	defer close(d.done)
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		err := d.listen(ctx, retry)
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("lost the checkpoints' notifications; listening again", "error", err)
+		t := time.NewTimer(retry.NextBackOff())
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+}
+
+func (d *Daemon) listen(ctx context.Context, retry backoff.BackOff) error {
+	conn, err := pgx.ConnectConfig(ctx, d.pool.Config().ConnConfig)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, `LISTEN `+checkpointChannel); err != nil {
+		return err
+	}
+	retry.Reset()
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		var name string
+		var p eventstore.Position
+		if _, err := fmt.Sscan(n.Payload, &name, &p.Commit, &p.Prepare); err != nil {
+			continue // not one of ours
+		}
+		if r := d.Runner(name); r != nil {
+			r.follow(p)
+		}
+	}
+}
+
+func (d *Daemon) stopFollowing() {
+	if d.cancel != nil {
+		d.cancel()
+		<-d.done
+	}
 }

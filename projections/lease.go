@@ -2,9 +2,12 @@ package projections
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sightlinehq/sightline/eventstore"
 )
 
 // errNotOwner says the projection's lease went to another process, or was
@@ -27,6 +30,7 @@ type lease struct {
 	owner   string        // this process's id
 	epoch   int64         // the epoch it holds it at
 	holder  *Owner        // who holds it, as last read; nil when nobody does
+	watched bool          // other processes follow the checkpoint: notify them
 	changed chan struct{} // closed, and replaced, when owned changes
 }
 
@@ -93,6 +97,32 @@ func (r *Runner) queueFence(b *pgx.Batch) bool {
 		b.Queue(`SELECT sightline.check_owner($1, $2, $3)`, r.p.Name(), owner, epoch)
 	}
 	return fenced
+}
+
+// checkpointChannel carries "projection commit prepare" at the commit of
+// each batch that moves a checkpoint, for the processes that follow it.
+const checkpointChannel = "sightline_checkpoints"
+
+// queueNotify queues the notification of the checkpoint a batch commits,
+// when other processes follow it: they read it at the commit, without
+// polling. Builders' checkpoints are nobody's to follow.
+func (r *Runner) queueNotify(b *pgx.Batch, p eventstore.Position) {
+	r.mu.Lock()
+	watched := r.lease.watched && r.build == nil
+	r.mu.Unlock()
+	if watched {
+		b.Queue(`SELECT pg_notify($1, $2)`, checkpointChannel, fmt.Sprintf("%s %d %d", r.p.Name(), p.Commit, p.Prepare))
+	}
+}
+
+// follow takes up a checkpoint another process committed, unless this one
+// applies the projection.
+func (r *Runner) follow(p eventstore.Position) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.ownedLocked() && r.position.Before(p) {
+		r.setElsewhereLocked(p)
+	}
 }
 
 // Holder is the process that holds the projection, as last read, or nil.

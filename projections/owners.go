@@ -48,6 +48,7 @@ type owners struct {
 	pid     int
 	lease   time.Duration
 	tick    time.Duration
+	serves  bool // ServeOnly: it claims nothing
 	runners []*Runner
 	log     *slog.Logger
 
@@ -60,7 +61,7 @@ type owners struct {
 
 func newOwners(pool *pgxpool.Pool, runners []*Runner, cfg Config) *owners {
 	host, _ := os.Hostname()
-	o := &owners{pool: pool, id: cfg.ProcessID, host: host, pid: os.Getpid(), lease: cfg.Lease,
+	o := &owners{pool: pool, id: cfg.ProcessID, host: host, pid: os.Getpid(), lease: cfg.Lease, serves: cfg.ServeOnly,
 		tick: min(max(cfg.Lease/6, 20*time.Millisecond), time.Second), runners: runners, log: cfg.Logger,
 		held: map[string]int64{}, done: make(chan struct{})}
 	for _, r := range runners {
@@ -133,8 +134,8 @@ func (o *owners) round(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, max(o.lease, time.Second))
 	defer cancel()
 	lease := o.lease.String()
-	if _, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid); err != nil {
+	if _, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid, projects) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid, !o.serves); err != nil {
 		return err
 	}
 	rows, err := o.pool.Query(ctx, `UPDATE sightline.owners SET lease_until = now() + $2::interval
@@ -148,9 +149,15 @@ func (o *owners) round(ctx context.Context) error {
 	if _, err := pgx.ForEachRow(rows, []any{&name, &epoch}, func() error { renewed[name] = epoch; return nil }); err != nil {
 		return err
 	}
-	var live int
-	if err := o.pool.QueryRow(ctx, `SELECT count(*) FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease).Scan(&live); err != nil {
+	var live, all int // processes that apply projections; all, those that serve only too
+	if err := o.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE projects), count(*) FROM sightline.processes
+		WHERE heartbeat_at > now() - $1::interval`, lease).Scan(&live, &all); err != nil {
 		return err
+	}
+	for _, r := range o.runners {
+		r.mu.Lock()
+		r.lease.watched = all > 1
+		r.mu.Unlock()
 	}
 	table, err := o.read(ctx)
 	if err != nil {
@@ -175,6 +182,9 @@ func (o *owners) round(ctx context.Context) error {
 		r.m.owned.Set(1)
 	}
 	share := (len(o.runners) + max(live, 1) - 1) / max(live, 1)
+	if o.serves {
+		share = 0
+	}
 	for _, r := range o.runners {
 		if h, ok := table[r.Name()]; ok && !h.expired {
 			r.setHolder(&Owner{ID: h.owner, Host: h.host, PID: h.pid, Since: h.since})

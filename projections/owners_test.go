@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -113,4 +115,37 @@ func TestAFencedOffOwnerCommitsNothing(t *testing.T) {
 	readmodeltest.RequireExact(t, ctx, b.db.Pool)
 	require.Eventually(t, func() bool { return owned(a) == 0 }, 10*time.Second, 5*time.Millisecond,
 		"a's runners let go once the fence refused them")
+}
+
+// TestServeOnlyFollowsByNotification: a process that only serves holds
+// nothing, yet knows who applies each projection and follows its
+// checkpoint as it commits, woken by notifications: its status ticks are
+// an hour apart here, so nothing else could wake it.
+func TestServeOnlyFollowsByNotification(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	a, _ := b.startShared(t, ctx, "proc-a")
+	s, err := projections.NewDaemon(b.db.Pool, b.store, readmodel.All(), projections.Config{StatusInterval: time.Hour,
+		ProcessID: "serve-only", Lease: testLease, ServeOnly: true})
+	require.NoError(t, err)
+	require.NoError(t, s.Start(ctx))
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	time.Sleep(3 * testLease) // a learns that it is followed
+	require.Equal(t, 0, owned(s))
+	require.Equal(t, 3, owned(a))
+
+	for i := range 5 {
+		res := appendOrder(t, ctx, b.store, fmt.Sprintf("order-n%d", i), storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":5}`))
+		waitCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		start := time.Now()
+		for _, r := range s.Runners() {
+			require.NoError(t, r.WaitFor(waitCtx, res.Position), "%s on the serve-only process", r.Name())
+		}
+		cancel()
+		t.Logf("followed in %s", time.Since(start))
+	}
+	st := s.Runner("orders").Status()
+	require.False(t, st.Owned)
+	require.NotNil(t, st.Owner)
+	require.Equal(t, "proc-a", st.Owner.ID)
 }

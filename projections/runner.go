@@ -59,6 +59,11 @@ type Config struct {
 	// Lease is how long a Daemon holds a projection without renewing it;
 	// it renews every sixth of it. Defaults to LeaseDefault.
 	Lease time.Duration
+	// ServeOnly makes a Daemon apply none of its projections: it follows
+	// the checkpoints that the processes applying them commit, woken by
+	// their notifications, so that its reads say how fresh they are and
+	// wait for their writes.
+	ServeOnly bool
 	// Source names the event source in metrics. Defaults to SourceDefault.
 	Source string
 	// MaxAttempts is how many times an event whose handler fails is tried

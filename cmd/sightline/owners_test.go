@@ -2,6 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
 	"syscall"
 	"testing"
 	"time"
@@ -9,7 +14,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/storetest"
 	"github.com/sightlinehq/sightline/internal/simulate"
+	"github.com/sightlinehq/sightline/readmodel"
 	"github.com/sightlinehq/sightline/readmodel/readmodeltest"
 )
 
@@ -122,4 +130,70 @@ func TestProcessesShareFailOverAndFence(t *testing.T) {
 		require.NotContains(t, p.stderr.String(), "DATA RACE")
 		require.NotContains(t, p.stderr.String(), "panic")
 	}
+}
+
+// addrOf is the address a started process listens on, from its log.
+func addrOf(t *testing.T, p *proc) string {
+	t.Helper()
+	re := regexp.MustCompile(`http=http://(\S+)`)
+	var m []string
+	require.Eventually(t, func() bool { m = re.FindStringSubmatch(p.stderr.String()); return m != nil }, time.Minute, 10*time.Millisecond, "%s", p.stderr)
+	return m[1]
+}
+
+// TestServeOnlyNodeAnswersFreshReads: a --role serve process applies
+// nothing, yet answers every query with the staleness headers and waits
+// for a write applied by another process; a --role project one serves no
+// queries.
+func TestServeOnlyNodeAnswersFreshReads(t *testing.T) {
+	t.Parallel()
+	ctx, db, store := newDatabase(t, 2*time.Minute)
+	base := []string{"run", "--examples", "--database-url", db.URL, "--http-addr", "127.0.0.1:0", "--lease", "1s"}
+	projector := start(t, append(base, "--role", "project")...)
+	server := start(t, append(base, "--role", "serve")...)
+	pid := projector.cmd.Process.Pid
+	waitHeld(t, ctx, db.Pool, time.Minute, func(h map[string]int) bool { return holds(h, pid) == 3 })
+	serveAddr, projectAddr := addrOf(t, server), addrOf(t, projector)
+
+	for i := range 5 {
+		id := fmt.Sprintf("s%d", i)
+		res, err := store.Append(ctx, "order-"+id, eventstore.NoStream,
+			storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":7}`))
+		require.NoError(t, err)
+		req, err := http.NewRequest(http.MethodGet, "http://"+serveAddr+"/v1/orders/"+id, nil)
+		require.NoError(t, err)
+		req.Header.Set("Projection-Min-Position", res.Position.String())
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(body))
+		require.Contains(t, string(body), `"id":"`+id+`"`)
+		require.Equal(t, res.Position.String(), resp.Header.Get("Projection-Position"))
+		t.Logf("read its write on the serve-only node in %s", time.Since(start))
+	}
+	var st struct {
+		Projections []struct {
+			Name  string `json:"name"`
+			Owned bool   `json:"owned"`
+			Owner *struct {
+				PID int `json:"pid"`
+			} `json:"owner"`
+		} `json:"projections"`
+	}
+	resp, err := http.Get("http://" + serveAddr + "/v1/projections")
+	require.NoError(t, err)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	resp.Body.Close()
+	require.Len(t, st.Projections, 3)
+	for _, p := range st.Projections {
+		require.False(t, p.Owned, p.Name)
+		require.NotNil(t, p.Owner, p.Name)
+		require.Equal(t, pid, p.Owner.PID, p.Name)
+	}
+	resp, err = http.Get("http://" + projectAddr + "/v1/orders/s0")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "a projecting-only process serves no queries")
 }

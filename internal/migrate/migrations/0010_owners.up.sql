@@ -7,6 +7,7 @@ CREATE TABLE sightline.processes (
     id           text PRIMARY KEY,
     host         text NOT NULL,
     pid          integer NOT NULL,
+    projects     boolean NOT NULL DEFAULT true, -- false: it only serves
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
