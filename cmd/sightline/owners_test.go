@@ -76,7 +76,9 @@ func TestProcessesShareFailOverAndFence(t *testing.T) {
 	waitHeld(t, ctx, db.Pool, time.Minute, func(h map[string]int) bool { return holds(h, pid1) == 3 })
 	p2 := start(t, args...)
 	pid2 := p2.cmd.Process.Pid
-	waitHeld(t, ctx, db.Pool, 30*time.Second, func(h map[string]int) bool { return holds(h, pid1) == 2 && holds(h, pid2) == 1 || holds(h, pid1) == 1 && holds(h, pid2) == 2 })
+	waitHeld(t, ctx, db.Pool, 30*time.Second, func(h map[string]int) bool {
+		return holds(h, pid1) == 2 && holds(h, pid2) == 1 || holds(h, pid1) == 1 && holds(h, pid2) == 2
+	})
 
 	traffic := make(chan error, 1)
 	go func() {
