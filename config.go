@@ -33,7 +33,7 @@ const SourcePostgres = "postgres"
 
 // Roles of a process among those sharing one database (Config.Role).
 const (
-	RoleBoth    = "both"
+	RoleAll     = "all"
 	RoleServe   = "serve"
 	RoleProject = "project"
 )
@@ -97,7 +97,7 @@ type Config struct {
 	// after. Default projections.LeaseDefault.
 	Lease time.Duration `yaml:"lease"`
 	// Role is what this process does of what the processes on the
-	// database share: RoleBoth (the default) applies its share of the
+	// database share: RoleAll (the default; "both" says the same) applies its share of the
 	// projections and serves them all; RoleServe serves only, following
 	// the others' checkpoints; RoleProject applies its share and serves no
 	// queries (status, metrics and the admin routes stay).
@@ -166,7 +166,7 @@ func (c *Config) settings() []setting {
 		{"projections", "SIGHTLINE_PROJECTIONS", "directory of declarative projections (*.yaml) to run", strSetting{&c.ProjectionDir}},
 		{"read-token", "SIGHTLINE_READ_TOKEN", "bearer token the reads (queries, status, /metrics) require; prefer the variable, flags show in ps", strSetting{&c.ReadToken}},
 		{"query-timeout", "SIGHTLINE_QUERY_TIMEOUT", "how long a declared query may run before it is cut off (default 5s)", durSetting{&c.QueryTimeout}},
-		{"role", "SIGHTLINE_ROLE", "both (apply a share of the projections and serve every query), serve (serve only) or project (apply only)", strSetting{&c.Role}},
+		{"role", "SIGHTLINE_ROLE", "all (apply a share of the projections and serve every query), serve (serve only) or project (apply only)", strSetting{&c.Role}},
 		{"lease", "SIGHTLINE_LEASE", fmt.Sprintf("how long a process holds a projection without renewing it; another takes over this long after it dies (default %s)", projections.LeaseDefault), durSetting{&c.Lease}},
 		{"ready-max-lag", "SIGHTLINE_READY_MAX_LAG", "fail /readyz while a projection lags more than this, e.g. 30s (default: lag does not count)", durSetting{&c.ReadyMaxLag}},
 		{"max-waits", "SIGHTLINE_MAX_WAITS", fmt.Sprintf("read-your-writes waits at once; more are answered 503 (default %d)", api.MaxWaitsDefault), intSetting{&c.HTTP.MaxWaits}},
@@ -240,11 +240,11 @@ func (c *Config) complete() error {
 		return usagef("query_timeout, rebuild_grace, ready_max_lag and lease must not be negative")
 	}
 	switch c.Role {
-	case "":
-		c.Role = RoleBoth
-	case RoleBoth, RoleServe, RoleProject:
+	case "", "both":
+		c.Role = RoleAll
+	case RoleAll, RoleServe, RoleProject:
 	default:
-		return usagef("role %q: want both, serve or project", c.Role)
+		return usagef("role %q: want all, serve or project", c.Role)
 	}
 	if c.processID == "" {
 		c.processID = projections.NewProcessID()

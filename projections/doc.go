@@ -119,4 +119,13 @@
 // projections, the sl_<name>_g<generation> schemas and the readmodel views
 // that point at them. It must not touch the event store's tables:
 // everything it reads from the store goes through eventstore.Store.
+//
+// Several processes on one database share the projections (owners.go):
+// each holds some by lease in sightline.owners and applies only those; a
+// runner whose projection another process holds waits (lease.go), following
+// that process's checkpoint by LISTEN/NOTIFY (Daemon.follow) so that its
+// reads stay fresh. Every batch of a held projection first checks, in its
+// transaction, that its process still holds it at its epoch
+// (sightline.check_owner, queued by queueFence in oneTrip and readFirst): a
+// process that lost the lease commits nothing more.
 package projections

@@ -4,3 +4,7 @@ package projections
 // projections up, as a process that is paused or cut off from the
 // database stops renewing: its runners go on as if they still held them.
 func (d *Daemon) PauseOwnership() { d.owners.stop() }
+
+// Generation is the generation the runner reads: the one it applies, or
+// the active one it follows.
+func (r *Runner) Generation() int { return r.registration().generation }

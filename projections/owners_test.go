@@ -149,3 +149,29 @@ func TestServeOnlyFollowsByNotification(t *testing.T) {
 	require.NotNil(t, st.Owner)
 	require.Equal(t, "proc-a", st.Owner.ID)
 }
+
+// TestFollowerTakesUpARebuiltGeneration: after a rebuild swaps in a new
+// generation on the process that applies it, a serve-only process reads
+// that generation, and follows its checkpoint.
+func TestFollowerTakesUpARebuiltGeneration(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	a, _ := b.startShared(t, ctx, "proc-a")
+	s, err := projections.NewDaemon(b.db.Pool, b.store, readmodel.All(), projections.Config{StatusInterval: 20 * time.Millisecond,
+		ProcessID: "serve-only", Lease: testLease, ServeOnly: true})
+	require.NoError(t, err)
+	require.NoError(t, s.Start(ctx))
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	appendOrder(t, ctx, b.store, "order-r1", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":5}`))
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, readmodeltest.Names()...)
+	require.Equal(t, 1, s.Runner("orders").Generation())
+
+	_, err = a.Runner("orders").Rebuild(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return a.Runner("orders").Generation() == 2 }, 30*time.Second, 10*time.Millisecond, "the rebuild takes over")
+	require.Eventually(t, func() bool { return s.Runner("orders").Generation() == 2 }, 10*time.Second, 10*time.Millisecond, "the follower reads it")
+	res := appendOrder(t, ctx, b.store, "order-r2", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":5}`))
+	waitCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, s.Runner("orders").WaitFor(waitCtx, res.Position))
+}

@@ -203,6 +203,19 @@ func (r *Runner) refreshActive(ctx context.Context) {
 		return // the next status tick tries again
 	}
 	if gen != reg.generation {
+		r.mu.Lock()
+		follower := !r.ownedLocked()
+		r.mu.Unlock()
+		if follower { // nothing of this process to end: take the new generation up
+			if next, err := readRegistration(ctx, r.pool, r.p.Name(), gen); err == nil {
+				r.mu.Lock()
+				r.reg, r.serving = next, next.version == r.p.Version()
+				r.wakeAllStreamsLocked() // their state is the new generation's now
+				r.setElsewhereLocked(pos)
+				r.mu.Unlock()
+			}
+			return
+		}
 		r.supersede()
 		return
 	}
