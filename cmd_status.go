@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
+
+	"github.com/sightlinehq/sightline/projections"
 )
 
 type statusRow struct {
@@ -49,8 +51,8 @@ func newStatusCmd(c *Config) *cobra.Command {
 					o.owner, p.host, p.pid, o.since,
 					b.generation, b.percent::float8
 				FROM readmodel.projection_status s
-				LEFT JOIN sightline.owners o ON o.projection = s.projection AND o.segment = 0 AND o.lease_until > now()
-				LEFT JOIN sightline.processes p ON p.id = o.owner
+				LEFT JOIN (sightline.owners o JOIN sightline.processes p ON p.id = o.owner
+					AND p.heartbeat_at > now() - $1::interval) ON o.projection = s.projection AND o.segment = 0 AND NOT o.released
 				LEFT JOIN LATERAL (
 					SELECT g.generation, CASE WHEN h.head > 0 THEN round(100.0 * least(c.commit_position, h.head) / h.head, 1) ELSE 0 END AS percent
 					FROM sightline.generations g
@@ -58,7 +60,7 @@ func newStatusCmd(c *Config) *cobra.Command {
 					LATERAL (SELECT split_part(s.head, '/', 1)::numeric AS head) h
 					WHERE g.projection = s.projection AND g.state = 'building'
 				) b ON true
-				ORDER BY s.projection`)
+				ORDER BY s.projection`, cmp.Or(c.Lease, projections.LeaseDefault).String())
 			if err != nil {
 				return err
 			}

@@ -37,10 +37,12 @@ func ApplicationName(processID string) string { return "sightline " + processID 
 
 // owners shares a Daemon's projections with the other processes on the
 // database, through sightline.processes and sightline.owners: every tick
-// it beats the process's heart, renews its leases, gives up what is
-// beyond its fair share (the projections divided by the live processes,
-// rounded up) and claims, up to it, what nobody holds or whose holder
-// stopped renewing.
+// it beats the process's heart, which renews the lease of everything it
+// holds (a row no batch locks, so that a long batch cannot let it lapse),
+// notes what another process took over, gives up what is beyond its fair
+// share (the projections divided by the live processes, rounded up) and
+// claims, up to it, what nobody holds, was given up, or is held by a
+// process whose heart stopped for a lease.
 type owners struct {
 	pool    *pgxpool.Pool
 	id      string
@@ -109,7 +111,7 @@ func (o *owners) stop() {
 func (o *owners) release(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	_, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET lease_until = '-infinity' WHERE owner = $1`, o.id)
+	_, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE owner = $1`, o.id)
 	if _, derr := o.pool.Exec(ctx, `DELETE FROM sightline.processes WHERE id = $1`, o.id); err == nil {
 		err = derr
 	}
@@ -138,8 +140,9 @@ func (o *owners) round(ctx context.Context) error {
 		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid, !o.serves); err != nil {
 		return err
 	}
-	rows, err := o.pool.Query(ctx, `UPDATE sightline.owners SET lease_until = now() + $2::interval
-		WHERE owner = $1 AND lease_until > now() RETURNING projection, epoch`, o.id, lease)
+	// The heartbeat renewed every lease: what is still this process's is
+	// what nobody took over meanwhile (a read, which no batch blocks).
+	rows, err := o.pool.Query(ctx, `SELECT projection, epoch FROM sightline.owners WHERE owner = $1 AND NOT released`, o.id)
 	if err != nil {
 		return err
 	}
@@ -147,6 +150,11 @@ func (o *owners) round(ctx context.Context) error {
 	var name string
 	var epoch int64
 	if _, err := pgx.ForEachRow(rows, []any{&name, &epoch}, func() error { renewed[name] = epoch; return nil }); err != nil {
+		return err
+	}
+	// Processes silent for ten leases that hold nothing are gone for good.
+	if _, err := o.pool.Exec(ctx, `DELETE FROM sightline.processes p WHERE heartbeat_at < now() - 10 * $1::interval
+		AND NOT EXISTS (SELECT FROM sightline.owners o WHERE o.owner = p.id AND NOT o.released)`, lease); err != nil {
 		return err
 	}
 	var live, all int // processes that apply projections; all, those that serve only too
@@ -202,7 +210,7 @@ func (o *owners) round(ctx context.Context) error {
 		for _, name := range names[len(names)-excess:] {
 			r := o.runner(name)
 			r.revoke()
-			if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET lease_until = '-infinity' WHERE projection = $1 AND owner = $2`, name, o.id); err != nil {
+			if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE projection = $1 AND owner = $2`, name, o.id); err != nil {
 				return err
 			}
 			delete(o.held, name)
@@ -245,7 +253,8 @@ func (o *owners) round(ctx context.Context) error {
 
 // read reads who holds what.
 func (o *owners) read(ctx context.Context) (map[string]holding, error) {
-	rows, err := o.pool.Query(ctx, `SELECT o.projection, o.owner, o.epoch, o.since, o.lease_until <= now(), o.lease_until = '-infinity',
+	rows, err := o.pool.Query(ctx, `SELECT o.projection, o.owner, o.epoch, o.since,
+			o.released OR coalesce(p.heartbeat_at <= now() - $1::interval, true), o.released,
 			coalesce(p.heartbeat_at <= now() - $1::interval, true), coalesce(p.host, ''), coalesce(p.pid, 0)
 		FROM sightline.owners o LEFT JOIN sightline.processes p ON p.id = o.owner
 		WHERE o.segment = 0`, o.lease.String())
@@ -269,8 +278,8 @@ func (o *owners) read(ctx context.Context) (map[string]holding, error) {
 func (o *owners) claim(ctx context.Context, name string, h holding, known bool) (int64, bool, error) {
 	var epoch int64
 	if !known {
-		err := o.pool.QueryRow(ctx, `INSERT INTO sightline.owners (projection, owner, epoch, lease_until)
-			VALUES ($1, $2, 1, now() + $3::interval) ON CONFLICT DO NOTHING RETURNING epoch`, name, o.id, o.lease.String()).Scan(&epoch)
+		err := o.pool.QueryRow(ctx, `INSERT INTO sightline.owners (projection, owner, epoch)
+			VALUES ($1, $2, 1) ON CONFLICT DO NOTHING RETURNING epoch`, name, o.id).Scan(&epoch)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return 0, false, nil // another process was first
 		}
@@ -290,8 +299,10 @@ func (o *owners) claim(ctx context.Context, name string, h holding, known bool) 
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
 		return 0, false, err
 	}
-	err = tx.QueryRow(ctx, `UPDATE sightline.owners SET owner = $2, epoch = epoch + 1, since = now(), lease_until = now() + $4::interval
-		WHERE projection = $1 AND segment = 0 AND epoch = $3 AND lease_until <= now() RETURNING epoch`, name, o.id, h.epoch, o.lease.String()).Scan(&epoch)
+	err = tx.QueryRow(ctx, `UPDATE sightline.owners o SET owner = $2, epoch = epoch + 1, since = now(), released = false
+		WHERE projection = $1 AND segment = 0 AND epoch = $3
+			AND (released OR NOT EXISTS (SELECT FROM sightline.processes p WHERE p.id = o.owner AND p.heartbeat_at > now() - $4::interval))
+		RETURNING epoch`, name, o.id, h.epoch, o.lease.String()).Scan(&epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}

@@ -25,7 +25,7 @@ import (
 func holders(t *testing.T, ctx context.Context, db *pgxpool.Pool) map[string]int {
 	t.Helper()
 	rows, err := db.Query(ctx, `SELECT o.projection, p.pid FROM sightline.owners o JOIN sightline.processes p ON p.id = o.owner
-		WHERE o.lease_until > now()`)
+		WHERE NOT o.released AND p.heartbeat_at > now() - interval '1 second'`)
 	require.NoError(t, err)
 	out := map[string]int{}
 	for rows.Next() {
