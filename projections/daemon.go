@@ -62,6 +62,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 			}
 			d.owners.stop()
 			_ = d.owners.release(ctx)
+			_ = d.owners.leave(ctx)
 			d.stopFollowing()
 			return err
 		}
@@ -69,12 +70,16 @@ func (d *Daemon) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops every projection (see Runner.Stop), then gives them up, so
-// that another process takes them up at once.
+// Stop gives every projection up, so that another process takes them up
+// at once (its claims wait for the batches in flight here), stops them
+// (see Runner.Stop), and then leaves: the heartbeat goes on until then.
 func (d *Daemon) Stop(ctx context.Context) error {
 	d.owners.stop()
+	if err := d.owners.release(ctx); err != nil {
+		d.log.Warn("could not give the projections up; the others take them once the heartbeat stops", "error", err)
+	}
 	defer d.stopFollowing()
-	defer func() { _ = d.owners.release(ctx) }()
+	defer func() { _ = d.owners.leave(ctx) }()
 	errs := make(chan error, len(d.runners))
 	for _, r := range d.runners {
 		go func() { errs <- r.Stop(ctx) }()

@@ -3,7 +3,12 @@ package projections
 // PauseOwnership stops the daemon's ownership rounds without giving its
 // projections up, as a process that is paused or cut off from the
 // database stops renewing: its runners go on as if they still held them.
-func (d *Daemon) PauseOwnership() { d.owners.stop() }
+func (d *Daemon) PauseOwnership() {
+	d.owners.stop()
+	d.owners.beatCancel()
+	<-d.owners.beatDone
+	d.owners.beatCancel = nil
+}
 
 // Generation is the generation the runner reads: the one it applies, or
 // the active one it follows.

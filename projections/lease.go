@@ -42,6 +42,7 @@ func (r *Runner) grant(epoch int64) {
 		return
 	}
 	r.lease.owned, r.lease.epoch = true, epoch
+	r.m.owned.Set(1)
 	close(r.lease.changed)
 	r.lease.changed = make(chan struct{})
 }
@@ -55,6 +56,10 @@ func (r *Runner) revoke() {
 		return
 	}
 	r.lease.owned = false
+	// What the abandoned pipeline was doing is not this process's any more.
+	r.state.failing, r.state.lastError, r.state.sourceErr = false, "", ""
+	r.state.oldest, r.state.pending, r.state.live = time.Time{}, 0, false
+	r.m.owned.Set(0)
 	close(r.lease.changed)
 	r.lease.changed = make(chan struct{})
 	cancel := r.pipeCancel

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"slices"
@@ -33,7 +34,12 @@ func NewProcessID() string {
 // ApplicationName is the PostgreSQL application_name of a process's
 // connections, by which a process that takes over from one that stopped
 // answering ends that one's sessions (and with them its open batches).
-func ApplicationName(processID string) string { return "sightline " + processID }
+// It is short, since PostgreSQL keeps 63 bytes of it: a hash of the id.
+func ApplicationName(processID string) string {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(processID))
+	return fmt.Sprintf("sightline %016x", h.Sum64())
+}
 
 // owners shares a Daemon's projections with the other processes on the
 // database, through sightline.processes and sightline.owners: every tick
@@ -57,15 +63,19 @@ type owners struct {
 	mu   sync.Mutex
 	held map[string]int64 // projection → the epoch this process holds it at
 
-	cancel context.CancelFunc
+	cancel context.CancelFunc // ends the rounds
 	done   chan struct{}
+	// The heartbeat has a ticker of its own, so that a slow round (a
+	// claim waiting for a batch) never lets the lease lapse.
+	beatCancel context.CancelFunc
+	beatDone   chan struct{}
 }
 
 func newOwners(pool *pgxpool.Pool, runners []*Runner, cfg Config) *owners {
 	host, _ := os.Hostname()
 	o := &owners{pool: pool, id: cfg.ProcessID, host: host, pid: os.Getpid(), lease: cfg.Lease, serves: cfg.ServeOnly,
 		tick: min(max(cfg.Lease/6, 20*time.Millisecond), time.Second), runners: runners, log: cfg.Logger,
-		held: map[string]int64{}, done: make(chan struct{})}
+		held: map[string]int64{}, done: make(chan struct{}), beatDone: make(chan struct{})}
 	for _, r := range runners {
 		r.mu.Lock()
 		r.lease.fenced, r.lease.owner = true, o.id
@@ -76,9 +86,29 @@ func newOwners(pool *pgxpool.Pool, runners []*Runner, cfg Config) *owners {
 
 // start takes a first share at once, then keeps it up in the background.
 func (o *owners) start(ctx context.Context) error {
+	if err := o.beat(ctx); err != nil {
+		return fmt.Errorf("projections: share the projections: %w", err)
+	}
 	if err := o.round(ctx); err != nil {
 		return fmt.Errorf("projections: share the projections: %w", err)
 	}
+	beatCtx, beatCancel := context.WithCancel(context.WithoutCancel(ctx))
+	o.beatCancel = beatCancel
+	go func() {
+		defer close(o.beatDone)
+		t := time.NewTicker(o.tick)
+		defer t.Stop()
+		for {
+			select {
+			case <-beatCtx.Done():
+				return
+			case <-t.C:
+			}
+			if err := o.beat(beatCtx); err != nil && beatCtx.Err() == nil {
+				o.log.Warn("could not beat the process's heart; trying again", "error", err)
+			}
+		}
+	}()
 	ctx, o.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	go func() {
 		defer close(o.done)
@@ -98,23 +128,47 @@ func (o *owners) start(ctx context.Context) error {
 	return nil
 }
 
-// stop ends the rounds; release then gives the projections up.
+// beat renews the lease of everything the process holds.
+func (o *owners) beat(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, max(o.lease/2, 500*time.Millisecond))
+	defer cancel()
+	_, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid, projects) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid, !o.serves)
+	return err
+}
+
+// stop ends the rounds (no more claims); the heartbeat goes on until
+// release.
 func (o *owners) stop() {
 	if o.cancel != nil {
 		o.cancel()
 		<-o.done
+		o.cancel = nil
 	}
 }
 
 // release gives up every projection this process holds, at once, so that
-// the others take them up at their next tick, and removes the process.
+// the others take them up at their next tick (their claims wait for the
+// batches in flight here).
 func (o *owners) release(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	// The runners go on until they stop: their batches are fenced off
+	// once another process has taken a projection up.
 	_, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE owner = $1`, o.id)
-	if _, derr := o.pool.Exec(ctx, `DELETE FROM sightline.processes WHERE id = $1`, o.id); err == nil {
-		err = derr
+	return err
+}
+
+// leave stops the heartbeat and removes the process.
+func (o *owners) leave(ctx context.Context) error {
+	if o.beatCancel != nil {
+		o.beatCancel()
+		<-o.beatDone
+		o.beatCancel = nil
 	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := o.pool.Exec(ctx, `DELETE FROM sightline.processes WHERE id = $1`, o.id)
 	return err
 }
 
@@ -136,10 +190,6 @@ func (o *owners) round(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, max(o.lease, time.Second))
 	defer cancel()
 	lease := o.lease.String()
-	if _, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid, projects) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid, !o.serves); err != nil {
-		return err
-	}
 	// The heartbeat renewed every lease: what is still this process's is
 	// what nobody took over meanwhile (a read, which no batch blocks).
 	rows, err := o.pool.Query(ctx, `SELECT projection, epoch FROM sightline.owners WHERE owner = $1 AND NOT released`, o.id)
@@ -157,9 +207,11 @@ func (o *owners) round(ctx context.Context) error {
 		AND NOT EXISTS (SELECT FROM sightline.owners o WHERE o.owner = p.id AND NOT o.released)`, lease); err != nil {
 		return err
 	}
-	var live, all int // processes that apply projections; all, those that serve only too
-	if err := o.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE projects), count(*) FROM sightline.processes
-		WHERE heartbeat_at > now() - $1::interval`, lease).Scan(&live, &all); err != nil {
+	// live: the processes that apply projections; rank: this one's place
+	// among them; all: those that serve only too.
+	var live, rank, all int
+	if err := o.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE projects), count(*) FILTER (WHERE projects AND id < $2), count(*)
+		FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease, o.id).Scan(&live, &rank, &all); err != nil {
 		return err
 	}
 	for _, r := range o.runners {
@@ -189,7 +241,13 @@ func (o *owners) round(ctx context.Context) error {
 		r.grant(epoch) // again, should the runner have let it go on a failed fence
 		r.m.owned.Set(1)
 	}
-	share := (len(o.runners) + max(live, 1) - 1) / max(live, 1)
+	// The share: the projections divided by the live processes, one more
+	// for the first of them by id while some are left over.
+	live = max(live, 1)
+	share := len(o.runners) / live
+	if rank < len(o.runners)%live {
+		share++
+	}
 	if o.serves {
 		share = 0
 	}
@@ -286,9 +344,12 @@ func (o *owners) claim(ctx context.Context, name string, h holding, known bool) 
 		return epoch, err == nil, err
 	}
 	if h.stale && !h.released && h.owner != o.id {
+		// Only while its heart is still silent, checked in the same statement.
 		if _, err := o.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-			WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()`, ApplicationName(h.owner)); err != nil {
-			return 0, false, err
+			WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()
+				AND NOT EXISTS (SELECT FROM sightline.processes WHERE id = $2 AND heartbeat_at > now() - $3::interval)`,
+			ApplicationName(h.owner), h.owner, o.lease.String()); err != nil {
+			o.log.Warn("could not end the sessions of a silent process; taking over when its batches end", "process", h.owner, "error", err)
 		}
 	}
 	tx, err := o.pool.Begin(ctx)
@@ -296,7 +357,15 @@ func (o *owners) claim(ctx context.Context, name string, h holding, known bool) 
 		return 0, false, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
-	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '1s'`); err != nil {
+	// A batch of the holder keeps the row (FOR KEY SHARE): wait for it a
+	// little, and try again next tick rather than hold the round.
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '200ms'`); err != nil {
+		return 0, false, err
+	}
+	if _, err := tx.Exec(ctx, `SELECT FROM sightline.owners WHERE projection = $1 AND segment = 0 FOR UPDATE`, name); err != nil {
+		if IsTransient(err) {
+			return 0, false, nil
+		}
 		return 0, false, err
 	}
 	err = tx.QueryRow(ctx, `UPDATE sightline.owners o SET owner = $2, epoch = epoch + 1, since = now(), released = false

@@ -253,6 +253,9 @@ func (r *Runner) Rebuild(ctx context.Context) (Rebuild, error) {
 // maybeBuild starts building here the generation of the code's version
 // being built, if there is one and no process builds it yet.
 func (r *Runner) maybeBuild() {
+	if r.cfg.ServeOnly {
+		return // a process that applies projections builds it
+	}
 	r.mu.Lock()
 	busy := r.builder != nil || r.state.stopped || r.soft == nil
 	if !busy {

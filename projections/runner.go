@@ -483,7 +483,7 @@ func (r *Runner) serve() error {
 		return context.Cause(ctx)
 	}
 	err = r.pipeline(ctx)
-	if cause := context.Cause(ctx); errors.Is(cause, errSuperseded) {
+	if cause := context.Cause(ctx); errors.Is(cause, errSuperseded) || errors.Is(cause, errNotOwner) {
 		return cause
 	}
 	return err

@@ -209,9 +209,11 @@ func (r *Runner) refreshActive(ctx context.Context) {
 		if follower { // nothing of this process to end: take the new generation up
 			if next, err := readRegistration(ctx, r.pool, r.p.Name(), gen); err == nil {
 				r.mu.Lock()
-				r.reg, r.serving = next, next.version == r.p.Version()
-				r.wakeAllStreamsLocked() // their state is the new generation's now
-				r.setElsewhereLocked(pos)
+				if !r.ownedLocked() && r.reg.generation != gen { // still a follower, and nobody took it up meanwhile
+					r.reg, r.serving = next, next.version == r.p.Version()
+					r.wakeAllStreamsLocked() // their state is the new generation's now
+					r.setElsewhereLocked(pos)
+				}
 				r.mu.Unlock()
 			}
 			return
@@ -220,7 +222,12 @@ func (r *Runner) refreshActive(ctx context.Context) {
 		return
 	}
 	r.mu.Lock()
-	if !r.serving || !r.ownedLocked() { // another process applies it: follow its checkpoint
+	switch {
+	case !r.ownedLocked(): // another process applies it: follow its checkpoint, forward only (a notification may be newer)
+		if r.position.Before(pos) {
+			r.setElsewhereLocked(pos)
+		}
+	case !r.serving:
 		r.setElsewhereLocked(pos)
 	}
 	r.mu.Unlock()

@@ -111,6 +111,10 @@ func TestKillNineLosesNothing(t *testing.T) {
 	p := start(t, args...)
 	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, db.Pool)
+	// The killed runs' leases lapse with their heartbeats; then this one
+	// holds everything, and its stop writes the final status.
+	last := p.cmd.Process.Pid
+	waitHeld(t, ctx, db.Pool, time.Minute, func(h map[string]int) bool { return holds(h, last) == 3 })
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case <-p.done:

@@ -25,7 +25,7 @@ import (
 func holders(t *testing.T, ctx context.Context, db *pgxpool.Pool) map[string]int {
 	t.Helper()
 	rows, err := db.Query(ctx, `SELECT o.projection, p.pid FROM sightline.owners o JOIN sightline.processes p ON p.id = o.owner
-		WHERE NOT o.released AND p.heartbeat_at > now() - interval '1 second'`)
+		WHERE NOT o.released AND p.heartbeat_at > now() - interval '3 seconds'`)
 	require.NoError(t, err)
 	out := map[string]int{}
 	for rows.Next() {
@@ -184,17 +184,24 @@ func TestServeOnlyNodeAnswersFreshReads(t *testing.T) {
 			} `json:"owner"`
 		} `json:"projections"`
 	}
-	resp, err := http.Get("http://" + serveAddr + "/v1/projections")
-	require.NoError(t, err)
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
-	resp.Body.Close()
-	require.Len(t, st.Projections, 3)
-	for _, p := range st.Projections {
-		require.False(t, p.Owned, p.Name)
-		require.NotNil(t, p.Owner, p.Name)
-		require.Equal(t, pid, p.Owner.PID, p.Name)
-	}
-	resp, err = http.Get("http://" + projectAddr + "/v1/orders/s0")
+	// Each process reads who holds what every tick: poll until the
+	// serve-only one has read it.
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + serveAddr + "/v1/projections")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+		if len(st.Projections) != 3 {
+			return false
+		}
+		for _, p := range st.Projections {
+			if p.Owned || p.Owner == nil || p.Owner.PID != pid {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "%+v", st)
+	resp, err := http.Get("http://" + projectAddr + "/v1/orders/s0")
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp.StatusCode, "a projecting-only process serves no queries")

@@ -1,10 +1,8 @@
 -- Several processes share the projections: each is applied by the one
--- process that holds it. processes lists the running ones, each beating
--- its heart: a process's heartbeat is the lease of everything it holds,
--- so that renewing touches no row a batch keeps. owners says who holds
--- each projection (segment 0 until projections are split), since when,
--- whether it gave it up, and the epoch, which every takeover raises and
--- every batch of the holder checks.
+-- process that holds its lease. processes lists the running ones, each
+-- beating its heart; owners says who holds each projection (segment 0
+-- until projections are split), since when, until when, and the epoch,
+-- which every takeover raises and every batch of the owner checks.
 CREATE TABLE sightline.processes (
     id           text PRIMARY KEY,
     host         text NOT NULL,
@@ -20,7 +18,7 @@ CREATE TABLE sightline.owners (
     owner       text NOT NULL,
     epoch       bigint NOT NULL,
     since       timestamptz NOT NULL DEFAULT now(),
-    released    boolean NOT NULL DEFAULT false,
+    lease_until timestamptz NOT NULL,
     PRIMARY KEY (projection, segment)
 );
 
