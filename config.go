@@ -268,21 +268,9 @@ func (c *Config) complete() error {
 			return err
 		}
 	}
-	c.secrets = redact.NewReplacer(append(redact.Secrets(c.DatabaseURL, c.Source), tokens(c.APIToken, c.ReadToken)...)...)
+	c.secrets = redact.NewReplacer(append(redact.Secrets(c.DatabaseURL, c.Source), c.APIToken, c.ReadToken)...)
 	c.logger = slog.New(redact.Handler(logger.Handler(), c.secrets))
 	return nil
-}
-
-// tokens are the tokens long enough to be masked without masking
-// ordinary words.
-func tokens(ts ...string) []string {
-	var out []string
-	for _, t := range ts {
-		if len(t) >= 3 {
-			out = append(out, t)
-		}
-	}
-	return out
 }
 
 func newLogger(level, format string) (*slog.Logger, error) {

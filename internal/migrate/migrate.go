@@ -84,15 +84,26 @@ func Up(ctx context.Context, db Conn, logger *slog.Logger) error {
 	return nil
 }
 
-func applyOne(ctx context.Context, db Conn, m Migration) (bool, error) {
+// beginLocked begins a transaction holding the migrators' lock, so that
+// concurrent migrators take turns.
+func beginLocked(ctx context.Context, db Conn) (pgx.Tx, error) {
 	tx, err := db.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockKey)); err != nil {
+		tx.Rollback(ctx) //nolint:errcheck // the error above is the one to tell
+		return nil, err
+	}
+	return tx, nil
+}
+
+func applyOne(ctx context.Context, db Conn, m Migration) (bool, error) {
+	tx, err := beginLocked(ctx, db)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockKey)); err != nil {
-		return false, err
-	}
 	if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS sightline;
 		CREATE TABLE IF NOT EXISTS sightline.schema_migrations (
 			version    integer PRIMARY KEY,
@@ -144,14 +155,11 @@ func Down(ctx context.Context, db Conn, to int, logger *slog.Logger) error {
 }
 
 func undoOne(ctx context.Context, db Conn, m Migration) (bool, error) {
-	tx, err := db.Begin(ctx)
+	tx, err := beginLocked(ctx, db)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback(ctx) //nolint:errcheck // a no-op after Commit
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(lockKey)); err != nil {
-		return false, err
-	}
 	var applied bool
 	if err := tx.QueryRow(ctx, `SELECT to_regclass('sightline.schema_migrations') IS NOT NULL
 		AND EXISTS (SELECT 1 FROM sightline.schema_migrations WHERE version = $1)`, m.Version).Scan(&applied); err != nil {
