@@ -353,12 +353,29 @@ type ProjectionStatus struct {
 	// Reason says why the status is failed, degraded or stalled.
 	Reason string `json:"reason,omitempty"`
 	// Owner is the process that applies the projection (null while none
-	// does); Owned says whether it is the one answering.
+	// does, or while different processes apply its segments); Owned says
+	// whether it is the one answering.
 	Owner     *OwnerJSON `json:"owner"`
 	Owned     bool       `json:"owned"`
 	LastError string     `json:"last_error,omitempty"`
 	// Rebuild is the rebuild under way; null when none is.
 	Rebuild *RebuildStatus `json:"rebuild"`
+	// Segments are a segmented projection's segments, each with its own
+	// position and owner; absent for a projection of one segment. The
+	// position above is the lowest of theirs, the lag the highest.
+	Segments []SegmentStatus `json:"segments,omitempty"`
+}
+
+// SegmentStatus is the JSON form of one segment of a projection.
+type SegmentStatus struct {
+	Segment         int        `json:"segment"`
+	Status          string     `json:"status"`
+	Position        string     `json:"position"`
+	LagMs           int64      `json:"lag_ms"`
+	EventsPerSecond float64    `json:"events_per_second"`
+	Reason          string     `json:"reason,omitempty"`
+	Owner           *OwnerJSON `json:"owner"`
+	Owned           bool       `json:"owned"`
 }
 
 // OwnerJSON is the process that applies a projection.
@@ -371,15 +388,24 @@ type OwnerJSON struct {
 
 func statusJSON(st projections.Status) ProjectionStatus {
 	st.Reason, st.LastError = redact.URLsIn(st.Reason), redact.URLsIn(st.LastError)
-	var owner *OwnerJSON
-	if st.Owner != nil {
-		owner = &OwnerJSON{ID: st.Owner.ID, Host: st.Owner.Host, PID: st.Owner.PID, Since: st.Owner.Since}
-	}
-	return ProjectionStatus{Owner: owner, Owned: st.Owned,
+	out := ProjectionStatus{Owner: ownerJSON(st.Owner), Owned: st.Owned,
 		Name: st.Name, Version: st.Version, Status: st.Status, Position: st.Position.String(),
 		Head: st.Head.String(), LagMs: st.Lag.Milliseconds(), EventsPerSecond: st.EventsPerSecond, Parked: st.Parked, Reason: st.Reason, LastError: st.LastError,
 		Rebuild: rebuildJSON(st.Rebuild),
 	}
+	for _, seg := range st.Segments {
+		out.Segments = append(out.Segments, SegmentStatus{Segment: seg.Segment, Status: seg.Status, Position: seg.Position.String(),
+			LagMs: seg.Lag.Milliseconds(), EventsPerSecond: seg.EventsPerSecond, Reason: redact.URLsIn(seg.Reason),
+			Owner: ownerJSON(seg.Owner), Owned: seg.Owned})
+	}
+	return out
+}
+
+func ownerJSON(o *projections.Owner) *OwnerJSON {
+	if o == nil {
+		return nil
+	}
+	return &OwnerJSON{ID: o.ID, Host: o.Host, PID: o.PID, Since: o.Since}
 }
 
 func (s *Server) listProjections(c echo.Context) error {

@@ -43,7 +43,7 @@ var errNotAsAssumed = errors.New("streams not where the batch assumed")
 // one round trip (see oneTrip).
 func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, iso *isolation, assume bool) (err error) {
 	start := time.Now()
-	streams := byStream(events, r.p.Filter())
+	streams := byStream(events, r.p.Filter(), r.segment, r.segments)
 
 	r.mu.Lock()
 	expected, reg := r.position, r.reg
@@ -147,7 +147,7 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 	if expected.Before(checkpoint) {
 		newPosition = checkpoint
 		queue.Queue(`UPDATE sightline.checkpoints SET commit_position = $3, prepare_position = $4, updated_at = now()
-			WHERE projection = $1 AND generation = $2`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare))
+			WHERE projection = $1 AND generation = $2 AND segment = $5`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare), r.segment)
 		r.queueNotify(queue, checkpoint)
 	}
 	if err := commitWith(ctx, tx, queue, fromProjection); err != nil {
@@ -233,7 +233,7 @@ func assumedRevisions(s streamEvents) map[string]int64 {
 func (r *Runner) oneTrip(conn *pgx.Conn, reg registration, expected eventstore.Position, revsTable string, streams streamEvents, last map[string]int64) *batchTx {
 	tx, checks := deferBegin(conn)
 	r.queueFence(checks)
-	checks.Queue(`SELECT sightline.lock_checkpoint($1, $2, $3, $4)`, r.p.Name(), reg.generation, int64(expected.Commit), int64(expected.Prepare))
+	checks.Queue(`SELECT sightline.lock_checkpoint($1, $2, $3, $4, $5)`, r.p.Name(), reg.generation, r.segment, int64(expected.Commit), int64(expected.Prepare))
 	if len(streams.order) == 0 {
 		return tx
 	}
@@ -272,7 +272,7 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 	}
 	fenced := r.queueFence(read)
 	read.Queue(`SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
-		WHERE projection = $1 AND generation = $2 FOR UPDATE`, r.p.Name(), reg.generation)
+		WHERE projection = $1 AND generation = $2 AND segment = $3 FOR UPDATE`, r.p.Name(), reg.generation, r.segment)
 	if known != nil {
 		// Whether the generation is still built: read once the lock is
 		// held, this sees a take-over, and any operator's decision after

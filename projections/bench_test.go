@@ -47,7 +47,7 @@ func BenchmarkPlan(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		streams := byStream(events, r.p.Filter())
+		streams := byStream(events, r.p.Filter(), 0, 1)
 		plan, err := r.plan(context.Background(), streams, map[string]int64{}, nil)
 		if err != nil {
 			b.Fatal(err)

@@ -42,7 +42,11 @@ func NewDaemon(pool *pgxpool.Pool, store eventstore.Store, ps []Projection, cfg 
 		}
 		d.runners = append(d.runners, r)
 	}
-	d.owners = newOwners(pool, d.runners, cfg)
+	var parts []*Runner
+	for _, r := range d.runners {
+		parts = append(parts, r.segmentRunners()...)
+	}
+	d.owners = newOwners(pool, parts, cfg)
 	return d, nil
 }
 
@@ -142,11 +146,12 @@ func (d *Daemon) listen(ctx context.Context, retry backoff.BackOff) error {
 		}
 		var name string
 		var p eventstore.Position
-		if _, err := fmt.Sscan(n.Payload, &name, &p.Commit, &p.Prepare); err != nil {
+		var segment int
+		if _, err := fmt.Sscan(n.Payload, &name, &p.Commit, &p.Prepare, &segment); err != nil {
 			continue // not one of ours
 		}
-		if r := d.Runner(name); r != nil {
-			r.follow(p)
+		if r := d.Runner(name); r != nil && segment >= 0 && segment < r.Segments() {
+			r.segmentRunners()[segment].follow(p)
 		}
 	}
 }

@@ -112,6 +112,18 @@
 // (verify.go) replays into a scratch generation and compares tables at one
 // position.
 //
+// # Segments
+//
+// A Segmenter projection runs a Runner per segment (segments.go): each
+// subscribes on its own, leaves out the streams of other segments
+// (byStream, by SegmentOf), and keeps its own checkpoint row, keyed by
+// segment, and its own lease. The runner of segment 0 leads: NewRunner
+// returns it, it starts and stops the others, its Status, WaitFor, Reached
+// and WatchStream speak for all of them (the lowest position, a wait for
+// every segment, the stream's own segment), and it alone writes the status
+// row, counts parked events and builds rebuilds, whose builder has a
+// runner per segment too.
+//
 // # What it owns
 //
 // It owns the sightline.projections, sightline.checkpoints,

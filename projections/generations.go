@@ -18,6 +18,11 @@ import (
 // taken over, and an older one does not rebuild over it.
 var ErrVersionChanged = errors.New("projection version changed")
 
+// ErrSegmentsChanged is returned when a projection's code has a number of
+// segments other than its active generation's at the same version: the
+// number is part of the read model's shape, changed with a new version.
+var ErrSegmentsChanged = errors.New("projection segments changed")
+
 // States of a generation, as sightline.generations keeps them.
 const (
 	genBuilding  = "building"
@@ -39,11 +44,15 @@ const (
 	reasonVerify    = "verify"
 )
 
-// registration is one generation of a projection as the database has it.
+// registration is one generation of a projection as the database has it,
+// seen from one of its segments.
 type registration struct {
 	generation int
 	version    int
 	schema     string
+	segments   int // the generation's
+	// checkpoint is the segment's; the lowest segment's when the
+	// generation has no such segment (it has fewer than the code).
 	checkpoint eventstore.Position
 }
 
@@ -52,8 +61,10 @@ type registration struct {
 // code's version is newer than the active one's, register also makes sure a
 // generation of the code's version is being built beside it; the active one
 // serves until that one takes over. Code older than the active version is
-// ErrVersionChanged. Safe to run from several processes at once.
-func register(ctx context.Context, pool *pgxpool.Pool, p Projection) (registration, error) {
+// ErrVersionChanged, and code of the active version with another number of
+// segments ErrSegmentsChanged. It returns the generation as segment sees it.
+// Safe to run from several processes at once.
+func register(ctx context.Context, pool *pgxpool.Pool, p Projection, segment int) (registration, error) {
 	tx, err := beginLocked(ctx, pool, p.Name())
 	if err != nil {
 		return registration{}, err
@@ -84,9 +95,13 @@ func register(ctx context.Context, pool *pgxpool.Pool, p Projection) (registrati
 			return registration{}, err
 		}
 	}
-	reg, err := readRegistration(ctx, tx, p.Name(), gen)
+	reg, err := readRegistration(ctx, tx, p.Name(), gen, segment)
 	if err != nil {
 		return registration{}, err
+	}
+	if version == p.Version() && reg.segments != SegmentsOf(p) {
+		return registration{}, fmt.Errorf("%w: %s version %d has %d segments in the database and %d in code; raise the version to rebuild it with %d",
+			ErrSegmentsChanged, p.Name(), version, reg.segments, SegmentsOf(p), SegmentsOf(p))
 	}
 	reg.version = version
 	return reg, tx.Commit(ctx)
@@ -112,23 +127,33 @@ func beginLocked(ctx context.Context, db beginner, name string) (pgx.Tx, error) 
 	return tx, nil
 }
 
-// activeCheckpoint reads the named projection's active generation and its
-// checkpoint, without locking.
-func activeCheckpoint(ctx context.Context, db Querier, name string) (int, eventstore.Position, error) {
+// segmentCheckpoint is SQL of the checkpoint row of segment $seg of the
+// generation g, or, when g has no such segment, its lowest segment's.
+func segmentCheckpoint(seg string) string {
+	return `(SELECT c.commit_position, c.prepare_position FROM sightline.checkpoints c
+		WHERE c.projection = g.projection AND c.generation = g.generation
+		ORDER BY c.segment = ` + seg + ` DESC, c.commit_position, c.prepare_position LIMIT 1)`
+}
+
+// activeCheckpoint reads the named projection's active generation and the
+// checkpoint of its segment (see registration.checkpoint), without
+// locking; segment -1 reads the lowest segment's.
+func activeCheckpoint(ctx context.Context, db Querier, name string, segment int) (int, eventstore.Position, error) {
 	var gen int
 	var commit, prepare int64
-	err := db.QueryRow(ctx, `SELECT p.generation, c.commit_position, c.prepare_position
-		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
-		WHERE p.name = $1`, name).Scan(&gen, &commit, &prepare)
+	err := db.QueryRow(ctx, `SELECT g.generation, c.commit_position, c.prepare_position
+		FROM sightline.projections p JOIN sightline.generations g ON g.projection = p.name AND g.generation = p.generation
+		CROSS JOIN LATERAL `+segmentCheckpoint("$2")+` c
+		WHERE p.name = $1`, name, segment).Scan(&gen, &commit, &prepare)
 	return gen, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, err
 }
 
-func readRegistration(ctx context.Context, db Querier, name string, gen int) (registration, error) {
+func readRegistration(ctx context.Context, db Querier, name string, gen, segment int) (registration, error) {
 	reg := registration{generation: gen, schema: schemaName(name, gen)}
 	var commit, prepare int64
-	if err := db.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position, g.version
-		FROM sightline.checkpoints c JOIN sightline.generations g USING (projection, generation)
-		WHERE c.projection = $1 AND c.generation = $2`, name, gen).Scan(&commit, &prepare, &reg.version); err != nil {
+	if err := db.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position, g.version, g.segments
+		FROM sightline.generations g CROSS JOIN LATERAL `+segmentCheckpoint("$3")+` c
+		WHERE g.projection = $1 AND g.generation = $2`, name, gen, segment).Scan(&commit, &prepare, &reg.version, &reg.segments); err != nil {
 		return registration{}, fmt.Errorf("read checkpoint of %s generation %d: %w", name, gen, err)
 	}
 	reg.checkpoint = eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
@@ -188,11 +213,12 @@ func createGeneration(ctx context.Context, tx pgx.Tx, p Projection, gen int, sta
 			return err
 		}
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO sightline.checkpoints (projection, generation) VALUES ($1, $2)`, p.Name(), gen); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO sightline.checkpoints (projection, generation, segment)
+		SELECT $1, $2, s FROM generate_series(0, $3 - 1) s`, p.Name(), gen, SegmentsOf(p)); err != nil {
 		return err
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO sightline.generations (projection, generation, version, state, reason, indexed, activated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 = 'active' THEN now() END)`, p.Name(), gen, p.Version(), state, reason, indexed)
+	_, err := tx.Exec(ctx, `INSERT INTO sightline.generations (projection, generation, version, state, reason, indexed, activated_at, segments)
+		VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 = 'active' THEN now() END, $7)`, p.Name(), gen, p.Version(), state, reason, indexed, SegmentsOf(p))
 	return err
 }
 

@@ -99,13 +99,14 @@ func (r *Runner) queueFence(b *pgx.Batch) bool {
 	fenced, owner, epoch := r.lease.fenced && r.build == nil, r.lease.owner, r.lease.epoch
 	r.mu.Unlock()
 	if fenced {
-		b.Queue(`SELECT sightline.check_owner($1, $2, $3)`, r.p.Name(), owner, epoch)
+		b.Queue(`SELECT sightline.check_owner($1, $2, $3, $4)`, r.p.Name(), r.segment, owner, epoch)
 	}
 	return fenced
 }
 
-// checkpointChannel carries "projection commit prepare" at the commit of
-// each batch that moves a checkpoint, for the processes that follow it.
+// checkpointChannel carries "projection commit prepare segment" at the
+// commit of each batch that moves a checkpoint, for the processes that
+// follow it.
 const checkpointChannel = "sightline_checkpoints"
 
 // queueNotify queues the notification of the checkpoint a batch commits,
@@ -116,7 +117,7 @@ func (r *Runner) queueNotify(b *pgx.Batch, p eventstore.Position) {
 	watched := r.lease.watched && r.build == nil
 	r.mu.Unlock()
 	if watched {
-		b.Queue(`SELECT pg_notify($1, $2)`, checkpointChannel, fmt.Sprintf("%s %d %d", r.p.Name(), p.Commit, p.Prepare))
+		b.Queue(`SELECT pg_notify($1, $2)`, checkpointChannel, fmt.Sprintf("%s %d %d %d", r.p.Name(), p.Commit, p.Prepare, r.segment))
 	}
 }
 
@@ -130,8 +131,9 @@ func (r *Runner) follow(p eventstore.Position) {
 	}
 }
 
-// Holder is the process that holds the projection, as last read, or nil.
-func (r *Runner) Holder() *Owner {
+// holderOf is the process that holds the runner's segment, as last read,
+// or nil.
+func (r *Runner) holderOf() *Owner {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.lease.holder == nil {
@@ -141,8 +143,8 @@ func (r *Runner) Holder() *Owner {
 	return &h
 }
 
-// Owned reports whether this process applies the projection.
-func (r *Runner) Owned() bool {
+// owned reports whether this process applies the runner's segment.
+func (r *Runner) owned() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.ownedLocked()

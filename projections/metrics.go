@@ -1,6 +1,8 @@
 package projections
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -110,7 +112,7 @@ func (pm projectionMetrics) setStatus(status string) {
 	}
 }
 
-func (m *Metrics) forProjection(name, source string) projectionMetrics {
+func (m *Metrics) forProjection(name, source string, segment int) projectionMetrics {
 	pm := projectionMetrics{
 		applied:        m.EventsApplied.WithLabelValues(name),
 		duplicate:      m.EventsSkipped.WithLabelValues(name, SkipDuplicate),
@@ -132,7 +134,7 @@ func (m *Metrics) forProjection(name, source string) projectionMetrics {
 		rebuildProgress: m.RebuildProgress.WithLabelValues(name),
 	}
 	pm.rebuildProgress.Set(1) // no rebuild running: the read model is whole
-	pm.owned = m.Owned.WithLabelValues(name, "0")
+	pm.owned = m.Owned.WithLabelValues(name, strconv.Itoa(segment))
 	pm.ownershipChanges = m.OwnershipChanges.WithLabelValues(name)
 	pm.status = map[string]prometheus.Gauge{}
 	for _, s := range Statuses {

@@ -61,7 +61,7 @@ type owners struct {
 	log     *slog.Logger
 
 	mu   sync.Mutex
-	held map[string]int64 // projection → the epoch this process holds it at
+	held map[unit]int64 // the epoch this process holds each at
 
 	cancel context.CancelFunc // ends the rounds
 	done   chan struct{}
@@ -75,7 +75,7 @@ func newOwners(pool *pgxpool.Pool, runners []*Runner, cfg Config) *owners {
 	host, _ := os.Hostname()
 	o := &owners{pool: pool, id: cfg.ProcessID, host: host, pid: os.Getpid(), lease: cfg.Lease, serves: cfg.ServeOnly,
 		tick: min(max(cfg.Lease/6, 20*time.Millisecond), time.Second), runners: runners, log: cfg.Logger,
-		held: map[string]int64{}, done: make(chan struct{}), beatDone: make(chan struct{})}
+		held: map[unit]int64{}, done: make(chan struct{}), beatDone: make(chan struct{})}
 	for _, r := range runners {
 		r.mu.Lock()
 		r.lease.fenced, r.lease.owner = true, o.id
@@ -172,17 +172,30 @@ func (o *owners) leave(ctx context.Context) error {
 	return err
 }
 
+// unit is what a process holds: a segment of a projection (segment 0 of
+// one that is not segmented).
+type unit struct {
+	projection string
+	segment    int
+}
+
+func unitOf(r *Runner) unit { return unit{r.p.Name(), r.segment} }
+
+func compareUnits(a, b unit) int {
+	return cmp.Or(cmp.Compare(a.projection, b.projection), cmp.Compare(a.segment, b.segment))
+}
+
 // holding is a row of sightline.owners with its holder's process.
 type holding struct {
-	projection string
-	owner      string
-	epoch      int64
-	since      time.Time
-	expired    bool // its lease ran out or was given up
-	released   bool // given up, not run out
-	stale      bool // its holder's heart stopped beating
-	host       string
-	pid        int
+	unit
+	owner    string
+	epoch    int64
+	since    time.Time
+	expired  bool // its lease ran out or was given up
+	released bool // given up, not run out
+	stale    bool // its holder's heart stopped beating
+	host     string
+	pid      int
 }
 
 // round is one tick: heartbeat, renew, read, give up, claim.
@@ -192,14 +205,14 @@ func (o *owners) round(ctx context.Context) error {
 	lease := o.lease.String()
 	// The heartbeat renewed every lease: what is still this process's is
 	// what nobody took over meanwhile (a read, which no batch blocks).
-	rows, err := o.pool.Query(ctx, `SELECT projection, epoch FROM sightline.owners WHERE owner = $1 AND NOT released`, o.id)
+	rows, err := o.pool.Query(ctx, `SELECT projection, segment, epoch FROM sightline.owners WHERE owner = $1 AND NOT released`, o.id)
 	if err != nil {
 		return err
 	}
-	renewed := map[string]int64{}
-	var name string
+	renewed := map[unit]int64{}
+	var u unit
 	var epoch int64
-	if _, err := pgx.ForEachRow(rows, []any{&name, &epoch}, func() error { renewed[name] = epoch; return nil }); err != nil {
+	if _, err := pgx.ForEachRow(rows, []any{&u.projection, &u.segment, &epoch}, func() error { renewed[u] = epoch; return nil }); err != nil {
 		return err
 	}
 	// Processes silent for ten leases that hold nothing are gone for good.
@@ -226,23 +239,27 @@ func (o *owners) round(ctx context.Context) error {
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for name := range o.held {
-		if _, ok := renewed[name]; !ok {
-			delete(o.held, name)
-			r := o.runner(name)
+	for u := range o.held {
+		if _, ok := renewed[u]; !ok {
+			delete(o.held, u)
+			r := o.runner(u)
 			r.revoke()
 			r.m.owned.Set(0)
-			o.log.Warn("lost a projection's lease", "projection", name)
+			r.log.Warn("lost a projection's lease")
 		}
 	}
-	for name, epoch := range renewed {
-		o.held[name] = epoch
-		r := o.runner(name)
+	for u, epoch := range renewed {
+		r := o.runner(u)
+		if r == nil {
+			continue // not one this process runs
+		}
+		o.held[u] = epoch
 		r.grant(epoch) // again, should the runner have let it go on a failed fence
 		r.m.owned.Set(1)
 	}
-	// The share: the projections divided by the live processes, one more
-	// for the first of them by id while some are left over.
+	// The share: the projections (their segments, each counting as one)
+	// divided by the live processes, one more for the first of them by id
+	// while some are left over.
 	live = max(live, 1)
 	share := len(o.runners) / live
 	if rank < len(o.runners)%live {
@@ -252,7 +269,7 @@ func (o *owners) round(ctx context.Context) error {
 		share = 0
 	}
 	for _, r := range o.runners {
-		if h, ok := table[r.Name()]; ok && !h.expired {
+		if h, ok := table[unitOf(r)]; ok && !h.expired {
 			r.setHolder(&Owner{ID: h.owner, Host: h.host, PID: h.pid, Since: h.since})
 		} else {
 			r.setHolder(nil)
@@ -260,69 +277,69 @@ func (o *owners) round(ctx context.Context) error {
 	}
 	// Beyond the share: give up the last ones, by name.
 	if excess := len(o.held) - share; excess > 0 {
-		names := make([]string, 0, len(o.held))
-		for name := range o.held {
-			names = append(names, name)
+		units := make([]unit, 0, len(o.held))
+		for u := range o.held {
+			units = append(units, u)
 		}
-		slices.Sort(names)
-		for _, name := range names[len(names)-excess:] {
-			r := o.runner(name)
+		slices.SortFunc(units, compareUnits)
+		for _, u := range units[len(units)-excess:] {
+			r := o.runner(u)
 			r.revoke()
-			if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE projection = $1 AND owner = $2`, name, o.id); err != nil {
+			if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE projection = $1 AND segment = $2 AND owner = $3`,
+				u.projection, u.segment, o.id); err != nil {
 				return err
 			}
-			delete(o.held, name)
+			delete(o.held, u)
 			r.m.owned.Set(0)
-			o.log.Info("gave up a projection for another process's share", "projection", name, "share", share)
+			r.log.Info("gave up a projection for another process's share", "share", share)
 		}
 	}
 	for _, r := range o.runners {
 		if len(o.held) >= share {
 			break
 		}
-		name := r.Name()
-		if _, mine := o.held[name]; mine {
+		u := unitOf(r)
+		if _, mine := o.held[u]; mine {
 			continue
 		}
-		h, known := table[name]
+		h, known := table[u]
 		if known && !h.expired {
 			continue
 		}
-		epoch, ok, err := o.claim(ctx, name, h, known)
+		epoch, ok, err := o.claim(ctx, u, h, known)
 		if err != nil {
 			return err
 		}
 		if !ok {
 			continue
 		}
-		o.held[name] = epoch
+		o.held[u] = epoch
 		r.m.owned.Set(1)
 		r.m.ownershipChanges.Inc()
 		r.grant(epoch)
 		r.setHolder(&Owner{ID: o.id, Host: o.host, PID: o.pid, Since: time.Now()})
 		if known && h.owner != o.id {
-			o.log.Info("took a projection over", "projection", name, "from", h.owner, "epoch", epoch)
+			r.log.Info("took a projection over", "from", h.owner, "epoch", epoch)
 		} else {
-			o.log.Info("holds a projection", "projection", name, "epoch", epoch)
+			r.log.Info("holds a projection", "epoch", epoch)
 		}
 	}
 	return nil
 }
 
 // read reads who holds what.
-func (o *owners) read(ctx context.Context) (map[string]holding, error) {
-	rows, err := o.pool.Query(ctx, `SELECT o.projection, o.owner, o.epoch, o.since,
+func (o *owners) read(ctx context.Context) (map[unit]holding, error) {
+	rows, err := o.pool.Query(ctx, `SELECT o.projection, o.segment, o.owner, o.epoch, o.since,
 			o.released OR coalesce(p.heartbeat_at <= now() - $1::interval, true), o.released,
 			coalesce(p.heartbeat_at <= now() - $1::interval, true), coalesce(p.host, ''), coalesce(p.pid, 0)
-		FROM sightline.owners o LEFT JOIN sightline.processes p ON p.id = o.owner
-		WHERE o.segment = 0`, o.lease.String())
+		FROM sightline.owners o LEFT JOIN sightline.processes p ON p.id = o.owner`, o.lease.String())
 	if err != nil {
 		return nil, err
 	}
-	table := map[string]holding{}
+	table := map[unit]holding{}
 	var h holding
-	_, err = pgx.ForEachRow(rows, []any{&h.projection, &h.owner, &h.epoch, &h.since, &h.expired, &h.released, &h.stale, &h.host, &h.pid}, func() error {
-		table[h.projection] = h
+	_, err = pgx.ForEachRow(rows, []any{&h.projection, &h.segment, &h.owner, &h.epoch, &h.since, &h.expired, &h.released, &h.stale, &h.host, &h.pid}, func() error {
+		table[h.unit] = h
 		return nil
 	})
 	return table, err
@@ -333,11 +350,11 @@ func (o *owners) read(ctx context.Context) (map[string]holding, error) {
 // sessions are ended first: a batch it left open would otherwise keep the
 // owners row, and a paused process's connections could not commit later
 // anyway, the fence refusing them.
-func (o *owners) claim(ctx context.Context, name string, h holding, known bool) (int64, bool, error) {
+func (o *owners) claim(ctx context.Context, u unit, h holding, known bool) (int64, bool, error) {
 	var epoch int64
 	if !known {
-		err := o.pool.QueryRow(ctx, `INSERT INTO sightline.owners (projection, owner, epoch)
-			VALUES ($1, $2, 1) ON CONFLICT DO NOTHING RETURNING epoch`, name, o.id).Scan(&epoch)
+		err := o.pool.QueryRow(ctx, `INSERT INTO sightline.owners (projection, segment, owner, epoch)
+			VALUES ($1, $2, $3, 1) ON CONFLICT DO NOTHING RETURNING epoch`, u.projection, u.segment, o.id).Scan(&epoch)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return 0, false, nil // another process was first
 		}
@@ -362,16 +379,16 @@ func (o *owners) claim(ctx context.Context, name string, h holding, known bool) 
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '200ms'`); err != nil {
 		return 0, false, err
 	}
-	if _, err := tx.Exec(ctx, `SELECT FROM sightline.owners WHERE projection = $1 AND segment = 0 FOR UPDATE`, name); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT FROM sightline.owners WHERE projection = $1 AND segment = $2 FOR UPDATE`, u.projection, u.segment); err != nil {
 		if IsTransient(err) {
 			return 0, false, nil
 		}
 		return 0, false, err
 	}
 	err = tx.QueryRow(ctx, `UPDATE sightline.owners o SET owner = $2, epoch = epoch + 1, since = now(), released = false
-		WHERE projection = $1 AND segment = 0 AND epoch = $3
+		WHERE projection = $1 AND segment = $5 AND epoch = $3
 			AND (released OR NOT EXISTS (SELECT FROM sightline.processes p WHERE p.id = o.owner AND p.heartbeat_at > now() - $4::interval))
-		RETURNING epoch`, name, o.id, h.epoch, o.lease.String()).Scan(&epoch)
+		RETURNING epoch`, u.projection, o.id, h.epoch, o.lease.String(), u.segment).Scan(&epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -384,13 +401,14 @@ func (o *owners) claim(ctx context.Context, name string, h holding, known bool) 
 	return epoch, true, tx.Commit(ctx)
 }
 
-func (o *owners) runner(name string) *Runner {
+// runner is the runner of u; nil when this process does not run it.
+func (o *owners) runner(u unit) *Runner {
 	for _, r := range o.runners {
-		if r.Name() == name {
+		if unitOf(r) == u {
 			return r
 		}
 	}
-	panic("projections: no runner for " + name)
+	return nil
 }
 
 // setHolder records who holds the projection.

@@ -188,11 +188,17 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	if version != p.Version() {
 		return Release{}, fmt.Errorf("%w: %s is at version %d in the database and %d in code", ErrVersionChanged, p.Name(), version, p.Version())
 	}
-	// The runner's batches take this lock too: from here on the stream's
-	// revision and its parked rows stay as read.
+	// The batches of the runner of the stream's segment take this lock
+	// too: from here on the stream's revision and its parked rows stay as
+	// read.
+	var segments int
+	if err := tx.QueryRow(ctx, `SELECT segments FROM sightline.generations WHERE projection = $1 AND generation = $2`,
+		p.Name(), gen).Scan(&segments); err != nil {
+		return Release{}, fmt.Errorf("read generation %d of %s: %w", gen, p.Name(), err)
+	}
 	var superseded bool
-	if err := tx.QueryRow(ctx, `SELECT superseded FROM sightline.checkpoints WHERE projection = $1 AND generation = $2 FOR UPDATE`,
-		p.Name(), gen).Scan(&superseded); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT superseded FROM sightline.checkpoints WHERE projection = $1 AND generation = $2 AND segment = $3 FOR UPDATE`,
+		p.Name(), gen, SegmentOf(target.Event.StreamID, segments)).Scan(&superseded); err != nil {
 		return Release{}, fmt.Errorf("lock checkpoint: %w", err)
 	}
 	if superseded { // replaced while we waited for the lock
@@ -324,9 +330,10 @@ func (r *Runner) noteRelease(rel Release, err error, action string) {
 		return
 	}
 	e := rel.Event.Event
-	r.mu.Lock()
-	r.wakeStreamsLocked([]string{e.StreamID})
-	r.mu.Unlock()
+	part := r.segmentOf(e.StreamID)
+	part.mu.Lock()
+	part.wakeStreamsLocked([]string{e.StreamID})
+	part.mu.Unlock()
 	r.m.applied.Add(float64(len(rel.Applied)))
 	if rel.Skipped {
 		r.m.skippedParked.Inc()
@@ -351,6 +358,9 @@ func (r *Runner) noteRelease(rel Release, err error, action string) {
 // the parked gauge. Counts are taken one at a time, so an older count never
 // overwrites a newer one.
 func (r *Runner) refreshParked(ctx context.Context) {
+	if r.lead != nil {
+		r = r.lead // the count is the projection's, every segment's
+	}
 	r.parkedMu.Lock()
 	defer r.parkedMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

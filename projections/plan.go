@@ -17,15 +17,17 @@ type streamEvents struct {
 	events [][]eventstore.RecordedEvent
 }
 
-func byStream(events []eventstore.RecordedEvent, f eventstore.Filter) streamEvents {
+// byStream leaves out the events f does not choose, and with several
+// segments those of streams of other segments than segment.
+func byStream(events []eventstore.RecordedEvent, f eventstore.Filter, segment, segments int) streamEvents {
 	var s streamEvents
 	index := map[string]int{}
 	var counts []int
 	slot := make([]int, len(events)) // each event's stream in order; -1 when filtered out
 	n := 0
 	for j, e := range events {
-		if !f.Matches(e.StreamID, e.Type) {
-			slot[j] = -1 // not this projection's; a source may deliver more than asked
+		if !f.Matches(e.StreamID, e.Type) || segments > 1 && SegmentOf(e.StreamID, segments) != segment {
+			slot[j] = -1 // not this projection's (a source may deliver more than asked), or another segment's
 			continue
 		}
 		i, ok := index[e.StreamID]

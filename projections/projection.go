@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 
 	"github.com/jackc/pgx/v5"
 
@@ -42,6 +43,43 @@ type Projection interface {
 // before it takes over.
 type Indexer interface {
 	Indexes(schema string) []string
+}
+
+// Segmenter is implemented by projections split into segments: their
+// streams are divided among Segments() segments by a stable hash of the
+// stream id (SegmentOf), and each segment has its own checkpoint and owner,
+// so that several segments apply in parallel, in one process or across
+// several. Each stream's events still apply in revision order, by the one
+// segment it belongs to; events of different streams may apply in any
+// order, so a segmented projection must not rely on the order of events
+// across streams. The number is part of a generation: changing it needs a
+// new version (a rebuild). Without Segmenter, a projection has one segment.
+type Segmenter interface {
+	Segments() int
+}
+
+// MaxSegments is the most segments a projection may have.
+const MaxSegments = 64
+
+// SegmentsOf is the number of segments of p: Segments() if p is a
+// Segmenter, else 1.
+func SegmentsOf(p Projection) int {
+	if s, ok := p.(Segmenter); ok {
+		return s.Segments()
+	}
+	return 1
+}
+
+// SegmentOf is the segment, from 0 to segments-1, that applies stream: the
+// 32-bit FNV-1a hash of its id, modulo segments. It never changes for a
+// stream and a number of segments.
+func SegmentOf(stream string, segments int) int {
+	if segments <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(stream))
+	return int(h.Sum32() % uint32(segments))
 }
 
 // Batch is the work of one transaction. Events are those the projection has

@@ -138,8 +138,9 @@ func requestRebuild(ctx context.Context, db beginner, p Projection) (Rebuild, er
 		return Rebuild{}, err
 	}
 	rb := Rebuild{Projection: p.Name(), Generation: gen, Version: p.Version(), Created: created}
-	if err := tx.QueryRow(ctx, `SELECT g.reason, c.commit_position > 0 OR c.prepare_position > 0
-		FROM sightline.generations g JOIN sightline.checkpoints c USING (projection, generation)
+	if err := tx.QueryRow(ctx, `SELECT g.reason, EXISTS (SELECT FROM sightline.checkpoints c
+			WHERE c.projection = g.projection AND c.generation = g.generation AND (c.commit_position > 0 OR c.prepare_position > 0))
+		FROM sightline.generations g
 		WHERE g.projection = $1 AND g.generation = $2`, p.Name(), gen).Scan(&rb.Reason, &rb.Resumed); err != nil {
 		return Rebuild{}, err
 	}
@@ -196,7 +197,7 @@ func readGeneration(ctx context.Context, db Querier, name string, gen int) (Rebu
 	classid, objid := buildLockHalves(name)
 	err := db.QueryRow(ctx, `SELECT g.generation, g.version, g.reason, g.state, g.created_at,
 			coalesce(c.commit_position, 0), coalesce(c.prepare_position, 0), g.state = 'building' AND `+buildHeld("$3", "$4")+`
-		FROM sightline.generations g LEFT JOIN sightline.checkpoints c USING (projection, generation)
+		FROM sightline.generations g LEFT JOIN LATERAL `+segmentCheckpoint("-1")+` c ON true
 		WHERE g.projection = $1 AND (g.generation = $2 OR $2 = 0 AND g.state = 'building')`, name, gen, classid, objid).
 		Scan(&st.Generation, &st.Version, &st.Reason, &st.State, &st.StartedAt, &commit, &prepare, &st.Building)
 	if err != nil {
@@ -253,8 +254,8 @@ func (r *Runner) Rebuild(ctx context.Context) (Rebuild, error) {
 // maybeBuild starts building here the generation of the code's version
 // being built, if there is one and no process builds it yet.
 func (r *Runner) maybeBuild() {
-	if r.cfg.ServeOnly {
-		return // a process that applies projections builds it
+	if r.cfg.ServeOnly || r.lead != nil {
+		return // a process that applies projections builds it, by the lead of its segments
 	}
 	r.mu.Lock()
 	busy := r.builder != nil || r.state.stopped || r.soft == nil
@@ -291,7 +292,9 @@ func (r *Runner) maybeBuild() {
 		r.mu.Unlock()
 		switch {
 		case err == nil:
-			r.supersede()
+			for _, part := range r.segmentRunners() {
+				part.supersede()
+			}
 		case r.soft.Err() != nil:
 		default:
 			r.log.Warn("rebuild stopped", "generation", b.reg.generation, "error", err)
@@ -367,8 +370,10 @@ type buildFailure struct {
 type buildState struct {
 	claim   *pgx.Conn // holds the build lock; nil for a verify's scratch copy
 	indexed bool
-	// until, for a verify's replay, is the position not to apply beyond.
-	until *eventstore.Position
+	// until, for a verify's replay, is the position not to apply beyond;
+	// segmentUntil, when the read model is segmented, each segment's.
+	until        *eventstore.Position
+	segmentUntil []eventstore.Position
 	// memory is what the builder knows of its generation's revisions.
 	memory buildMemory
 }
@@ -380,14 +385,24 @@ var errReachedUntil = errors.New("replay reached its position")
 // there.
 func (bs *buildState) truncate(events []eventstore.RecordedEvent, checkpoint eventstore.Position) ([]eventstore.RecordedEvent, eventstore.Position, bool) {
 	until := *bs.until
-	if checkpoint.Before(until) {
-		return events, checkpoint, false
+	reached := !checkpoint.Before(until)
+	if reached {
+		n := 0
+		for n < len(events) && !until.Before(events[n].Position) {
+			n++
+		}
+		events, checkpoint = events[:n], until
 	}
-	n := 0
-	for n < len(events) && !until.Before(events[n].Position) {
-		n++
+	if segs := bs.segmentUntil; segs != nil {
+		kept := make([]eventstore.RecordedEvent, 0, len(events)) // events may be the reader's
+		for _, e := range events {
+			if !segs[SegmentOf(e.StreamID, len(segs))].Before(e.Position) {
+				kept = append(kept, e)
+			}
+		}
+		events = kept
 	}
-	return events[:n], until, true
+	return events, checkpoint, reached
 }
 
 // claimBuild takes the build lock of p and returns a runner for the
@@ -421,9 +436,12 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 	var gen int
 	err = conn.QueryRow(ctx, `SELECT generation FROM sightline.generations WHERE projection = $1 AND state = 'building' AND version = $2`,
 		p.Name(), p.Version()).Scan(&gen)
-	var reg registration
-	if err == nil {
-		reg, err = readRegistration(ctx, conn, p.Name(), gen)
+	var regs []registration // each segment's
+	for seg := 0; err == nil && (seg == 0 || seg < regs[0].segments); seg++ {
+		var reg registration
+		if reg, err = readRegistration(ctx, conn, p.Name(), gen, seg); err == nil {
+			regs = append(regs, reg)
+		}
 	}
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
@@ -432,21 +450,34 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 		}
 		return nil, err
 	}
-	return newBuilder(pool, store, p, cfg, reg, &buildState{claim: conn}), nil
+	b := newBuilder(pool, store, p, cfg, regs[0], &buildState{claim: conn}, 0)
+	if len(regs) > 1 {
+		b.parts = []*Runner{b}
+		for seg, reg := range regs[1:] {
+			b.parts = append(b.parts, newBuilder(pool, store, p, cfg, reg, &buildState{}, seg+1))
+		}
+	}
+	return b, nil
 }
 
-// newBuilder returns a runner that applies generation reg, which is not
-// the active one, in large batches; its metrics are its own, so the
-// active generation's are not counted twice.
-func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config, reg registration, bs *buildState) *Runner {
+// newBuilder returns a runner that applies segment of generation reg,
+// which is not the active one, in large batches; its metrics are its own,
+// so the active generation's are not counted twice.
+func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config, reg registration, bs *buildState, segment int) *Runner {
 	cfg.BatchSize = cfg.RebuildBatchSize
 	cfg.Metrics = NewMetrics(nil)
+	log := cfg.Logger.With("projection", p.Name(), "generation", reg.generation)
+	if reg.segments > 1 {
+		log = log.With("segment", segment)
+	}
 	b := &Runner{
 		pool: pool, store: store, p: p, cfg: cfg,
-		m:     cfg.Metrics.forProjection(p.Name(), cfg.Source),
-		log:   cfg.Logger.With("projection", p.Name(), "generation", reg.generation),
+		m:     cfg.Metrics.forProjection(p.Name(), cfg.Source, segment),
+		log:   log,
 		done:  make(chan struct{}),
 		build: bs,
+
+		segment: segment, segments: max(reg.segments, 1),
 
 		advanced: make(chan struct{}),
 		reg:      reg,
@@ -460,15 +491,19 @@ func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Co
 	return b
 }
 
-// runBuild applies the generation being built until it has caught up and
-// taken over, or ctx ends; nil once it has taken over.
+// runBuild applies the generation being built, every segment of it in
+// parallel, until it has caught up and taken over, or ctx ends; nil once
+// it has taken over.
 func (b *Runner) runBuild(ctx context.Context) error {
 	defer close(b.done)
 	defer b.build.claim.Close(context.WithoutCancel(ctx)) // ends the session: releases the build lock
 	b.soft, b.softCancel = context.WithCancel(ctx)
 	b.hard, b.hardCancel = b.soft, b.softCancel
 	defer b.softCancel()
-	b.log.Info("building", "version", b.reg.version, "from", b.position.String())
+	for _, part := range b.segmentRunners()[1:] {
+		part.soft, part.softCancel, part.hard, part.hardCancel = b.soft, b.softCancel, b.soft, b.softCancel
+	}
+	b.log.Info("building", "version", b.reg.version, "from", b.position.String(), "segments", b.Segments())
 
 	tookOver := make(chan error, 1)
 	go func() {
@@ -479,21 +514,14 @@ func (b *Runner) runBuild(ctx context.Context) error {
 		b.softCancel()
 		tookOver <- err
 	}()
-	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	parts := b.segmentRunners()
+	cancels := make(chan error, len(parts))
+	for _, part := range parts {
+		go func() { cancels <- part.buildSegment() }()
+	}
 	var cancelled error
-	for b.soft.Err() == nil {
-		err := b.pipeline(b.soft)
-		if b.soft.Err() != nil {
-			break
-		}
-		if errors.Is(err, errSuperseded) {
-			cancelled = fmt.Errorf("%w: %v", ErrRebuildCancelled, err)
-			b.softCancel()
-			break
-		}
-		d := retry.NextBackOff()
-		b.log.Warn("rebuild restarting from its checkpoint", "error", err, "in", d)
-		sleep(b.soft, d)
+	for range parts {
+		cancelled = cmp.Or(cancelled, <-cancels)
 	}
 	err := <-tookOver
 	switch {
@@ -507,6 +535,26 @@ func (b *Runner) runBuild(ctx context.Context) error {
 	return err
 }
 
+// buildSegment applies the builder's segment until the build ends; it
+// returns ErrRebuildCancelled when the generation was cancelled.
+func (b *Runner) buildSegment() error {
+	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
+	for b.soft.Err() == nil {
+		err := b.pipeline(b.soft)
+		if b.soft.Err() != nil {
+			break
+		}
+		if errors.Is(err, errSuperseded) {
+			b.softCancel()
+			return fmt.Errorf("%w: %v", ErrRebuildCancelled, err)
+		}
+		d := retry.NextBackOff()
+		b.log.Warn("rebuild restarting from its checkpoint", "error", err, "in", d)
+		sleep(b.soft, d)
+	}
+	return nil
+}
+
 // takeOver waits until the build has caught up with the source, then
 // swaps it in; it tries again while the active generation is ahead.
 // Caught up means applied as far as the reader had caught up when this
@@ -516,21 +564,14 @@ func (b *Runner) runBuild(ctx context.Context) error {
 func (b *Runner) takeOver() error {
 	retry := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond), backoff.WithMaxInterval(2*time.Second), backoff.WithMaxElapsedTime(0))
 	for {
-		for {
-			b.mu.Lock()
-			caughtUp, at := b.state.caughtUp, b.state.caughtUpAt
-			b.mu.Unlock()
-			if caughtUp {
-				if err := b.WaitFor(b.soft, at); err != nil {
-					return cmp.Or(b.soft.Err(), err)
-				}
-				break
-			}
-			if !sleep(b.soft, 100*time.Millisecond) {
-				return b.soft.Err()
+		for _, part := range b.segmentRunners() {
+			if err := part.waitCaughtUp(); err != nil {
+				return err
 			}
 		}
-		b.build.memory.retire() // the generation may be active from here on
+		for _, part := range b.segmentRunners() {
+			part.build.memory.retire() // the generation may be active from here on
+		}
 		done, err := b.swap(b.soft)
 		if err != nil {
 			b.mu.Lock()
@@ -549,6 +590,25 @@ func (b *Runner) takeOver() error {
 			b.log.Warn("taking over failed; trying again", "error", err)
 		}
 		if !sleep(b.soft, retry.NextBackOff()) {
+			return b.soft.Err()
+		}
+	}
+}
+
+// waitCaughtUp waits until the builder's segment has applied as far as its
+// reader had caught up when it first caught up.
+func (b *Runner) waitCaughtUp() error {
+	for {
+		b.mu.Lock()
+		caughtUp, at := b.state.caughtUp, b.state.caughtUpAt
+		b.mu.Unlock()
+		if caughtUp {
+			if err := b.waitSegment(b.soft, at); err != nil {
+				return cmp.Or(b.soft.Err(), err)
+			}
+			return nil
+		}
+		if !sleep(b.soft, 100*time.Millisecond) {
 			return b.soft.Err()
 		}
 	}
@@ -702,9 +762,13 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 	if long > 0 {
 		return false, fmt.Errorf("waiting for %d transactions that have read %s for over a second", long, strings.Join(names, ", "))
 	}
-	// Come close to the active generation before holding it back.
-	_, activePos, err := activeCheckpoint(ctx, b.pool, name)
-	if err != nil {
+	// Come close to the active generation before holding it back: every
+	// segment of the build as far as the furthest segment of the active
+	// one, which may have another number of them.
+	var activePos eventstore.Position
+	if err := b.pool.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position
+		FROM sightline.projections p JOIN sightline.checkpoints c ON c.projection = p.name AND c.generation = p.generation
+		WHERE p.name = $1 ORDER BY c.commit_position DESC, c.prepare_position DESC LIMIT 1`, name).Scan(&activePos.Commit, &activePos.Prepare); err != nil {
 		return false, err
 	}
 	if !b.waitReached(ctx, activePos, takeOverWait) {
@@ -732,8 +796,8 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	// Freeze the active generation: its batches wait from here to the end
-	// of this transaction.
-	frozen, err := lockCheckpoint(ctx, tx, name, active)
+	// of this transaction. The build catches up with its furthest segment.
+	_, frozen, err := lockCheckpoints(ctx, tx, name, active)
 	if err != nil {
 		return false, err
 	}
@@ -744,7 +808,7 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 		b.log.Info("not caught up with the active generation yet", "active_position", frozen.String(), "position", pos.String())
 		return false, ctx.Err()
 	}
-	built, err := lockCheckpoint(ctx, tx, name, gen) // the build's batches wait too: its position is final
+	built, _, err := lockCheckpoints(ctx, tx, name, gen) // the build's batches wait too: its position is final
 	if err != nil {
 		return false, err
 	}
@@ -776,12 +840,32 @@ func (b *Runner) swap(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// lockCheckpoint locks a generation's checkpoint row and reads it.
-func lockCheckpoint(ctx context.Context, tx pgx.Tx, name string, gen int) (eventstore.Position, error) {
-	var commit, prepare int64
-	if err := tx.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints
-		WHERE projection = $1 AND generation = $2 FOR UPDATE`, name, gen).Scan(&commit, &prepare); err != nil {
-		return eventstore.Position{}, fmt.Errorf("lock checkpoint of %s generation %d: %w", name, gen, err)
+// lockCheckpoints locks a generation's checkpoint rows, every segment's,
+// in the order of their segments, and returns the lowest and the highest.
+func lockCheckpoints(ctx context.Context, tx pgx.Tx, name string, gen int) (lowest, highest eventstore.Position, err error) {
+	rows, err := tx.Query(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints
+		WHERE projection = $1 AND generation = $2 ORDER BY segment FOR UPDATE`, name, gen)
+	if err != nil {
+		return lowest, highest, fmt.Errorf("lock checkpoints of %s generation %d: %w", name, gen, err)
 	}
-	return eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, nil
+	n := 0
+	var commit, prepare int64
+	_, err = pgx.ForEachRow(rows, []any{&commit, &prepare}, func() error {
+		p := eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
+		if n == 0 || p.Before(lowest) {
+			lowest = p
+		}
+		if n == 0 || highest.Before(p) {
+			highest = p
+		}
+		n++
+		return nil
+	})
+	if err == nil && n == 0 {
+		err = pgx.ErrNoRows
+	}
+	if err != nil {
+		return lowest, highest, fmt.Errorf("lock checkpoints of %s generation %d: %w", name, gen, err)
+	}
+	return lowest, highest, nil
 }

@@ -163,11 +163,20 @@ type Status struct {
 	UpdatedAt time.Time
 	// Rebuild is the rebuild under way, if any.
 	Rebuild *RebuildStatus
+	// Segments are the segments of a segmented projection, in order; nil
+	// for one of one segment. The projection's position is the lowest of
+	// theirs, its head and lag the highest, its status the worst.
+	Segments []SegmentStatus
 }
 
 // Runner keeps one projection up to date: it subscribes from the
 // projection's checkpoint, applies what arrives in batches, and commits each
 // batch with the checkpoint. Start it once; Stop it to end.
+//
+// A segmented projection (Segmenter) has a Runner per segment, each with
+// its own subscription, checkpoint and lease; the one of segment 0 leads
+// them: it is the Runner NewRunner returns, and its methods speak for the
+// projection as a whole (segments.go).
 type Runner struct {
 	pool  *pgxpool.Pool
 	store eventstore.Store
@@ -175,6 +184,10 @@ type Runner struct {
 	cfg   Config
 	m     projectionMetrics
 	log   *slog.Logger
+
+	segment, segments int       // the segment applied, of how many (1 when not segmented)
+	parts             []*Runner // on the lead of a segmented projection: every segment's runner, its own first
+	lead              *Runner   // on the others: the lead
 
 	build     *buildState    // set on the runners that build a generation beside the active one
 	wg        sync.WaitGroup // the builder goroutine, and a background ANALYZE
@@ -252,28 +265,60 @@ func NewRunner(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Con
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	n := SegmentsOf(p)
+	lead := newSegment(pool, store, p, cfg, 0, n)
+	if n > 1 {
+		lead.parts = []*Runner{lead}
+		for seg := 1; seg < n; seg++ {
+			part := newSegment(pool, store, p, cfg, seg, n)
+			part.lead = lead
+			lead.parts = append(lead.parts, part)
+		}
+	}
+	return lead, nil
+}
+
+// newSegment returns the runner of one segment of p.
+func newSegment(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Config, segment, segments int) *Runner {
+	log := cfg.Logger.With("projection", p.Name())
+	if segments > 1 {
+		log = log.With("segment", segment)
+	}
 	return &Runner{
 		pool: pool, store: store, p: p, cfg: cfg,
-		m:    cfg.Metrics.forProjection(p.Name(), cfg.Source),
-		log:  cfg.Logger.With("projection", p.Name()),
-		done: make(chan struct{}),
+		m:       cfg.Metrics.forProjection(p.Name(), cfg.Source, segment),
+		log:     log,
+		done:    make(chan struct{}),
+		segment: segment, segments: segments,
 
 		advanced: make(chan struct{}),
 		lease:    lease{changed: make(chan struct{})},
-	}, nil
+	}
 }
 
 // Name is the projection's name.
 func (r *Runner) Name() string { return r.p.Name() }
 
 // Start registers the projection (creating its tables on first run) and
-// starts projecting in the background.
+// starts projecting in the background, every segment of it.
 func (r *Runner) Start(ctx context.Context) error {
+	for i, part := range r.segmentRunners() {
+		if err := part.startSegment(ctx); err != nil {
+			for _, started := range r.segmentRunners()[:i] {
+				_ = started.stopSegment(ctx)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Runner) startSegment(ctx context.Context) error {
 	err := errors.New("projections: runner already started or stopped")
 	r.startOnce.Do(func() {
 		err = nil
 		var reg registration
-		if reg, err = register(ctx, r.pool, r.p); err != nil {
+		if reg, err = register(ctx, r.pool, r.p, r.segment); err != nil {
 			close(r.done)
 			return
 		}
@@ -290,9 +335,27 @@ func (r *Runner) Start(ctx context.Context) error {
 }
 
 // Stop stops taking new batches and waits for the batch in flight to
-// commit; when ctx ends first, it abandons that batch, which rolls back
-// whole. Safe to call twice and before Start.
+// commit, in every segment; when ctx ends first, it abandons that batch,
+// which rolls back whole. Safe to call twice and before Start.
 func (r *Runner) Stop(ctx context.Context) error {
+	parts := r.segmentRunners()
+	if len(parts) == 1 {
+		return r.stopSegment(ctx)
+	}
+	errs := make(chan error, len(parts))
+	for _, part := range parts {
+		go func() { errs <- part.stopSegment(ctx) }()
+	}
+	var err error
+	for range parts {
+		if e := <-errs; e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+func (r *Runner) stopSegment(ctx context.Context) error {
 	r.stopOnce.Do(func() {
 		r.startOnce.Do(func() { close(r.done) }) // never started: nothing to stop, and no Start after this
 		if r.softCancel != nil {
@@ -311,16 +374,17 @@ func (r *Runner) Stop(ctx context.Context) error {
 	}
 }
 
-// Reached reports whether the projection has applied pos.
-func (r *Runner) Reached(pos eventstore.Position) bool {
+// reachedSegment reports whether the runner's segment has applied pos.
+func (r *Runner) reachedSegment(pos eventstore.Position) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return !r.position.Before(pos)
 }
 
-// WaitFor returns once the projection has applied everything up to pos,
-// or ctx ends. It waits on the runner's commits, not on the database.
-func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
+// waitSegment returns once the runner's segment has applied everything up
+// to pos, or ctx ends. It waits on the runner's commits, not on the
+// database.
+func (r *Runner) waitSegment(ctx context.Context, pos eventstore.Position) error {
 	for {
 		r.mu.Lock()
 		reached, ch := !r.position.Before(pos), r.advanced
@@ -338,14 +402,12 @@ func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 	}
 }
 
-// StatusAt is Status with the store's head as of now, for callers that have
-// just read it.
-func (r *Runner) StatusAt(head eventstore.Head) Status {
+// seeHead records the store's head as of now.
+func (r *Runner) seeHead(head eventstore.Head) {
 	r.mu.Lock()
 	r.seeHeadLocked(head)
 	r.sightLocked(head.Position, time.Now())
 	r.mu.Unlock()
-	return r.Status()
 }
 
 // seeHeadLocked records head if it is newer than the one known, or the
@@ -361,11 +423,12 @@ func (r *Runner) seeHeadLocked(head eventstore.Head) {
 	}
 }
 
-// Done is closed when the runner has stopped.
+// Done is closed when the runner has stopped (its lead, for a segmented
+// projection: Stop stops them all).
 func (r *Runner) Done() <-chan struct{} { return r.done }
 
-// Status returns the projection's current status.
-func (r *Runner) Status() Status {
+// segmentStatus returns the status of the runner's segment.
+func (r *Runner) segmentStatus() Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
@@ -437,8 +500,10 @@ func (r *Runner) run() {
 	r.softCancel() // ends the status loop and a builder, also when the loop ended by itself
 	<-statusDone
 	r.wg.Wait()
-	r.writeStatus(context.Background()) // the final "stopped"
-	r.m.setStatus(StatusStopped)
+	if r.segment == 0 {
+		r.writeStatus(context.Background()) // the final "stopped"
+		r.m.setStatus(StatusStopped)
+	}
 }
 
 // errCheckpointMoved says the checkpoint in the database is not the one this
@@ -457,7 +522,7 @@ var errSuperseded = errors.New("generation superseded")
 func (r *Runner) serve() error {
 	ctx, cancel := context.WithCancelCause(r.soft)
 	defer cancel(nil)
-	reg, err := register(ctx, r.pool, r.p)
+	reg, err := register(ctx, r.pool, r.p, r.segment)
 	if err != nil {
 		return err
 	}

@@ -155,24 +155,42 @@ func (r *Runner) reportStatus() {
 		caughtUp := !behind || r.idleLiveLocked()
 		r.mu.Unlock()
 
-		r.m.lag.Set(lag.Seconds())
-		r.m.setStatus(r.Status().Status)
-		if caughtUp {
-			r.m.caughtUp.Set(1)
-		} else {
-			r.m.caughtUp.Set(0)
-		}
-		r.refreshParked(r.soft)
-		r.refreshRebuild(r.soft)
 		r.refreshActive(r.soft)
-		r.writeStatus(r.soft)
-		r.dropExpired(r.soft)
+		if r.segment == 0 { // the lead speaks for the projection, every segment of it
+			r.reportProjection(lag, caughtUp)
+		}
 		select {
 		case <-tick.C:
 		case <-r.soft.Done():
 			return
 		}
 	}
+}
+
+// reportProjection is the lead's part of a status tick: the projection's
+// metrics, its parked events and rebuild, its status row and its expired
+// generations. lag and caughtUp are the lead's own segment's.
+func (r *Runner) reportProjection(lag time.Duration, caughtUp bool) {
+	st := r.Status()
+	if r.parts != nil {
+		lag = st.Lag
+		for _, part := range r.parts[1:] {
+			part.mu.Lock()
+			caughtUp = caughtUp && (!part.position.Before(part.state.head.Position) || part.idleLiveLocked())
+			part.mu.Unlock()
+		}
+	}
+	r.m.lag.Set(lag.Seconds())
+	r.m.setStatus(st.Status)
+	if caughtUp {
+		r.m.caughtUp.Set(1)
+	} else {
+		r.m.caughtUp.Set(0)
+	}
+	r.refreshParked(r.soft)
+	r.refreshRebuild(r.soft)
+	r.writeStatus(r.soft)
+	r.dropExpired(r.soft)
 }
 
 // writeStatus writes the status row that readmodel.projection_status
@@ -198,7 +216,7 @@ func (r *Runner) writeStatus(ctx context.Context) {
 // running the older version may still move.
 func (r *Runner) refreshActive(ctx context.Context) {
 	reg := r.registration()
-	gen, pos, err := activeCheckpoint(ctx, r.pool, r.p.Name())
+	gen, pos, err := activeCheckpoint(ctx, r.pool, r.p.Name(), r.segment)
 	if err != nil {
 		return // the next status tick tries again
 	}
@@ -207,7 +225,7 @@ func (r *Runner) refreshActive(ctx context.Context) {
 		follower := !r.ownedLocked()
 		r.mu.Unlock()
 		if follower { // nothing of this process to end: take the new generation up
-			if next, err := readRegistration(ctx, r.pool, r.p.Name(), gen); err == nil {
+			if next, err := readRegistration(ctx, r.pool, r.p.Name(), gen, r.segment); err == nil {
 				r.mu.Lock()
 				if !r.ownedLocked() && r.reg.generation != gen { // still a follower, and nobody took it up meanwhile
 					r.reg, r.serving = next, next.version == r.p.Version()

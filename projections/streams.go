@@ -71,11 +71,16 @@ func (r *Runner) QueueStream(b *pgx.Batch, streamSQL string, args []any, upTo ev
 }
 
 // WatchStream returns a channel closed once a batch that moves the stream
-// (applies its events, or parks or releases one) commits, or the runner
-// attaches to another generation or stops; and a func that stops watching.
-// A reader checks the stream's state after watching, then waits. A
-// stopped runner moves nothing: its channel is nil, never ready.
+// (applies its events, or parks or releases one) commits, or the runner of
+// the stream's segment attaches to another generation or stops; and a func
+// that stops watching. A reader checks the stream's state after watching,
+// then waits. A stopped runner moves nothing: its channel is nil, never
+// ready.
 func (r *Runner) WatchStream(stream string) (<-chan struct{}, func()) {
+	return r.segmentOf(stream).watchStream(stream)
+}
+
+func (r *Runner) watchStream(stream string) (<-chan struct{}, func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.state.stopped {

@@ -22,6 +22,9 @@ func validate(p Projection) error {
 	if p.Version() < 1 {
 		return fmt.Errorf("projection %s: version must be at least 1", p.Name())
 	}
+	if n := SegmentsOf(p); n < 1 || n > MaxSegments {
+		return fmt.Errorf("projection %s: segments must be from 1 to %d, not %d", p.Name(), MaxSegments, n)
+	}
 	seen := map[string]bool{}
 	for _, t := range p.Tables() {
 		switch {

@@ -107,7 +107,10 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 		}
 		lock.Close(dctx) // releases the scratch lock
 	}()
-	b := newBuilder(pool, store, p, cfg, scratch, &buildState{})
+	// The replay is of one segment, whatever the projection's: it stops
+	// each segment's streams where the read model's segment stands.
+	b := newBuilder(pool, store, p, cfg, scratch, &buildState{}, 0)
+	b.segments = 1
 	b.soft, b.softCancel = context.WithCancel(ctx)
 	b.hard, b.hardCancel = b.soft, b.softCancel
 	defer b.softCancel()
@@ -116,8 +119,8 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	// until a pass is short: what is left to apply while it waits is little.
 	var commit, prepare int64
 	for pass := 1; ; pass++ {
-		if err := pool.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints WHERE projection = $1 AND generation = $2`,
-			name, active).Scan(&commit, &prepare); err != nil {
+		if err := pool.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints WHERE projection = $1 AND generation = $2
+			ORDER BY commit_position, prepare_position LIMIT 1`, name, active).Scan(&commit, &prepare); err != nil {
 			return VerifyReport{}, err
 		}
 		began := time.Now()
@@ -143,17 +146,31 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	if _, err := hold.Exec(ctx, `SET LOCAL idle_in_transaction_session_timeout = '`+verifyHold.String()+`'`); err != nil {
 		return VerifyReport{}, err
 	}
-	var superseded bool
-	if err := hold.QueryRow(ctx, `SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
-		WHERE projection = $1 AND generation = $2 FOR SHARE`, name, active).Scan(&commit, &prepare, &superseded); err != nil {
+	rows, err := hold.Query(ctx, `SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
+		WHERE projection = $1 AND generation = $2 ORDER BY segment FOR SHARE`, name, active)
+	if err != nil {
 		return VerifyReport{}, err
 	}
-	if superseded {
-		return VerifyReport{}, fmt.Errorf("generation %d of %s was replaced by a rebuild while verifying; verify again", active, name)
+	var segments []eventstore.Position // where each segment of the read model stands
+	var superseded bool
+	if _, err := pgx.ForEachRow(rows, []any{&commit, &prepare, &superseded}, func() error {
+		if superseded {
+			return fmt.Errorf("generation %d of %s was replaced by a rebuild while verifying; verify again", active, name)
+		}
+		segments = append(segments, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)})
+		return nil
+	}); err != nil {
+		return VerifyReport{}, err
 	}
-	at := eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
+	if len(segments) == 0 {
+		return VerifyReport{}, fmt.Errorf("generation %d of %s has no checkpoint", active, name)
+	}
+	at, until := slices.MinFunc(segments, eventstore.Position.Compare), slices.MaxFunc(segments, eventstore.Position.Compare)
+	if len(segments) > 1 {
+		b.build.segmentUntil = segments
+	}
 	held, cancelHold := context.WithTimeout(ctx, verifyHold-time.Second)
-	err = b.replayTo(held, at)
+	err = b.replayTo(held, until)
 	cancelHold()
 	if err != nil {
 		return VerifyReport{}, fmt.Errorf("apply the last events while the read model waits: %w", err)

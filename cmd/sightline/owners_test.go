@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
@@ -205,4 +209,113 @@ func TestServeOnlyNodeAnswersFreshReads(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusNotFound, resp.StatusCode, "a projecting-only process serves no queries")
+}
+
+// TestSegmentedProjectionAcrossProcesses: a YAML projection with
+// segments: 3, run by two processes, has its segments applied by both at
+// once, each segment by one of them; one killed, the other takes its
+// segments up; the read model counts every event once, and the status,
+// from either process and from the command line, shows every segment's
+// owner.
+func TestSegmentedProjectionAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	ctx, db, store := newDatabase(t, 3*time.Minute)
+	spec, err := os.ReadFile("../../examples/projections/order_activity.yaml")
+	require.NoError(t, err)
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "order_activity.yaml"),
+		[]byte(strings.Replace(string(spec), "version: 1\n", "version: 1\nsegments: 3\n", 1)), 0o644))
+	args := []string{"run", "--projections", dir, "--database-url", db.URL, "--http-addr", "127.0.0.1:0", "--lease", "1s"}
+	p1, p2 := start(t, args...), start(t, args...)
+	segmentHolders := func() map[int]int {
+		rows, err := db.Pool.Query(ctx, `SELECT o.segment, p.pid FROM sightline.owners o JOIN sightline.processes p ON p.id = o.owner
+			WHERE o.projection = 'order_activity' AND NOT o.released AND p.heartbeat_at > now() - interval '1 second'`)
+		require.NoError(t, err)
+		out := map[int]int{}
+		var seg, pid int
+		_, err = pgx.ForEachRow(rows, []any{&seg, &pid}, func() error { out[seg] = pid; return nil })
+		require.NoError(t, err)
+		return out
+	}
+	var held map[int]int
+	require.Eventually(t, func() bool {
+		held = segmentHolders()
+		return len(held) == 3 && holds(toNames(held), p1.cmd.Process.Pid) > 0 && holds(toNames(held), p2.cmd.Process.Pid) > 0
+	}, time.Minute, 10*time.Millisecond, "segments held: %v", held)
+
+	traffic := make(chan error, 1)
+	go func() {
+		_, err := simulate.Run(ctx, store, simulate.Config{Orders: 600, Customers: 50, Writers: 4, Rate: 1000, Seed: 31})
+		traffic <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	require.NoError(t, p2.cmd.Process.Signal(syscall.SIGKILL))
+	<-p2.done
+	require.Eventually(t, func() bool { held = segmentHolders(); return holds(toNames(held), p1.cmd.Process.Pid) == 3 },
+		10*time.Second, 10*time.Millisecond, "segments held: %v", held)
+	require.NoError(t, <-traffic)
+
+	// Caught up: every segment's checkpoint at the head.
+	require.Eventually(t, func() bool {
+		var behind int
+		require.NoError(t, db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM sightline.unsequenced) + count(*) FILTER (WHERE c.commit_position < s.head)
+			FROM sightline.checkpoints c JOIN sightline.projections p ON p.name = c.projection AND p.generation = c.generation, sightline.sequencer s
+			WHERE c.projection = 'order_activity'`).Scan(&behind))
+		return behind == 0
+	}, time.Minute, 20*time.Millisecond)
+	var differ, orders int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM (
+			(SELECT substr(stream_id, 7), count(*) FROM sightline.events WHERE stream_id LIKE 'order-%' GROUP BY 1
+			 EXCEPT SELECT order_id, events FROM readmodel.order_activity)
+			UNION ALL
+			(SELECT order_id, events FROM readmodel.order_activity
+			 EXCEPT SELECT substr(stream_id, 7), count(*) FROM sightline.events WHERE stream_id LIKE 'order-%' GROUP BY 1)) d`).Scan(&differ))
+	require.Zero(t, differ, "order_activity counts each order's events once")
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM readmodel.order_activity`).Scan(&orders))
+	require.Equal(t, 600, orders)
+
+	var st struct {
+		Position string `json:"position"`
+		Owned    bool   `json:"owned"`
+		Segments []struct {
+			Segment  int    `json:"segment"`
+			Position string `json:"position"`
+			Owned    bool   `json:"owned"`
+			Owner    *struct {
+				PID int `json:"pid"`
+			} `json:"owner"`
+		} `json:"segments"`
+	}
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + addrOf(t, p1) + "/v1/projections/order_activity")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+		if len(st.Segments) != 3 || !st.Owned {
+			return false
+		}
+		for i, seg := range st.Segments {
+			if seg.Segment != i || !seg.Owned || seg.Owner == nil || seg.Owner.PID != p1.cmd.Process.Pid {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 20*time.Millisecond, "%+v", st)
+
+	out, errOut, code := runCLI(t, "status", "--database-url", db.URL)
+	require.Zero(t, code, errOut)
+	require.Contains(t, out, "3 segments:")
+	for seg := range 3 {
+		require.Regexp(t, fmt.Sprintf(`segment %d\s+\S+\s+\S+ \(pid %d on`, seg, p1.cmd.Process.Pid), out)
+	}
+	require.NotContains(t, p1.stderr.String(), "DATA RACE")
+}
+
+// toNames keys segment holders like holders' projections, for holds.
+func toNames(bySegment map[int]int) map[string]int {
+	out := map[string]int{}
+	for seg, pid := range bySegment {
+		out[fmt.Sprint(seg)] = pid
+	}
+	return out
 }

@@ -25,6 +25,11 @@ type Spec struct {
 	Version int    `yaml:"version"`
 	// Streams lists the stream prefixes the projection reads ("order-").
 	Streams []string `yaml:"streams"`
+	// Segments splits the projection's streams among that many segments,
+	// applied in parallel (projections.Segmenter); 0 or 1: not split.
+	// The handlers of a segmented projection must not depend on the order
+	// of events across streams.
+	Segments int `yaml:"segments"`
 	// Tables maps each table to the SQL that creates it. Table names in all
 	// SQL are unqualified: they resolve to the projection's own schema.
 	Tables map[string]string `yaml:"tables"`
@@ -252,6 +257,8 @@ func New(spec Spec) (*Projection, error) {
 		return nil, fmt.Errorf("projection %s: tables is empty", spec.Name)
 	case len(spec.Handlers) == 0:
 		return nil, fmt.Errorf("projection %s: handlers is empty", spec.Name)
+	case spec.Segments < 0 || spec.Segments > projections.MaxSegments:
+		return nil, fmt.Errorf("projection %s: segments must be from 1 to %d, not %d", spec.Name, projections.MaxSegments, spec.Segments)
 	}
 	p := &Projection{spec: spec, handlers: map[string]handler{}}
 	for t := range spec.Tables {
@@ -341,6 +348,9 @@ func compile(sql string) (handler, error) {
 func (p *Projection) Name() string     { return p.spec.Name }
 func (p *Projection) Version() int     { return p.spec.Version }
 func (p *Projection) Tables() []string { return p.tables }
+
+// Segments is the number of segments the projection is split into.
+func (p *Projection) Segments() int { return max(p.spec.Segments, 1) }
 func (p *Projection) Filter() eventstore.Filter {
 	return eventstore.Filter{StreamPrefixes: p.spec.Streams}
 }

@@ -66,8 +66,17 @@ var folds = map[string][2]string{
 // of sightline.events, each prefixed with "missing" (in the fold, not in
 // the read model) or "extra" (the other way round). Empty means exact.
 func Diff(ctx context.Context, db *pgxpool.Pool, limit int) (map[string][]string, error) {
+	return DiffOf(ctx, db, limit, Names()...)
+}
+
+// DiffOf is Diff of the named example read models only.
+func DiffOf(ctx context.Context, db *pgxpool.Pool, limit int, names ...string) (map[string][]string, error) {
 	out := map[string][]string{}
-	for name, q := range folds {
+	for _, name := range names {
+		q, ok := folds[name]
+		if !ok {
+			return nil, fmt.Errorf("%s is not an example read model", name)
+		}
 		rows, err := db.Query(ctx, fmt.Sprintf(`
 			(SELECT 'missing' AS side, f::text FROM ((%[1]s) EXCEPT ALL (%[2]s)) f LIMIT %[3]d)
 			UNION ALL
