@@ -45,9 +45,10 @@ func ApplicationName(processID string) string {
 // database, through sightline.processes and sightline.owners: every tick
 // it beats the process's heart, which renews the lease of everything it
 // holds (a row no batch locks, so that a long batch cannot let it lapse),
-// notes what another process took over, gives up what is beyond its fair
-// share (the projections divided by the live processes, rounded up) and
-// claims, up to it, what nobody holds, was given up, or is held by a
+// notes what another process took over, and works out with the others
+// who is to apply each projection (each segment of it: see assign), a fair
+// share of those each runs; it gives up what is another's, and claims
+// what is its own once nobody holds it: never held, given up, or held by a
 // process whose heart stopped for a lease.
 type owners struct {
 	pool    *pgxpool.Pool
@@ -132,8 +133,8 @@ func (o *owners) start(ctx context.Context) error {
 func (o *owners) beat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, max(o.lease/2, 500*time.Millisecond))
 	defer cancel()
-	_, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid, projects) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()`, o.id, o.host, o.pid, !o.serves)
+	_, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid, projects, runs) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), runs = excluded.runs`, o.id, o.host, o.pid, !o.serves, o.runs())
 	return err
 }
 
@@ -220,11 +221,24 @@ func (o *owners) round(ctx context.Context) error {
 		AND NOT EXISTS (SELECT FROM sightline.owners o WHERE o.owner = p.id AND NOT o.released)`, lease); err != nil {
 		return err
 	}
-	// live: the processes that apply projections; rank: this one's place
-	// among them; all: those that serve only too.
-	var live, rank, all int
-	if err := o.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE projects), count(*) FILTER (WHERE projects AND id < $2), count(*)
-		FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease, o.id).Scan(&live, &rank, &all); err != nil {
+	// The live processes: those that apply projections, with what they
+	// run, and all of them (those that serve only too).
+	rows, err = o.pool.Query(ctx, `SELECT id, projects, runs FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease)
+	if err != nil {
+		return err
+	}
+	var members []member
+	var all int
+	var id string
+	var projects bool
+	var runs []string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &projects, &runs}, func() error {
+		all++
+		if projects {
+			members = append(members, member{id: id, runs: o.parseRuns(runs)})
+		}
+		return nil
+	}); err != nil {
 		return err
 	}
 	for _, r := range o.runners {
@@ -257,16 +271,11 @@ func (o *owners) round(ctx context.Context) error {
 		r.grant(epoch) // again, should the runner have let it go on a failed fence
 		r.m.owned.Set(1)
 	}
-	// The share: the projections (their segments, each counting as one)
-	// divided by the live processes, one more for the first of them by id
-	// while some are left over.
-	live = max(live, 1)
-	share := len(o.runners) / live
-	if rank < len(o.runners)%live {
-		share++
-	}
-	if o.serves {
-		share = 0
+	holders := map[unit]string{}
+	for u, h := range table {
+		if !h.expired {
+			holders[u] = h.owner
+		}
 	}
 	for _, r := range o.runners {
 		if h, ok := table[unitOf(r)]; ok && !h.expired {
@@ -275,31 +284,36 @@ func (o *owners) round(ctx context.Context) error {
 			r.setHolder(nil)
 		}
 	}
-	// Beyond the share: give up the last ones, by name.
-	if excess := len(o.held) - share; excess > 0 {
-		units := make([]unit, 0, len(o.held))
-		for u := range o.held {
-			units = append(units, u)
-		}
-		slices.SortFunc(units, compareUnits)
-		for _, u := range units[len(units)-excess:] {
-			r := o.runner(u)
-			r.revoke()
-			if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE projection = $1 AND segment = $2 AND owner = $3`,
-				u.projection, u.segment, o.id); err != nil {
-				return err
-			}
-			delete(o.held, u)
-			r.m.owned.Set(0)
-			r.log.Info("gave up a projection for another process's share", "share", share)
+	// What is this process's (see assign); nothing when it serves only.
+	target := assign(members, holders)
+	share := 0
+	for _, to := range target {
+		if to == o.id {
+			share++
 		}
 	}
-	for _, r := range o.runners {
-		if len(o.held) >= share {
-			break
+	// Give up what another process is to apply.
+	var giveUp []unit
+	for u := range o.held {
+		if target[u] != o.id {
+			giveUp = append(giveUp, u)
 		}
+	}
+	slices.SortFunc(giveUp, compareUnits)
+	for _, u := range giveUp {
+		r := o.runner(u)
+		r.revoke()
+		if _, err := o.pool.Exec(ctx, `UPDATE sightline.owners SET released = true WHERE projection = $1 AND segment = $2 AND owner = $3`,
+			u.projection, u.segment, o.id); err != nil {
+			return err
+		}
+		delete(o.held, u)
+		r.m.owned.Set(0)
+		r.log.Info("gave up a projection for another process's share", "to", target[u], "share", share)
+	}
+	for _, r := range o.runners {
 		u := unitOf(r)
-		if _, mine := o.held[u]; mine {
+		if _, mine := o.held[u]; mine || target[u] != o.id {
 			continue
 		}
 		h, known := table[u]
@@ -399,6 +413,30 @@ func (o *owners) claim(ctx context.Context, u unit, h holding, known bool) (int6
 		return 0, false, err
 	}
 	return epoch, true, tx.Commit(ctx)
+}
+
+// runs lists the units this process runs, for sightline.processes.
+func (o *owners) runs() []string {
+	out := make([]string, len(o.runners))
+	for i, r := range o.runners {
+		out[i] = unitName(unitOf(r))
+	}
+	return out
+}
+
+// parseRuns reads what a process runs; a process that does not say is
+// taken to run what this one runs.
+func (o *owners) parseRuns(runs []string) []unit {
+	if runs == nil {
+		runs = o.runs()
+	}
+	out := make([]unit, 0, len(runs))
+	for _, s := range runs {
+		if u, ok := parseUnit(s); ok {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 // runner is the runner of u; nil when this process does not run it.

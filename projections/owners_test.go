@@ -175,3 +175,34 @@ func TestFollowerTakesUpARebuiltGeneration(t *testing.T) {
 	defer cancel()
 	require.NoError(t, s.Runner("orders").WaitFor(waitCtx, res.Position))
 }
+
+// TestProcessesRunningDifferentProjections: a process that runs a
+// projection the others do not (a rolling upgrade that adds one) applies
+// it, whatever its share of the others; every projection is applied by one
+// process, and the read models are exact.
+func TestProcessesRunningDifferentProjections(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
+	defer cancel()
+	start := func(id string, ps ...projections.Projection) *projections.Daemon {
+		d, err := projections.NewDaemon(b.db.Pool, b.store, ps, projections.Config{Metrics: projections.NewMetrics(prometheus.NewRegistry()),
+			StatusInterval: 20 * time.Millisecond, ProcessID: id, Lease: testLease})
+		require.NoError(t, err)
+		require.NoError(t, d.Start(ctx))
+		t.Cleanup(func() { _ = d.Stop(context.Background()) })
+		return d
+	}
+	old1 := start("proc-1", readmodel.Orders{}, readmodel.CustomerStats{})
+	old2 := start("proc-2", readmodel.Orders{}, readmodel.CustomerStats{})
+	require.Eventually(t, func() bool { return owned(old1) == 1 && owned(old2) == 1 }, 10*time.Second, 10*time.Millisecond)
+	upgraded := start("proc-3", readmodel.All()...)
+	require.Eventually(t, func() bool {
+		return upgraded.Runner("daily_sales").Owned() && owned(old1)+owned(old2)+owned(upgraded) == 3
+	}, 10*time.Second, 10*time.Millisecond, "old %d+%d, upgraded %d", owned(old1), owned(old2), owned(upgraded))
+
+	_, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 200, Customers: 20, Writers: 4, Seed: 9})
+	require.NoError(t, err)
+	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, readmodeltest.Names()...)
+	readmodeltest.RequireExact(t, ctx, b.db.Pool)
+}
