@@ -56,9 +56,6 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.owners.start(ctx); err != nil {
 		return err
 	}
-	followCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d.cancel = cancel
-	go d.follow(followCtx)
 	for i, r := range d.runners {
 		if err := r.Start(ctx); err != nil {
 			for _, started := range d.runners[:i] {
@@ -67,10 +64,14 @@ func (d *Daemon) Start(ctx context.Context) error {
 			d.owners.stop()
 			_ = d.owners.release(ctx)
 			_ = d.owners.leave(ctx)
-			d.stopFollowing()
 			return err
 		}
 	}
+	// Following starts once the runners have their checkpoints: a
+	// notification is only ever a later one.
+	followCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.cancel = cancel
+	go d.follow(followCtx)
 	return nil
 }
 

@@ -322,10 +322,14 @@ func (r *Runner) startSegment(ctx context.Context) error {
 			close(r.done)
 			return
 		}
-		r.reg, r.serving = reg, reg.version == r.p.Version()
-		r.position = reg.checkpoint
-		r.state = runState{lastProgress: time.Now()}
+		// Under the lock: the ownership rounds and the notifications of
+		// other processes' checkpoints may reach the runner already.
 		r.mu.Lock()
+		r.reg, r.serving = reg, reg.version == r.p.Version()
+		if r.position.Before(reg.checkpoint) { // a notification may have brought a later one
+			r.setPositionLocked(reg.checkpoint)
+		}
+		r.state.lastProgress = time.Now()
 		r.soft, r.softCancel = context.WithCancel(context.WithoutCancel(ctx))
 		r.mu.Unlock()
 		r.hard, r.hardCancel = context.WithCancel(context.WithoutCancel(ctx))
