@@ -143,6 +143,13 @@ func (r *Runner) holderOf() *Owner {
 	return &h
 }
 
+// stopped reports whether the runner has ended.
+func (r *Runner) stopped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state.stopped
+}
+
 // owned reports whether this process applies the runner's segment.
 func (r *Runner) owned() bool {
 	r.mu.Lock()

@@ -292,10 +292,11 @@ func (o *owners) round(ctx context.Context) error {
 			share++
 		}
 	}
-	// Give up what another process is to apply.
+	// Give up what another process is to apply, and what a runner that
+	// stopped for good (a newer version took over) no longer applies.
 	var giveUp []unit
 	for u := range o.held {
-		if target[u] != o.id {
+		if target[u] != o.id || o.runner(u).stopped() {
 			giveUp = append(giveUp, u)
 		}
 	}
@@ -313,7 +314,7 @@ func (o *owners) round(ctx context.Context) error {
 	}
 	for _, r := range o.runners {
 		u := unitOf(r)
-		if _, mine := o.held[u]; mine || target[u] != o.id {
+		if _, mine := o.held[u]; mine || target[u] != o.id || r.stopped() {
 			continue
 		}
 		h, known := table[u]
@@ -417,9 +418,11 @@ func (o *owners) claim(ctx context.Context, u unit, h holding, known bool) (int6
 
 // runs lists the units this process runs, for sightline.processes.
 func (o *owners) runs() []string {
-	out := make([]string, len(o.runners))
-	for i, r := range o.runners {
-		out[i] = unitName(unitOf(r))
+	out := make([]string, 0, len(o.runners))
+	for _, r := range o.runners {
+		if !r.stopped() {
+			out = append(out, unitName(unitOf(r)))
+		}
 	}
 	return out
 }

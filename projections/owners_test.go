@@ -206,3 +206,75 @@ func TestProcessesRunningDifferentProjections(t *testing.T) {
 	readmodeltest.WaitCaughtUp(t, ctx, b.db.Pool, readmodeltest.Names()...)
 	readmodeltest.RequireExact(t, ctx, b.db.Pool)
 }
+
+// TestABatchAtAStaleEpochIsRefused isolates the fence: the projection is
+// taken over behind the back of a process that goes on as if it held it
+// (its rounds stopped), with its checkpoint where it left it, so that only
+// the epoch can stop its batch. It commits nothing.
+func TestABatchAtAStaleEpochIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	a, _ := b.startShared(t, ctx, "proc-a")
+	require.Equal(t, 3, owned(a))
+	first := appendOrder(t, ctx, b.store, "order-1", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":1}`))
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, a.Runner("orders").WaitFor(wait, first.Position))
+
+	a.PauseOwnership()
+	_, err := b.db.Pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid) VALUES ('proc-b', 'elsewhere', 1)`)
+	require.NoError(t, err)
+	_, err = b.db.Pool.Exec(ctx, `UPDATE sightline.owners SET owner = 'proc-b', epoch = epoch + 1, since = now() WHERE projection = 'orders'`)
+	require.NoError(t, err)
+	require.True(t, a.Runner("orders").Owned(), "a does not know yet")
+
+	appendOrder(t, ctx, b.store, "order-1", storetest.Event(readmodel.TypeOrderPaid, `{"amount":1}`))
+	require.Eventually(t, func() bool { return !a.Runner("orders").Owned() }, 10*time.Second, 5*time.Millisecond,
+		"the fence refuses a's batch, and a lets the projection go")
+	var paid int64
+	var commit int64
+	require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT paid, (SELECT commit_position FROM sightline.checkpoints WHERE projection = 'orders')
+		FROM readmodel.orders WHERE id = '1'`).Scan(&paid, &commit))
+	require.Zero(t, paid, "nothing of a's batch at the stale epoch is committed")
+	require.Equal(t, int64(first.Position.Commit), commit, "nor its checkpoint")
+}
+
+// TestANewerVersionTakesOverAcrossProcesses: a rolling upgrade. A process
+// with a newer version of a projection builds it while an older process
+// applies the old one; once the new generation has taken over, the older
+// runner stops for good and gives the projection up, and the newer process
+// applies it.
+func TestANewerVersionTakesOverAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
+	defer cancel()
+	start := func(id string, p projections.Projection) *projections.Daemon {
+		d, err := projections.NewDaemon(b.db.Pool, b.store, []projections.Projection{p}, projections.Config{Metrics: projections.NewMetrics(prometheus.NewRegistry()),
+			StatusInterval: 20 * time.Millisecond, ProcessID: id, Lease: testLease})
+		require.NoError(t, err)
+		require.NoError(t, d.Start(ctx))
+		t.Cleanup(func() { _ = d.Stop(context.Background()) })
+		return d
+	}
+	old := start("proc-old", readmodel.Orders{})
+	require.True(t, old.Runner("orders").Owned())
+	_, err := simulate.Run(ctx, b.store, simulate.Config{Orders: 100, Customers: 10, Writers: 2, Seed: 4})
+	require.NoError(t, err)
+
+	upgraded := start("proc-new", split{Projection: readmodel.Orders{}, n: 1, version: 2})
+	require.Eventually(t, func() bool {
+		var version int
+		require.NoError(t, b.db.Pool.QueryRow(ctx, `SELECT version FROM sightline.projections WHERE name = 'orders'`).Scan(&version))
+		return version == 2 && upgraded.Runner("orders").Owned()
+	}, 30*time.Second, 10*time.Millisecond, "the newer version built, took over and is applied by the upgraded process")
+	<-old.Runner("orders").Done()
+
+	late := appendOrder(t, ctx, b.store, "order-late", storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c1","items":[],"total":3}`))
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, upgraded.Runner("orders").WaitFor(wait, late.Position))
+	diff, err := readmodeltest.DiffOf(ctx, b.db.Pool, 5, "orders")
+	require.NoError(t, err)
+	require.Empty(t, diff["orders"])
+}
