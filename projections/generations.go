@@ -95,7 +95,7 @@ func register(ctx context.Context, pool *pgxpool.Pool, p Projection, segment int
 			return registration{}, err
 		}
 	}
-	reg, err := readRegistration(ctx, tx, p.Name(), gen, segment)
+	reg, err := readRegistration(ctx, tx, p.Name(), gen, segment, SegmentsOf(p))
 	if err != nil {
 		return registration{}, err
 	}
@@ -127,33 +127,35 @@ func beginLocked(ctx context.Context, db beginner, name string) (pgx.Tx, error) 
 	return tx, nil
 }
 
-// segmentCheckpoint is SQL of the checkpoint row of segment $seg of the
-// generation g, or, when g has no such segment, its lowest segment's.
-func segmentCheckpoint(seg string) string {
+// segmentCheckpoint is SQL of the checkpoint row of segment seg of the
+// generation g when g has segments segments, or else of its lowest
+// segment: a runner of code split otherwise than g (while a rebuild
+// changes the number) stands where all of g stands.
+func segmentCheckpoint(seg, segments string) string {
 	return `(SELECT c.commit_position, c.prepare_position FROM sightline.checkpoints c
 		WHERE c.projection = g.projection AND c.generation = g.generation
-		ORDER BY c.segment = ` + seg + ` DESC, c.commit_position, c.prepare_position LIMIT 1)`
+		ORDER BY c.segment = ` + seg + ` AND g.segments = ` + segments + ` DESC, c.commit_position, c.prepare_position LIMIT 1)`
 }
 
 // activeCheckpoint reads the named projection's active generation and the
-// checkpoint of its segment (see registration.checkpoint), without
-// locking; segment -1 reads the lowest segment's.
-func activeCheckpoint(ctx context.Context, db Querier, name string, segment int) (int, eventstore.Position, error) {
+// checkpoint of segment of segments (see segmentCheckpoint), without
+// locking.
+func activeCheckpoint(ctx context.Context, db Querier, name string, segment, segments int) (int, eventstore.Position, error) {
 	var gen int
 	var commit, prepare int64
 	err := db.QueryRow(ctx, `SELECT g.generation, c.commit_position, c.prepare_position
 		FROM sightline.projections p JOIN sightline.generations g ON g.projection = p.name AND g.generation = p.generation
-		CROSS JOIN LATERAL `+segmentCheckpoint("$2")+` c
-		WHERE p.name = $1`, name, segment).Scan(&gen, &commit, &prepare)
+		CROSS JOIN LATERAL `+segmentCheckpoint("$2", "$3")+` c
+		WHERE p.name = $1`, name, segment, segments).Scan(&gen, &commit, &prepare)
 	return gen, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, err
 }
 
-func readRegistration(ctx context.Context, db Querier, name string, gen, segment int) (registration, error) {
+func readRegistration(ctx context.Context, db Querier, name string, gen, segment, segments int) (registration, error) {
 	reg := registration{generation: gen, schema: schemaName(name, gen)}
 	var commit, prepare int64
 	if err := db.QueryRow(ctx, `SELECT c.commit_position, c.prepare_position, g.version, g.segments
-		FROM sightline.generations g CROSS JOIN LATERAL `+segmentCheckpoint("$3")+` c
-		WHERE g.projection = $1 AND g.generation = $2`, name, gen, segment).Scan(&commit, &prepare, &reg.version, &reg.segments); err != nil {
+		FROM sightline.generations g CROSS JOIN LATERAL `+segmentCheckpoint("$3", "$4")+` c
+		WHERE g.projection = $1 AND g.generation = $2`, name, gen, segment, segments).Scan(&commit, &prepare, &reg.version, &reg.segments); err != nil {
 		return registration{}, fmt.Errorf("read checkpoint of %s generation %d: %w", name, gen, err)
 	}
 	reg.checkpoint = eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}

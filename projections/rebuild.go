@@ -197,7 +197,7 @@ func readGeneration(ctx context.Context, db Querier, name string, gen int) (Rebu
 	classid, objid := buildLockHalves(name)
 	err := db.QueryRow(ctx, `SELECT g.generation, g.version, g.reason, g.state, g.created_at,
 			coalesce(c.commit_position, 0), coalesce(c.prepare_position, 0), g.state = 'building' AND `+buildHeld("$3", "$4")+`
-		FROM sightline.generations g LEFT JOIN LATERAL `+segmentCheckpoint("-1")+` c ON true
+		FROM sightline.generations g LEFT JOIN LATERAL `+segmentCheckpoint("-1", "0")+` c ON true
 		WHERE g.projection = $1 AND (g.generation = $2 OR $2 = 0 AND g.state = 'building')`, name, gen, classid, objid).
 		Scan(&st.Generation, &st.Version, &st.Reason, &st.State, &st.StartedAt, &commit, &prepare, &st.Building)
 	if err != nil {
@@ -439,7 +439,7 @@ func claimBuild(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store,
 	var regs []registration // each segment's
 	for seg := 0; err == nil && (seg == 0 || seg < regs[0].segments); seg++ {
 		var reg registration
-		if reg, err = readRegistration(ctx, conn, p.Name(), gen, seg); err == nil {
+		if reg, err = readRegistration(ctx, conn, p.Name(), gen, seg, SegmentsOf(p)); err == nil {
 			regs = append(regs, reg)
 		}
 	}

@@ -216,7 +216,7 @@ func (r *Runner) writeStatus(ctx context.Context) {
 // running the older version may still move.
 func (r *Runner) refreshActive(ctx context.Context) {
 	reg := r.registration()
-	gen, pos, err := activeCheckpoint(ctx, r.pool, r.p.Name(), r.segment)
+	gen, pos, err := activeCheckpoint(ctx, r.pool, r.p.Name(), r.segment, r.segments)
 	if err != nil {
 		return // the next status tick tries again
 	}
@@ -225,7 +225,7 @@ func (r *Runner) refreshActive(ctx context.Context) {
 		follower := !r.ownedLocked()
 		r.mu.Unlock()
 		if follower { // nothing of this process to end: take the new generation up
-			if next, err := readRegistration(ctx, r.pool, r.p.Name(), gen, r.segment); err == nil {
+			if next, err := readRegistration(ctx, r.pool, r.p.Name(), gen, r.segment, r.segments); err == nil {
 				r.mu.Lock()
 				if !r.ownedLocked() && r.reg.generation != gen { // still a follower, and nobody took it up meanwhile
 					r.reg, r.serving = next, next.version == r.p.Version()

@@ -26,4 +26,3 @@ ALTER TABLE sightline.checkpoints ADD PRIMARY KEY (projection, generation);
 DELETE FROM sightline.owners WHERE segment <> 0;
 
 ALTER TABLE sightline.generations DROP COLUMN segments;
-ALTER TABLE sightline.processes DROP COLUMN runs;

@@ -9,10 +9,6 @@ ALTER TABLE sightline.checkpoints ADD COLUMN segment integer NOT NULL DEFAULT 0;
 ALTER TABLE sightline.checkpoints DROP CONSTRAINT checkpoints_pkey;
 ALTER TABLE sightline.checkpoints ADD PRIMARY KEY (projection, generation, segment);
 
--- What each process runs ('projection/segment'), so that a segment goes
--- only to a process that runs it; NULL for a process that does not say.
-ALTER TABLE sightline.processes ADD COLUMN runs text[];
-
 -- lock_checkpoint and check_owner of one segment; the versions without a
 -- segment stay, for segment 0, as they were.
 CREATE FUNCTION sightline.lock_checkpoint(p_projection text, p_generation integer, p_segment integer, p_commit bigint, p_prepare bigint)

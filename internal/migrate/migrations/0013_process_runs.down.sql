@@ -1,0 +1,1 @@
+ALTER TABLE sightline.processes DROP COLUMN runs;
