@@ -95,6 +95,10 @@ func serve(ctx context.Context, c *Config, sim *simulate.Config) error {
 		return fmt.Errorf("listen on %s: %w", c.HTTPAddr, err)
 	}
 	if err := daemon.Start(ctx); err != nil {
+		if ctx.Err() != nil { // stopped (SIGTERM) while starting: nothing failed
+			c.logger.Info("stopped while starting")
+			return nil
+		}
 		return err
 	}
 	serveErr := make(chan error, 1)
