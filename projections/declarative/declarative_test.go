@@ -73,12 +73,29 @@ func TestBadSpecsAreRefusedClearly(t *testing.T) {
 		"no streams":    "name: x\nversion: 1\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'SELECT 1'}\n",
 		"no handlers":   "name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\n",
 		"unterminated":  "name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: \"SELECT 'oops\"}\n",
+		"segments":      "name: x\nversion: 1\nsegments: 65\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'SELECT 1'}\n",
 	} {
 		path := filepath.Join(dir, name+".yaml")
 		require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
 		_, err := declarative.Load(path)
 		require.Error(t, err, name)
 		require.Contains(t, err.Error(), path, name)
+	}
+}
+
+// TestSegmentsInYAML: segments: N splits a projection; absent, it has one.
+func TestSegmentsInYAML(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for body, want := range map[string]int{
+		"name: x\nversion: 1\nsegments: 4\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'SELECT 1'}\n": 4,
+		"name: x\nversion: 1\nstreams: [a-]\ntables: {t: 'CREATE TABLE t (a int)'}\nhandlers: {A: 'SELECT 1'}\n":              1,
+	} {
+		path := filepath.Join(dir, "x.yaml")
+		require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+		p, err := declarative.Load(path)
+		require.NoError(t, err)
+		require.Equal(t, want, projections.SegmentsOf(p))
 	}
 }
 
