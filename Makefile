@@ -3,9 +3,10 @@
 .PHONY: test fuzz drill build demo vet lint bench microbench
 
 # test runs every test, then a short fuzzing run of the example
-# projections' event decoding and of the SQL lexer, then the PostgreSQL
-# restart drill, which restarts the server the other tests use and so runs
-# alone, last.
+# projections' event decoding and of the SQL lexer, then the drills, alone,
+# last: the PostgreSQL restart drill, which restarts the server the other
+# tests use, and the failover drill (three processes killed twenty times,
+# on each source), which needs many connections.
 test:
 	go test -race -count=1 ./...
 	$(MAKE) fuzz drill
@@ -18,6 +19,7 @@ fuzz:
 
 drill:
 	go test -race -count=1 -p 1 -tags pgrestart -run '^(TestPostgresRestartUnderLoad|TestAcknowledgedAppendsSurviveACrash)$$' ./readmodel/ ./eventstore/pgstore/
+	go test -race -count=1 -tags drill -run '^TestDrill' ./cmd/sightline/
 
 build:
 	go build -o bin/sightline ./cmd/sightline
@@ -40,6 +42,7 @@ demo:
 vet:
 	go vet ./...
 	go vet -tags pgrestart ./readmodel/ ./eventstore/pgstore/
+	go vet -tags drill ./cmd/sightline/
 	cd bench && go vet ./...
 
 lint: vet

@@ -87,7 +87,9 @@ func newOwners(pool *pgxpool.Pool, runners []*Runner, cfg Config) *owners {
 
 // start takes a first share at once, then keeps it up in the background.
 func (o *owners) start(ctx context.Context) error {
-	if err := o.beat(ctx); err != nil {
+	// The first beat may wait for a busy server longer than a renewal:
+	// nothing is held yet.
+	if err := o.beatWithin(ctx, 10*time.Second); err != nil {
 		return fmt.Errorf("projections: share the projections: %w", err)
 	}
 	if err := o.round(ctx); err != nil {
@@ -131,7 +133,11 @@ func (o *owners) start(ctx context.Context) error {
 
 // beat renews the lease of everything the process holds.
 func (o *owners) beat(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, max(o.lease/2, 500*time.Millisecond))
+	return o.beatWithin(ctx, max(o.lease/2, 500*time.Millisecond))
+}
+
+func (o *owners) beatWithin(ctx context.Context, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	_, err := o.pool.Exec(ctx, `INSERT INTO sightline.processes (id, host, pid, projects, runs) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), runs = excluded.runs`, o.id, o.host, o.pid, !o.serves, o.runs())

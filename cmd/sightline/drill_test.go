@@ -1,3 +1,9 @@
+//go:build drill
+
+// The failover drill runs in make drill, alone: it starts three processes
+// at a time for minutes, and beside the other tests it would crowd the
+// server's connections.
+
 package main
 
 import (

@@ -241,7 +241,7 @@ func TestSegmentedProjectionAcrossProcesses(t *testing.T) {
 	require.Eventually(t, func() bool {
 		held = segmentHolders()
 		return len(held) == 3 && holds(toNames(held), p1.cmd.Process.Pid) > 0 && holds(toNames(held), p2.cmd.Process.Pid) > 0
-	}, time.Minute, 10*time.Millisecond, "segments held: %v", held)
+	}, time.Minute, 10*time.Millisecond, "segments held: %v\n%s\n%s", held, p1.stderr, p2.stderr)
 
 	traffic := make(chan error, 1)
 	go func() {
