@@ -18,7 +18,16 @@
 //     request-duration histogram time it, against the same load before
 //     the traffic and against two floors: PostgreSQL alone reading orders
 //     by primary key at that rate under the traffic, and while plain
-//     inserts go in at the traffic's rate.
+//     inserts go in at the traffic's rate;
+//   - with --only owners (not in the default set: about 3 minutes, and
+//     it starts some fifty sightline processes), several 'sightline run'
+//     processes on one database under 1 000 events/s: the time until every
+//     projection is held again after kill -9 of the holder of one, against
+//     the lease, and after SIGTERM; a serve-only node's query latency, and
+//     its read-your-writes, against the owner's under the same load; and,
+//     once the binary splits projections into segments, a 4-segment copy
+//     of examples/projections/order_activity.yaml caught up and rebuilt by
+//     1, 2 and 3 processes against the same projection without segments.
 //
 // It owns the sightline_bench_* databases it creates on the server it is
 // given; the rebuild database is kept between runs, so that it is seeded

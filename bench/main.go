@@ -33,6 +33,12 @@ type config struct {
 	phase  time.Duration
 	binary string
 	logger *slog.Logger
+	// The owners part's.
+	leases        []time.Duration
+	kills         int
+	handovers     int
+	segments      int
+	segmentEvents int
 }
 
 func main() {
@@ -44,9 +50,14 @@ func main() {
 		"a PostgreSQL database URL; the bench creates its own databases (sightline_bench_*) on that server (env BENCH_DATABASE_URL)")
 	flag.IntVar(&cfg.events, "events", 1_000_000, "events in the store that rebuilds replay (5000000 for the memory bound)")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs of each rebuild and append measurement; the median is reported")
-	flag.StringVar(&only, "only", "rebuild,append,live", "which parts to run: rebuild, append, live (live includes the query load)")
+	flag.StringVar(&only, "only", "rebuild,append,live", "which parts to run: rebuild, append, live (live includes the query load), owners (several processes: failover, a serve-only node, segments; about 3 minutes, not in the default set)")
 	flag.DurationVar(&cfg.phase, "phase", 15*time.Second, "length of each timed phase (append rounds, live latency, query load)")
 	flag.StringVar(&cfg.binary, "binary", "", "sightline binary to rebuild with (default: built from the sightline module's ./cmd/sightline)")
+	leases := flag.String("leases", "3s", "owners: the --lease values to kill processes with, comma-separated (3s is sightline's default)")
+	flag.IntVar(&cfg.kills, "kills", 20, "owners: kill -9 rounds per lease")
+	flag.IntVar(&cfg.handovers, "handovers", 10, "owners: SIGTERM rounds per lease")
+	flag.IntVar(&cfg.segments, "segments", 4, "owners: the segments of the segmented projection (0 omits the key: a test of the bench on a binary without segments)")
+	flag.IntVar(&cfg.segmentEvents, "segment-events", 300_000, "owners: events appended in bulk, then rebuilt, for each segments measurement")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the bench process (appends, and the live part's projector, API and load) to this file")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -59,6 +70,14 @@ func main() {
 			os.Exit(1)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	for _, l := range strings.Split(*leases, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(l))
+		if err != nil || d <= 0 {
+			fmt.Fprintf(os.Stderr, "bench: --leases: %q is not a duration\n", l)
+			os.Exit(2)
+		}
+		cfg.leases = append(cfg.leases, d)
 	}
 	cfg.only = map[string]bool{}
 	for _, part := range strings.Split(only, ",") {
@@ -139,6 +158,14 @@ func run(ctx context.Context, cfg config) error {
 		}
 		if err := benchLive(ctx, cfg, rep); err != nil {
 			return fmt.Errorf("live: %w", err)
+		}
+	}
+	if cfg.only["owners"] {
+		if err := settle(ctx, cfg); err != nil {
+			return err
+		}
+		if err := benchOwners(ctx, cfg, rep); err != nil {
+			return fmt.Errorf("owners: %w", err)
 		}
 	}
 	rep.print(os.Stdout)
