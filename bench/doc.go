@@ -20,7 +20,7 @@
 //     by primary key at that rate under the traffic, and while plain
 //     inserts go in at the traffic's rate;
 //   - with --only owners (not in the default set: about 3 minutes, and
-//     it starts some fifty sightline processes), several 'sightline run'
+//     it starts some forty sightline processes), several 'sightline run'
 //     processes on one database under 1 000 events/s: the time until every
 //     projection is held again after kill -9 of the holder of one, against
 //     the lease, and after SIGTERM; a serve-only node's query latency, and

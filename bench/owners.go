@@ -263,7 +263,7 @@ func failover(ctx context.Context, cfg config, db *benchDB, lease time.Duration,
 			return fmt.Errorf("sightline (pid %d) exited: %v\n%s", p.pid, p.err, p.logTail())
 		}
 	}
-	tick := min(max(lease/6, 20*time.Millisecond), time.Second) // as projections.newOwners sets it
+	tick := min(max(lease/6, 20*time.Millisecond), time.Second).Round(time.Millisecond) // as projections.newOwners sets it, to the ms
 	under := fmt.Sprintf("3 'sightline run --examples' processes (3 projections, one each), --lease %s (tick %s), %d events/s appended", lease, tick, ownersRate)
 	held := func(hs []handover) []time.Duration {
 		return sortedOf(hs, func(h handover) time.Duration { return h.held })
