@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,16 +63,21 @@ func ownersTraffic(ctx context.Context, cfg config, rep *report) error {
 	traffic, stopTraffic := context.WithCancel(ctx)
 	defer stopTraffic()
 	trafficDone := make(chan error, 1)
+	var appended atomic.Int64
 	go func() {
-		_, err := simulate.Run(traffic, db.store, simulate.Config{Orders: 1_000_000, Customers: 10_000, Writers: ownersWriters, Rate: ownersRate, Seed: 3})
+		_, err := simulate.Run(traffic, db.store, simulate.Config{Orders: 1_000_000, Customers: 10_000, Writers: ownersWriters, Rate: ownersRate, Seed: 3,
+			Progress: func(n int64) { appended.Store(n) }})
 		trafficDone <- err
 	}()
 	for _, lease := range cfg.leases {
-		if err := failover(ctx, cfg, db, lease, rep); err != nil {
+		if cfg.kills+cfg.handovers == 0 {
+			break
+		}
+		if err := failover(ctx, cfg, db, lease, &appended, rep); err != nil {
 			return fmt.Errorf("failover, lease %s: %w", lease, err)
 		}
 	}
-	if err := serveVsOwner(ctx, cfg, db, rep); err != nil {
+	if err := serveVsOwner(ctx, cfg, db, &appended, rep); err != nil {
 		return fmt.Errorf("serve-only node: %w", err)
 	}
 	stopTraffic()
@@ -178,7 +184,7 @@ type handover struct {
 // then cfg.kills times kills (kill -9) the holder of a projection picked at
 // random, at a random moment, times the takeover, and starts a
 // replacement; then cfg.handovers times the same with SIGTERM.
-func failover(ctx context.Context, cfg config, db *benchDB, lease time.Duration, rep *report) (err error) {
+func failover(ctx context.Context, cfg config, db *benchDB, lease time.Duration, appended *atomic.Int64, rep *report) (err error) {
 	ps, err := newProcs(cfg.binary)
 	if err != nil {
 		return err
@@ -200,7 +206,7 @@ func failover(ctx context.Context, cfg config, db *benchDB, lease time.Duration,
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	var kills, terms []handover
 	var joins []steady
-	begin := time.Now()
+	begin, from := time.Now(), appended.Load()
 	for round := range cfg.kills + cfg.handovers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -258,13 +264,14 @@ func failover(ctx context.Context, cfg config, db *benchDB, lease time.Duration,
 			lease, round, signal, victim.pid, target, r.held.Round(time.Millisecond), r.applied.Round(time.Millisecond), j.took.Round(time.Millisecond), j.gap.Round(time.Millisecond))
 	}
 	took := time.Since(begin)
+	rate := float64(appended.Load()-from) / took.Seconds()
 	for _, p := range live {
 		if !p.running() {
 			return fmt.Errorf("sightline (pid %d) exited: %v\n%s", p.pid, p.err, p.logTail())
 		}
 	}
 	tick := min(max(lease/6, 20*time.Millisecond), time.Second).Round(time.Millisecond) // as projections.newOwners sets it, to the ms
-	under := fmt.Sprintf("3 'sightline run --examples' processes (3 projections, one each), --lease %s (tick %s), %d events/s appended", lease, tick, ownersRate)
+	under := fmt.Sprintf("3 'sightline run --examples' processes (3 projections, one each), --lease %s (tick %s), %.0f events/s appended (paced at %d)", lease, tick, rate, ownersRate)
 	held := func(hs []handover) []time.Duration {
 		return sortedOf(hs, func(h handover) time.Duration { return h.held })
 	}
@@ -357,7 +364,7 @@ func dist(sorted []time.Duration) string {
 // requests/s in all, while the traffic goes on; meanwhile it appends an
 // order every 20 ms and reads it back with Projection-Min-Position, from
 // each node in turn.
-func serveVsOwner(ctx context.Context, cfg config, db *benchDB, rep *report) (err error) {
+func serveVsOwner(ctx context.Context, cfg config, db *benchDB, appended *atomic.Int64, rep *report) (err error) {
 	ps, err := newProcs(cfg.binary)
 	if err != nil {
 		return err
@@ -400,6 +407,7 @@ func serveVsOwner(ctx context.Context, cfg config, db *benchDB, rep *report) (er
 	var wg sync.WaitGroup
 	probeCtx, stopProbes := context.WithCancel(ctx)
 	defer stopProbes()
+	loadFrom, loadStart := appended.Load(), time.Now()
 	cpu, err := cpuOf(func() []int { return []int{owner.pid, server.pid} }, func() error {
 		wg.Go(func() {
 			time.Sleep(warmUp)
@@ -429,6 +437,7 @@ func serveVsOwner(ctx context.Context, cfg config, db *benchDB, rep *report) (er
 	if err != nil {
 		return err
 	}
+	rate := float64(appended.Load()-loadFrom) / time.Since(loadStart).Seconds()
 	for _, l := range loads {
 		slices.Sort(l.lat)
 		if l.failed > 0 {
@@ -436,7 +445,7 @@ func serveVsOwner(ctx context.Context, cfg config, db *benchDB, rep *report) (er
 		}
 	}
 	o, s := loads[ownerBase], loads[serverBase]
-	rep.add(fmt.Sprintf("queries on a serve-only node (--role serve) against the owner (--role all, holds the 3 example projections): the declared query orders.by_id, the two nodes' requests interleaved in one load at 1 000 requests/s in all, for %s, %d events/s appended and projected (p50 / p99 / max; %d and %d requests; CPU cores: %s)", cfg.phase, ownersRate, s.ok, o.ok, cpu),
+	rep.add(fmt.Sprintf("queries on a serve-only node (--role serve) against the owner (--role all, holds the 3 example projections): the declared query orders.by_id, the two nodes' requests interleaved in one load at 1 000 requests/s in all, for %s, %.0f events/s appended and projected (p50 / p99 / max; %d and %d requests; CPU cores: %s)", cfg.phase, rate, s.ok, o.ok, cpu),
 		dist(s.lat), "owner "+dist(o.lat), fmt.Sprintf("p99 %.2f×", float64(pct(s.lat, 0.99))/float64(pct(o.lat, 0.99))), "", true)
 	po, psv := probes[ownerBase], probes[serverBase]
 	if len(po) == 0 || len(psv) == 0 {
