@@ -95,8 +95,8 @@ func serve(ctx context.Context, c *Config, sim *simulate.Config) error {
 		return fmt.Errorf("listen on %s: %w", c.HTTPAddr, err)
 	}
 	if err := daemon.Start(ctx); err != nil {
-		if ctx.Err() != nil { // stopped (SIGTERM) while starting: nothing failed
-			c.logger.Info("stopped while starting")
+		if ctx.Err() != nil { // stopped (SIGTERM) while starting: what was cut short is no failure
+			c.logger.Info("stopped while starting", "error", err)
 			return nil
 		}
 		return err

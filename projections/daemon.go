@@ -147,13 +147,18 @@ func (d *Daemon) listen(ctx context.Context, retry backoff.BackOff) error {
 		}
 		var name string
 		var p eventstore.Position
-		var segment int
-		if _, err := fmt.Sscan(n.Payload, &name, &p.Commit, &p.Prepare, &segment); err != nil {
+		var segment int // 0 from a process that does not say
+		if got, _ := fmt.Sscan(n.Payload, &name, &p.Commit, &p.Prepare, &segment); got < 3 {
 			continue // not one of ours
 		}
-		if r := d.Runner(name); r != nil && segment >= 0 && segment < r.Segments() {
-			r.segmentRunners()[segment].follow(p)
+		r := d.Runner(name)
+		if r == nil || segment < 0 || segment >= r.Segments() || r.registration().segments != r.Segments() {
+			// A generation split otherwise than the code (while a rebuild
+			// changes the number) is followed by the status ticks, from
+			// its lowest segment.
+			continue
 		}
+		r.segmentRunners()[segment].follow(p)
 	}
 }
 

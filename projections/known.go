@@ -17,8 +17,10 @@ const knownStreamsMax = 1 << 19
 // revision of every stream it has recorded, and whether any stream is held
 // behind a parked event. With it a batch of a rebuild need not read them.
 //
-// It holds because nothing else writes to a generation while it is built
-// without moving its checkpoint, which every batch checks: live projectors
+// It holds because nothing else writes its streams in a generation while
+// it is built without moving its checkpoint, which every batch checks (the
+// builders of a segmented projection's other segments write other
+// streams, under checkpoints of their own): live projectors
 // apply only the active generation, and the parked events of a generation
 // that is not active can be neither retried nor skipped. Another builder
 // (one that took over the build when this one lost its build lock) moves

@@ -433,11 +433,15 @@ func (o *owners) runs() []string {
 	return out
 }
 
-// parseRuns reads what a process runs; a process that does not say is
-// taken to run what this one runs.
+// parseRuns reads what a process runs; a process that does not say (one
+// that knows no segments) is taken to run segment 0 of what this one runs.
 func (o *owners) parseRuns(runs []string) []unit {
 	if runs == nil {
-		runs = o.runs()
+		for _, r := range o.runners {
+			if r.segment == 0 && !r.stopped() {
+				runs = append(runs, unitName(unitOf(r)))
+			}
+		}
 	}
 	out := make([]unit, 0, len(runs))
 	for _, s := range runs {

@@ -481,8 +481,8 @@ func (r *Runner) run() {
 			retry.Reset()
 			continue // attach to the generation that took over
 		}
-		if errors.Is(err, ErrVersionChanged) {
-			r.log.Error("a newer version of the projection took over; this process stops projecting it", "error", err)
+		if errors.Is(err, ErrVersionChanged) || errors.Is(err, ErrSegmentsChanged) {
+			r.log.Error("the projection in the database is not this code's any more; this process stops projecting it", "error", err)
 			r.mu.Lock()
 			r.state.lastError = err.Error()
 			r.mu.Unlock()

@@ -49,7 +49,8 @@ type Drift struct {
 type VerifyReport struct {
 	Projection string
 	// Generation is the active generation compared; Position is where both
-	// it and the replay stood.
+	// it and the replay stood (of a segmented one, each segment where its
+	// own checkpoint stood; Position is the lowest of them).
 	Generation int
 	Position   eventstore.Position
 	// Rows counts the rows of each table in the read model.
