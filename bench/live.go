@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -262,33 +263,42 @@ func probe(ctx context.Context, store eventstore.Store, base string, d time.Dura
 	var out []time.Duration
 	deadline := time.Now().Add(d)
 	for i := 0; time.Now().Before(deadline); i++ {
-		id := fmt.Sprintf("probe-%d", i)
-		written := time.Now()
-		res, err := store.Append(ctx, readmodel.OrderStreamPrefix+id, eventstore.NoStream, eventstore.EventData{EventID: uuid.NewString(),
-			Type: readmodel.TypeOrderPlaced, Data: []byte(`{"customer_id":"c-probe","items":[{"sku":"P","qty":1,"price":100}],"total":100}`)})
+		took, err := readYourWrite(ctx, client, store, base+"/v1/orders/", fmt.Sprintf("probe-%d", i))
 		if err != nil {
 			return nil, err
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/orders/"+id, nil)
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set(api.HeaderMinPosition, res.Position.String())
-		req.Header.Set(api.HeaderWaitMs, "5000")
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("probe %s: %s", id, resp.Status)
-		}
-		out = append(out, time.Since(written))
+		out = append(out, took)
 		time.Sleep(20 * time.Millisecond)
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// readYourWrite appends order id, then reads it at url+id waiting for its
+// position, and returns the time from the append's start to the answer.
+func readYourWrite(ctx context.Context, client *http.Client, store eventstore.Store, url, id string) (time.Duration, error) {
+	written := time.Now()
+	res, err := store.Append(ctx, readmodel.OrderStreamPrefix+id, eventstore.NoStream, eventstore.EventData{EventID: uuid.NewString(),
+		Type: readmodel.TypeOrderPlaced, Data: []byte(`{"customer_id":"c-probe","items":[{"sku":"P","qty":1,"price":100}],"total":100}`)})
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+id, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set(api.HeaderMinPosition, res.Position.String())
+	req.Header.Set(api.HeaderWaitMs, "5000")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), id) {
+		return 0, fmt.Errorf("probe %s at %s: %s %s", id, url, resp.Status, body)
+	}
+	return time.Since(written), nil
 }
 
 // addFloor adds a floor's row: its p50 / p99 / max as the reference, the

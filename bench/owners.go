@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -19,7 +18,6 @@ import (
 	"github.com/google/uuid"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
-	"github.com/sightlinehq/sightline/api"
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -471,29 +469,11 @@ func probeNodes(ctx context.Context, store eventstore.Store, bases []string, d t
 	deadline := time.Now().Add(d)
 	for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
 		base := bases[i%len(bases)]
-		id := fmt.Sprintf("ryw-%s-%d", uuid.NewString()[:8], i)
-		written := time.Now()
-		res, err := store.Append(ctx, readmodel.OrderStreamPrefix+id, eventstore.NoStream, eventstore.EventData{EventID: uuid.NewString(),
-			Type: readmodel.TypeOrderPlaced, Data: []byte(`{"customer_id":"c-probe","items":[{"sku":"P","qty":1,"price":100}],"total":100}`)})
+		took, err := readYourWrite(ctx, client, store, base+"/v1/projections/orders/queries/by_id?id=", fmt.Sprintf("ryw-%s-%d", uuid.NewString()[:8], i))
 		if err != nil {
 			return nil, err
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/projections/orders/queries/by_id?id="+id, nil)
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set(api.HeaderMinPosition, res.Position.String())
-		req.Header.Set(api.HeaderWaitMs, "5000")
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), id) {
-			return nil, fmt.Errorf("probe %s on %s: %s %s", id, base, resp.Status, body)
-		}
-		out[base] = append(out[base], time.Since(written))
+		out[base] = append(out[base], took)
 		time.Sleep(20 * time.Millisecond)
 	}
 	for _, ls := range out {
