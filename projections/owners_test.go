@@ -23,8 +23,15 @@ const testLease = 600 * time.Millisecond
 // its own (its own id and metrics) on b's database.
 func (b *bundle) startShared(t *testing.T, ctx context.Context, id string) (*projections.Daemon, *projections.Metrics) {
 	t.Helper()
+	return b.startProcess(t, ctx, id, readmodel.All()...)
+}
+
+// startProcess starts a daemon of ps as a process of its own (its own id
+// and metrics) on b's database.
+func (b *bundle) startProcess(t *testing.T, ctx context.Context, id string, ps ...projections.Projection) (*projections.Daemon, *projections.Metrics) {
+	t.Helper()
 	m := projections.NewMetrics(prometheus.NewRegistry())
-	d, err := projections.NewDaemon(b.db.Pool, b.store, readmodel.All(), projections.Config{Metrics: m, StatusInterval: 20 * time.Millisecond,
+	d, err := projections.NewDaemon(b.db.Pool, b.store, ps, projections.Config{Metrics: m, StatusInterval: 20 * time.Millisecond,
 		ProcessID: id, Lease: testLease})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))
@@ -186,11 +193,7 @@ func TestProcessesRunningDifferentProjections(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
 	defer cancel()
 	start := func(id string, ps ...projections.Projection) *projections.Daemon {
-		d, err := projections.NewDaemon(b.db.Pool, b.store, ps, projections.Config{Metrics: projections.NewMetrics(prometheus.NewRegistry()),
-			StatusInterval: 20 * time.Millisecond, ProcessID: id, Lease: testLease})
-		require.NoError(t, err)
-		require.NoError(t, d.Start(ctx))
-		t.Cleanup(func() { _ = d.Stop(context.Background()) })
+		d, _ := b.startProcess(t, ctx, id, ps...)
 		return d
 	}
 	old1 := start("proc-1", readmodel.Orders{}, readmodel.CustomerStats{})
@@ -250,11 +253,7 @@ func TestANewerVersionTakesOverAcrossProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
 	defer cancel()
 	start := func(id string, p projections.Projection) *projections.Daemon {
-		d, err := projections.NewDaemon(b.db.Pool, b.store, []projections.Projection{p}, projections.Config{Metrics: projections.NewMetrics(prometheus.NewRegistry()),
-			StatusInterval: 20 * time.Millisecond, ProcessID: id, Lease: testLease})
-		require.NoError(t, err)
-		require.NoError(t, d.Start(ctx))
-		t.Cleanup(func() { _ = d.Stop(context.Background()) })
+		d, _ := b.startProcess(t, ctx, id, p)
 		return d
 	}
 	old := start("proc-old", readmodel.Orders{})

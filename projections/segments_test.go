@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -171,13 +170,7 @@ func TestSegmentsShareAcrossProcesses(t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, 50*time.Second)
 	defer cancel()
 	start := func(id string) (*projections.Daemon, *projections.Metrics) {
-		m := projections.NewMetrics(prometheus.NewRegistry())
-		d, err := projections.NewDaemon(b.db.Pool, b.store, splitExamples(), projections.Config{Metrics: m,
-			StatusInterval: 20 * time.Millisecond, ProcessID: id, Lease: testLease})
-		require.NoError(t, err)
-		require.NoError(t, d.Start(ctx))
-		t.Cleanup(func() { _ = d.Stop(context.Background()) })
-		return d, m
+		return b.startProcess(t, ctx, id, splitExamples()...)
 	}
 	segmentsOwned := func(d *projections.Daemon) (n int) {
 		for _, r := range d.Runners() {
