@@ -178,8 +178,10 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	if target.Projection != p.Name() {
 		return Release{}, fmt.Errorf("%w: %d of projection %s", ErrParkedNotFound, id, p.Name())
 	}
-	var version, gen int
-	if err := tx.QueryRow(ctx, `SELECT version, generation FROM sightline.projections WHERE name = $1`, p.Name()).Scan(&version, &gen); err != nil {
+	var version, gen, segments int
+	if err := tx.QueryRow(ctx, `SELECT p.version, p.generation, g.segments FROM sightline.projections p
+		JOIN sightline.generations g ON g.projection = p.name AND g.generation = p.generation
+		WHERE p.name = $1`, p.Name()).Scan(&version, &gen, &segments); err != nil {
 		return Release{}, fmt.Errorf("read projection %s: %w", p.Name(), err)
 	}
 	if gen != target.Generation {
@@ -191,11 +193,6 @@ func release(ctx context.Context, pool *pgxpool.Pool, p Projection, id int64, sk
 	// The batches of the runner of the stream's segment take this lock
 	// too: from here on the stream's revision and its parked rows stay as
 	// read.
-	var segments int
-	if err := tx.QueryRow(ctx, `SELECT segments FROM sightline.generations WHERE projection = $1 AND generation = $2`,
-		p.Name(), gen).Scan(&segments); err != nil {
-		return Release{}, fmt.Errorf("read generation %d of %s: %w", gen, p.Name(), err)
-	}
 	var superseded bool
 	if err := tx.QueryRow(ctx, `SELECT superseded FROM sightline.checkpoints WHERE projection = $1 AND generation = $2 AND segment = $3 FOR UPDATE`,
 		p.Name(), gen, SegmentOf(target.Event.StreamID, segments)).Scan(&superseded); err != nil {
