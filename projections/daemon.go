@@ -85,12 +85,17 @@ func (d *Daemon) Stop(ctx context.Context) error {
 	}
 	defer d.stopFollowing()
 	defer func() { _ = d.owners.leave(ctx) }()
-	errs := make(chan error, len(d.runners))
-	for _, r := range d.runners {
-		go func() { errs <- r.Stop(ctx) }()
+	return inParallel(d.runners, func(r *Runner) error { return r.Stop(ctx) })
+}
+
+// inParallel calls f on every runner at once and joins their errors.
+func inParallel(runners []*Runner, f func(*Runner) error) error {
+	errs := make(chan error, len(runners))
+	for _, r := range runners {
+		go func() { errs <- f(r) }()
 	}
 	var err error
-	for range d.runners {
+	for range runners {
 		err = errors.Join(err, <-errs)
 	}
 	return err

@@ -342,21 +342,7 @@ func (r *Runner) startSegment(ctx context.Context) error {
 // commit, in every segment; when ctx ends first, it abandons that batch,
 // which rolls back whole. Safe to call twice and before Start.
 func (r *Runner) Stop(ctx context.Context) error {
-	parts := r.segmentRunners()
-	if len(parts) == 1 {
-		return r.stopSegment(ctx)
-	}
-	errs := make(chan error, len(parts))
-	for _, part := range parts {
-		go func() { errs <- part.stopSegment(ctx) }()
-	}
-	var err error
-	for range parts {
-		if e := <-errs; e != nil && err == nil {
-			err = e
-		}
-	}
-	return err
+	return inParallel(r.segmentRunners(), func(part *Runner) error { return part.stopSegment(ctx) })
 }
 
 func (r *Runner) stopSegment(ctx context.Context) error {
