@@ -102,12 +102,12 @@
 //
 // # Generations
 //
-// Generations (generations.go, rebuild.go): each projection writes into a
-// schema per generation; sightline.projections names the active one, which
-// the readmodel views show. A rebuild builds the next generation beside it
-// with a second runner in large batches, then takes over in one transaction
-// that freezes the active generation's checkpoint row, waits for the build
-// to apply as far, marks the old one superseded and re-points the views. A
+// Generations (generations.go, rebuild.go, takeover.go): each projection
+// writes into a schema per generation; sightline.projections names the
+// active one, which the readmodel views show. A rebuild builds the next
+// generation beside it with a second runner (one per segment) in large
+// batches, then takes over in one transaction that freezes the active
+// generation's checkpoint rows, waits for the build to apply as far, marks the old one superseded and re-points the views. A
 // runner whose generation is superseded attaches to the new one. Verify
 // (verify.go) replays into a scratch generation and compares tables at one
 // position.
