@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -26,12 +27,15 @@ func (b *bundle) startShared(t *testing.T, ctx context.Context, id string) (*pro
 	return b.startProcess(t, ctx, id, readmodel.All()...)
 }
 
-// startProcess starts a daemon of ps as a process of its own (its own id
-// and metrics) on b's database.
+// startProcess starts a daemon of ps as a process of its own (its own id,
+// metrics and pool, as a process has) on b's database.
 func (b *bundle) startProcess(t *testing.T, ctx context.Context, id string, ps ...projections.Projection) (*projections.Daemon, *projections.Metrics) {
 	t.Helper()
+	pool, err := pgxpool.NewWithConfig(ctx, b.db.Pool.Config().Copy())
+	require.NoError(t, err)
+	t.Cleanup(pool.Close) // after the daemon's Stop, registered below
 	m := projections.NewMetrics(prometheus.NewRegistry())
-	d, err := projections.NewDaemon(b.db.Pool, b.store, ps, projections.Config{Metrics: m, StatusInterval: 20 * time.Millisecond,
+	d, err := projections.NewDaemon(pool, b.store, ps, projections.Config{Metrics: m, StatusInterval: 20 * time.Millisecond,
 		ProcessID: id, Lease: testLease})
 	require.NoError(t, err)
 	require.NoError(t, d.Start(ctx))
