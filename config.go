@@ -170,6 +170,7 @@ func (c *Config) settings() []setting {
 		{"lease", "SIGHTLINE_LEASE", fmt.Sprintf("how long a process holds a projection without renewing it; another takes over this long after it dies (default %s)", projections.LeaseDefault), durSetting{&c.Lease}},
 		{"ready-max-lag", "SIGHTLINE_READY_MAX_LAG", "fail /readyz while a projection lags more than this, e.g. 30s (default: lag does not count)", durSetting{&c.ReadyMaxLag}},
 		{"max-waits", "SIGHTLINE_MAX_WAITS", fmt.Sprintf("read-your-writes waits at once; more are answered 503 (default %d)", api.MaxWaitsDefault), intSetting{&c.HTTP.MaxWaits}},
+		{"max-streams", "SIGHTLINE_MAX_STREAMS", fmt.Sprintf("status streams (GET /v1/projections/events) open at once; more are answered 503 (default %d)", api.MaxStreamsDefault), intSetting{&c.HTTP.MaxStreams}},
 		{"http-read-header-timeout", "SIGHTLINE_HTTP_READ_HEADER_TIMEOUT", fmt.Sprintf("time to read a request's headers (default %s)", api.ReadHeaderTimeoutDefault), durSetting{&c.HTTP.ReadHeaderTimeout}},
 		{"http-read-timeout", "SIGHTLINE_HTTP_READ_TIMEOUT", fmt.Sprintf("time to read a whole request (default %s)", api.ReadTimeoutDefault), durSetting{&c.HTTP.ReadTimeout}},
 		{"http-write-timeout", "SIGHTLINE_HTTP_WRITE_TIMEOUT", fmt.Sprintf("time to answer a request once read, waits included; at least the longest wait (default %s)", api.WriteTimeoutDefault), durSetting{&c.HTTP.WriteTimeout}},
@@ -187,7 +188,7 @@ func (c *Config) bind(flags *pflag.FlagSet) {
 		flags.String(s.flag, "", usage)
 	}
 	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, lease, role, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits)")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, lease, role, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits, max_streams)")
 }
 
 // load resolves the configuration for cmd, over what the program set.

@@ -22,6 +22,7 @@ const (
 	WriteTimeoutDefault      = WaitMax + 2*QueryTimeoutDefault + 10*time.Second
 	IdleTimeoutDefault       = 2 * time.Minute
 	MaxWaitsDefault          = 1024
+	MaxStreamsDefault        = 256
 )
 
 // Limits bound what a client can hold of the server: its connections'
@@ -43,6 +44,10 @@ type Limits struct {
 	// Retry-After. Requests whose write is already applied never wait
 	// and are not counted.
 	MaxWaits int `yaml:"max_waits"`
+	// MaxStreams bounds the status streams (GET /v1/projections/events)
+	// open at once, each of which holds a connection; past it, a new one
+	// is answered 503 with Retry-After.
+	MaxStreams int `yaml:"max_streams"`
 }
 
 // withDefaults is l with each zero value set to its default, for
@@ -54,13 +59,14 @@ func (l Limits) withDefaults(queryTimeout time.Duration) Limits {
 	l.WriteTimeout = cmp.Or(l.WriteTimeout, WaitMax+2*queryTimeout+10*time.Second)
 	l.IdleTimeout = cmp.Or(l.IdleTimeout, IdleTimeoutDefault)
 	l.MaxWaits = cmp.Or(l.MaxWaits, MaxWaitsDefault)
+	l.MaxStreams = cmp.Or(l.MaxStreams, MaxStreamsDefault)
 	return l
 }
 
 // Check refuses limits the server cannot keep with declared queries cut
 // off after queryTimeout (0: QueryTimeoutDefault).
 func (l Limits) Check(queryTimeout time.Duration) error {
-	if l.ReadHeaderTimeout < 0 || l.ReadTimeout < 0 || l.WriteTimeout < 0 || l.IdleTimeout < 0 || l.MaxWaits < 0 {
+	if l.ReadHeaderTimeout < 0 || l.ReadTimeout < 0 || l.WriteTimeout < 0 || l.IdleTimeout < 0 || l.MaxWaits < 0 || l.MaxStreams < 0 {
 		return fmt.Errorf("http limits must not be negative")
 	}
 	least := WaitMax + cmp.Or(queryTimeout, QueryTimeoutDefault)

@@ -66,9 +66,20 @@ func (s *Server) routes(sc *schemas) []route {
 			ok: openapi3.NewSchemaRef("", openapi3.NewObjectSchema())}},
 		{http.MethodGet, "/v1/projections", s.listProjections, read, &doc{id: "listProjections", summary: "Every projection's status.",
 			ok: sc.ref("ProjectionList", ProjectionList{})}},
+		{http.MethodGet, "/v1/projections/events", s.streamStatus, read, &doc{id: "streamStatus",
+			summary: "Server-Sent Events: a status event (JSON as GET /v1/projections/{name}) each time a projection's status changes, at most every 250 ms; " +
+				"every projection's status first. Resume with Last-Event-ID (or ?last_event_id=); ?projection= (repeated, or comma-separated) narrows it.",
+			params: []*openapi3.ParameterRef{
+				queryParam("projection", "Only these projections.", openapi3.NewStringSchema()),
+				{Value: openapi3.NewHeaderParameter(HeaderLastEventID).WithDescription("The id of the last event received.").WithSchema(openapi3.NewStringSchema())},
+			},
+			ok: openapi3.NewSchemaRef("", openapi3.NewStringSchema()), okType: "text/event-stream", problems: []int{http.StatusNotFound, http.StatusServiceUnavailable}}},
 		{http.MethodGet, "/v1/projections/:name", s.getProjection, read, &doc{id: "getProjection",
 			summary: "A projection's status: version, status, position, head, lag, events per second, parked events, the rebuild under way.",
 			ok:      sc.ref("ProjectionStatus", ProjectionStatus{}), problems: []int{http.StatusNotFound}}},
+		{http.MethodGet, "/v1/projections/:name/history", s.projectionHistory, read, &doc{id: "projectionHistory",
+			summary: "The projection's lag, rate, parked events and status as this process saw them, a sample a second for the last ten minutes.",
+			ok:      sc.ref("History", History{}), problems: []int{http.StatusNotFound}}},
 		{http.MethodGet, "/v1/projections/:name/queries", s.listQueries, read, &doc{id: "listQueries", summary: "A projection's declared queries.",
 			ok: sc.ref("QueryList", QueryList{}), problems: []int{http.StatusNotFound}}},
 		{http.MethodGet, "/v1/projections/:name/queries/:query", s.namedQuery, read, nil}, // each query is described at its own path, below

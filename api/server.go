@@ -83,6 +83,9 @@ type Server struct {
 	// waits holds a token for each read-your-writes request waiting.
 	waits        chan struct{}
 	waitsRefused prometheus.Counter
+	// streams holds a token for each status stream open; hub feeds them.
+	streams chan struct{}
+	hub     *statusHub
 
 	// readPool runs the declared queries: its connections are read-only,
 	// with the statement timeout, and read the readmodel views, which
@@ -116,7 +119,7 @@ func New(cfg Config) (*Server, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	s := &Server{cfg: cfg, echo: e, stopping: make(chan struct{}), queries: map[string][]*query.Prepared{},
-		waits: make(chan struct{}, cfg.Limits.MaxWaits),
+		waits: make(chan struct{}, cfg.Limits.MaxWaits), streams: make(chan struct{}, cfg.Limits.MaxStreams),
 		waitsRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "sightline_http_waits_refused_total",
 			Help: "Read-your-writes requests answered 503 at once because MaxWaits others were waiting."})}
 	for _, q := range cfg.Queries {
@@ -135,7 +138,9 @@ func New(cfg Config) (*Server, error) {
 			Help: "Read-your-writes requests waiting now."}, func() float64 { return float64(len(s.waits)) }))
 		e.Use(echoprometheus.NewMiddlewareWithConfig(echoprometheus.MiddlewareConfig{
 			Namespace: "sightline", Subsystem: "http", Registerer: cfg.Registerer,
-			Skipper:           func(c echo.Context) bool { return c.Path() == "/metrics" },
+			// A status stream lasts as long as its client: its duration
+			// would tell nothing of how fast the server answers.
+			Skipper:           func(c echo.Context) bool { return c.Path() == "/metrics" || c.Path() == "/v1/projections/events" },
 			HistogramOptsFunc: requestBuckets,
 		}))
 	}
@@ -157,6 +162,12 @@ func New(cfg Config) (*Server, error) {
 	if s.readPool, err = openReadPool(cfg.Pool, cfg.QueryTimeout); err != nil {
 		return nil, err
 	}
+	var runners []*projections.Runner
+	if cfg.Daemon != nil {
+		runners = cfg.Daemon.Runners()
+	}
+	s.hub = newStatusHub(runners)
+	s.hub.start()
 	return s, nil
 }
 
@@ -284,6 +295,7 @@ func (s *Server) Serve() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopOnce.Do(func() { close(s.stopping) })
 	err := s.echo.Shutdown(ctx)
+	s.hub.close()
 	s.readPool.Close()
 	return err
 }
@@ -296,6 +308,7 @@ func (s *Server) Close() {
 	if s.ln != nil {
 		_ = s.ln.Close() // already closed if it was served
 	}
+	s.hub.close()
 	s.readPool.Close()
 }
 

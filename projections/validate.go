@@ -14,10 +14,17 @@ var validName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
 // projection may declare a table of that name.
 var reservedViews = map[string]bool{"projection_status": true}
 
+// reservedNames are names no projection may take: GET
+// /v1/projections/events is the status stream, not a projection's status.
+var reservedNames = map[string]bool{"events": true}
+
 // validate checks one projection's names and version.
 func validate(p Projection) error {
 	if !validName.MatchString(p.Name()) {
 		return fmt.Errorf("projection name %q: want lower case letters, digits and _, starting with a letter, at most 40", p.Name())
+	}
+	if reservedNames[p.Name()] {
+		return fmt.Errorf("projection name %q is reserved: /v1/projections/%s is the status stream", p.Name(), p.Name())
 	}
 	if p.Version() < 1 {
 		return fmt.Errorf("projection %s: version must be at least 1", p.Name())

@@ -77,6 +77,8 @@ func TestClashesAreRefusedWithBothSources(t *testing.T) {
 			want: []string{"b.yaml: table shared (the view readmodel.shared) is also declared by ", "a.yaml"}},
 		"sightline's own view": {files: map[string]string{"a.yaml": spec("mine", "projection_status")},
 			want: []string{`table name "projection_status" is sightline's own view readmodel.projection_status`}},
+		"the status stream's name": {files: map[string]string{"a.yaml": spec("events", "event_rows")},
+			want: []string{`projection name "events" is reserved: /v1/projections/events is the status stream`}},
 		"a bad name": {files: map[string]string{"a.yaml": spec("Bad-Name", "t")},
 			want: []string{`projection name "Bad-Name": want lower case letters, digits and _, starting with a letter, at most 40`}},
 	} {
