@@ -23,6 +23,7 @@ func newRootCmd(opts ...Option) (*cobra.Command, *Config) {
 	}
 	root := &cobra.Command{
 		Use:           "sightline",
+		Version:       Version(),
 		Short:         "Keep PostgreSQL read models in step with an event store, and say how fresh they are",
 		SilenceUsage:  true,
 		SilenceErrors: true,

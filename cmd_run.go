@@ -86,7 +86,7 @@ func serve(ctx context.Context, c *Config, sim *simulate.Config) error {
 	}
 	srv, err := api.New(api.Config{Addr: c.HTTPAddr, Pool: a.pool, Store: a.store, Token: c.APIToken, ReadToken: c.ReadToken, Daemon: daemon,
 		SourceReady: a.store.Connected, Gatherer: reg, Registerer: reg, Logger: c.logger, Queries: queries, QueryTimeout: c.QueryTimeout,
-		Limits: c.HTTP, ReadyMaxLag: c.ReadyMaxLag})
+		Limits: c.HTTP, ReadyMaxLag: c.ReadyMaxLag, Version: Version()})
 	if err != nil {
 		return err
 	}

@@ -3,11 +3,13 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sightlinehq/sightline/console"
 	"github.com/sightlinehq/sightline/query"
 )
 
@@ -62,6 +64,11 @@ func (s *Server) routes(sc *schemas) []route {
 			ok: sc.ref("Readiness", Readiness{}), problems: []int{http.StatusServiceUnavailable}}},
 		{http.MethodGet, "/metrics", echo.WrapHandler(promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})), read,
 			&doc{id: "metrics", summary: "Prometheus metrics, in the text exposition format.", ok: openapi3.NewSchemaRef("", openapi3.NewStringSchema()), okType: "text/plain"}},
+		// The console is open: its pages hold no data, which their script
+		// reads from the routes below with the token the operator gives.
+		{http.MethodGet, "/", redirect(console.Prefix), nil, nil},
+		{http.MethodGet, strings.TrimSuffix(console.Prefix, "/"), redirect(console.Prefix), nil, nil},
+		{http.MethodGet, console.Prefix + "*", echo.WrapHandler(s.console), nil, nil},
 		{http.MethodGet, "/openapi.json", s.openAPIDoc, nil, &doc{id: "openapi", summary: "This document: OpenAPI 3.1 of every route, the declared queries included.",
 			ok: openapi3.NewSchemaRef("", openapi3.NewObjectSchema())}},
 		{http.MethodGet, "/v1/projections", s.listProjections, read, &doc{id: "listProjections", summary: "Every projection's status.",
@@ -158,6 +165,11 @@ func checkRoutes(rs []route) error {
 		seen[k] = true
 	}
 	return nil
+}
+
+// redirect answers 302 Found to to.
+func redirect(to string) echo.HandlerFunc {
+	return func(c echo.Context) error { return c.Redirect(http.StatusFound, to) }
 }
 
 func (s *Server) openAPIDoc(c echo.Context) error { return c.JSONBlob(http.StatusOK, s.openapi) }

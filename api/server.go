@@ -21,6 +21,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sightlinehq/sightline/console"
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/internal/redact"
 	"github.com/sightlinehq/sightline/projections"
@@ -71,6 +72,8 @@ type Config struct {
 	QueryTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Version is sightline's version, which the console shows.
+	Version string
 }
 
 // Server is sightline's HTTP API.
@@ -93,6 +96,7 @@ type Server struct {
 	readPool *pgxpool.Pool
 	queries  map[string][]*query.Prepared // by projection, in declaration order
 	openapi  []byte
+	console  *console.Console
 }
 
 // New builds the server; Serve serves it, and Shutdown (or Close) ends it.
@@ -144,6 +148,10 @@ func New(cfg Config) (*Server, error) {
 			HistogramOptsFunc: requestBuckets,
 		}))
 	}
+	var err error
+	if s.console, err = console.New(console.Options{Version: cfg.Version, Access: access(cfg), Projections: names(cfg.Daemon)}); err != nil {
+		return nil, err
+	}
 	sc := newSchemas()
 	rs := s.routes(sc)
 	if err := checkRoutes(rs); err != nil {
@@ -169,6 +177,28 @@ func New(cfg Config) (*Server, error) {
 	s.hub = newStatusHub(runners)
 	s.hub.start()
 	return s, nil
+}
+
+// access is what the console needs a token for under cfg.
+func access(cfg Config) console.Access {
+	switch {
+	case cfg.ReadToken != "":
+		return console.AccessAll
+	case cfg.Token != "":
+		return console.AccessActions
+	}
+	return console.AccessOpen
+}
+
+// names are the names of d's projections.
+func names(d *projections.Daemon) []string {
+	var out []string
+	if d != nil {
+		for _, r := range d.Runners() {
+			out = append(out, r.Name())
+		}
+	}
+	return out
 }
 
 // openReadPool opens the declared queries' pool beside pool, on the same
