@@ -48,9 +48,11 @@ type Drift struct {
 // VerifyReport is the outcome of a verify.
 type VerifyReport struct {
 	Projection string
-	// Generation is the active generation compared; Position is where both
-	// it and the replay stood (of a segmented one, each segment where its
-	// own checkpoint stood; Position is the lowest of them).
+	// Version and Generation are the active generation's, the one
+	// compared; Position is where both it and the replay stood (of a
+	// segmented one, each segment where its own checkpoint stood; Position
+	// is the lowest of them).
+	Version    int
 	Generation int
 	Position   eventstore.Position
 	// Rows counts the rows of each table in the read model.
@@ -71,8 +73,12 @@ type VerifyReport struct {
 // while the replay applies the last few events and the comparison takes
 // its snapshot. The scratch copy is dropped at the end. limit bounds the
 // rows listed (not those counted); cfg's batch sizes and logger apply.
+//
+// Every verify of a registered projection is recorded (recordVerify), for
+// LastVerify to read: its report, drift or not, or the error that stopped
+// it, unless that came of ctx ending. A verify that could not be recorded
+// is logged and reported all the same.
 func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, limit int, cfg Config) (VerifyReport, error) {
-	start := time.Now()
 	if err := validate(p); err != nil {
 		return VerifyReport{}, err
 	}
@@ -83,22 +89,45 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	if limit <= 0 {
 		limit = VerifyLimitDefault
 	}
+	start := time.Now()
+	report := VerifyReport{Projection: p.Name(), Rows: map[string]int64{}}
+	err := verify(ctx, pool, store, p, limit, cfg, &report)
+	report.Took = time.Since(start)
+	// A generation is set once the projection's registration is read:
+	// before, there is nothing to record a verify of.
+	if report.Generation > 0 && (err == nil || ctx.Err() == nil) {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyRecordTimeout)
+		defer cancel()
+		if rerr := recordVerify(rctx, pool, verifyRecord(report, start, err), verifyHistory); rerr != nil {
+			cfg.Logger.Warn("verify not recorded", "projection", report.Projection, "error", rerr)
+		}
+	}
+	if err != nil {
+		return VerifyReport{}, err
+	}
+	return report, nil
+}
+
+// verify is Verify, which it fills report for as it goes.
+func verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p Projection, limit int, cfg Config, report *VerifyReport) error {
 	name := p.Name()
 	var active, version int
 	err := pool.QueryRow(ctx, `SELECT generation, version FROM sightline.projections WHERE name = $1`, name).Scan(&active, &version)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return VerifyReport{}, fmt.Errorf("%w: %s", ErrNotRegistered, name)
+		return fmt.Errorf("%w: %s", ErrNotRegistered, name)
 	case err != nil:
-		return VerifyReport{}, err
-	case version != p.Version():
-		return VerifyReport{}, fmt.Errorf("%w: the active generation of %s has version %d and the code %d; verify compares like with like",
+		return err
+	}
+	report.Generation, report.Version = active, version
+	if version != p.Version() {
+		return fmt.Errorf("%w: the active generation of %s has version %d and the code %d; verify compares like with like",
 			ErrVersionChanged, name, version, p.Version())
 	}
 
 	scratch, lock, err := createScratch(ctx, pool, p)
 	if err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -122,18 +151,18 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	for pass := 1; ; pass++ {
 		if err := pool.QueryRow(ctx, `SELECT commit_position, prepare_position FROM sightline.checkpoints WHERE projection = $1 AND generation = $2
 			ORDER BY commit_position, prepare_position LIMIT 1`, name, active).Scan(&commit, &prepare); err != nil {
-			return VerifyReport{}, err
+			return err
 		}
 		began := time.Now()
 		if err := b.replayTo(ctx, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}); err != nil {
-			return VerifyReport{}, err
+			return err
 		}
 		if time.Since(began) < verifyShortPass || pass == verifyMaxPasses {
 			break
 		}
 	}
 	if err := lock.Ping(ctx); err != nil {
-		return VerifyReport{}, fmt.Errorf("lost the connection holding the scratch copy: %w", err)
+		return fmt.Errorf("lost the connection holding the scratch copy: %w", err)
 	}
 
 	// Hold the read model's batches, apply the few events it got since,
@@ -141,16 +170,16 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	// past it, verify fails rather than hold the projection back.
 	hold, err := pool.Begin(ctx)
 	if err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 	defer hold.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // a no-op after Commit
 	if _, err := hold.Exec(ctx, `SET LOCAL idle_in_transaction_session_timeout = '`+verifyHold.String()+`'`); err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 	rows, err := hold.Query(ctx, `SELECT commit_position, prepare_position, superseded FROM sightline.checkpoints
 		WHERE projection = $1 AND generation = $2 ORDER BY segment FOR SHARE`, name, active)
 	if err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 	var segments []eventstore.Position // where each segment of the read model stands
 	var superseded bool
@@ -161,10 +190,10 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 		segments = append(segments, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)})
 		return nil
 	}); err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 	if len(segments) == 0 {
-		return VerifyReport{}, fmt.Errorf("generation %d of %s has no checkpoint", active, name)
+		return fmt.Errorf("generation %d of %s has no checkpoint", active, name)
 	}
 	at, until := slices.MinFunc(segments, eventstore.Position.Compare), slices.MaxFunc(segments, eventstore.Position.Compare)
 	if len(segments) > 1 {
@@ -174,24 +203,24 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	err = b.replayTo(held, until)
 	cancelHold()
 	if err != nil {
-		return VerifyReport{}, fmt.Errorf("apply the last events while the read model waits: %w", err)
+		return fmt.Errorf("apply the last events while the read model waits: %w", err)
 	}
 	snap, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 	defer snap.Rollback(context.WithoutCancel(ctx))       //nolint:errcheck // read only
 	if _, err := snap.Exec(ctx, `SELECT 1`); err != nil { // the snapshot is taken here
-		return VerifyReport{}, err
+		return err
 	}
 	if err := hold.Commit(ctx); err != nil {
-		return VerifyReport{}, err
+		return err
 	}
 
-	report := VerifyReport{Projection: name, Generation: active, Position: at, Rows: map[string]int64{}}
+	report.Position = at
 	for _, table := range p.Tables() {
-		if err := compareTable(ctx, snap, schemaName(name, active), scratch.schema, table, limit, &report); err != nil {
-			return VerifyReport{}, err
+		if err := compareTable(ctx, snap, schemaName(name, active), scratch.schema, table, limit, report); err != nil {
+			return err
 		}
 	}
 	// Keys first across the tables, then values.
@@ -201,8 +230,7 @@ func Verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	if len(report.Drift) > limit {
 		report.Drift = report.Drift[:limit]
 	}
-	report.Took = time.Since(start)
-	return report, nil
+	return nil
 }
 
 // createScratch creates a scratch generation of p to replay into, and holds
