@@ -87,6 +87,9 @@ func (s *Server) routes(sc *schemas) []route {
 		{http.MethodGet, "/v1/projections/:name/history", s.projectionHistory, read, &doc{id: "projectionHistory",
 			summary: "The projection's lag, rate, parked events and status as this process saw them, a sample a second for the last ten minutes.",
 			ok:      sc.ref("History", History{}), problems: []int{http.StatusNotFound}}},
+		{http.MethodGet, "/v1/projections/:name/verify", s.lastVerify, read, &doc{id: "lastVerify",
+			summary: "A projection's last verify (sightline verify): where it compared, each table's rows, how many drifted and the first of them, or why it failed.",
+			ok:      sc.ref("VerifyResult", VerifyResult{}), problems: []int{http.StatusNotFound}}},
 		{http.MethodGet, "/v1/projections/:name/queries", s.listQueries, read, &doc{id: "listQueries", summary: "A projection's declared queries.",
 			ok: sc.ref("QueryList", QueryList{}), problems: []int{http.StatusNotFound}}},
 		{http.MethodGet, "/v1/projections/:name/queries/:query", s.namedQuery, read, nil}, // each query is described at its own path, below
