@@ -124,6 +124,11 @@ func TestRebuildSurvivesKillNine(t *testing.T) {
 	require.Regexp(t, `^orders: 1 of 10,300 rows differ from a clean replay at position \d+ \(first 1 below\)
   orders id="seed-000042": paid: live 143, replay 142
 $`, out)
+	last, err := projections.LastVerify(ctx, db.Pool, "orders")
+	require.NoError(t, err)
+	require.NotNil(t, last, "the command's verifies are recorded")
+	require.EqualValues(t, 1, last.Drifted)
+	require.Equal(t, map[string]any{"id": "seed-000042"}, last.Drift[0].Key)
 	require.NoError(t, second.cmd.Process.Signal(syscall.SIGTERM))
 	<-second.done
 	require.NoError(t, second.err, second.stderr.String())
