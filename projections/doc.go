@@ -110,7 +110,8 @@
 // generation's checkpoint rows, waits for the build to apply as far, marks the old one superseded and re-points the views. A
 // runner whose generation is superseded attaches to the new one. Verify
 // (verify.go) replays into a scratch generation and compares tables at one
-// position.
+// position; each outcome is kept in sightline.verifications
+// (verifications.go), which LastVerify reads.
 //
 // # Segments
 //
