@@ -69,7 +69,7 @@ func BenchmarkCollect(b *testing.B) {
 		for i := 1; i < 10; i++ {
 			msgs <- eventstore.Message{Events: events[i*1000 : (i+1)*1000], Checkpoint: events[(i+1)*1000-1].Position}
 		}
-		got, _, _ := collect(eventstore.Message{Events: events[:1000]}, msgs, 10_000)
+		got, _, _, _ := collect(eventstore.Message{Events: events[:1000]}, msgs, 10_000)
 		if len(got) != len(events) {
 			b.Fatal("events lost")
 		}

@@ -575,17 +575,23 @@ func (r *Runner) pipeline(parent context.Context) error {
 	r.mu.Unlock()
 	go r.read(ctx, from, msgs)
 
+	var rest eventstore.Message // what a batch left of a message larger than BatchSize
 	for {
 		if ctx.Err() != nil { // stopping: take no more batches, even if some have arrived
 			return ctx.Err()
 		}
 		var first eventstore.Message
-		select {
-		case first = <-msgs:
-		case <-ctx.Done():
-			return ctx.Err()
+		if len(rest.Events) > 0 {
+			first = rest
+		} else {
+			select {
+			case first = <-msgs:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-		events, checkpoint, taken := collect(first, msgs, r.cfg.BatchSize)
+		events, checkpoint, taken, more := collect(first, msgs, r.cfg.BatchSize)
+		rest = more
 		reached := false
 		if r.build != nil && r.build.until != nil {
 			events, checkpoint, reached = r.build.truncate(events, checkpoint)
@@ -675,31 +681,55 @@ func (r *Runner) forward(ctx context.Context, pos *eventstore.Position, out chan
 	}
 }
 
-// collect takes first and whatever else has already arrived, up to about
-// limit events, without waiting; it returns how many messages it took.
-func collect(first eventstore.Message, msgs <-chan eventstore.Message, limit int) ([]eventstore.RecordedEvent, eventstore.Position, int) {
-	events := first.Events
-	checkpoint := first.Checkpoint
-	taken := 1
-	for len(events) < limit {
+// collect takes first and whatever else has already arrived, without
+// waiting, up to limit events. Of a message that would take it past limit
+// it takes the first events and returns the rest, to begin the next batch:
+// a store's message may hold more events than a batch may (the embedded
+// store's hold up to a thousand). It returns how many messages it took
+// whole.
+func collect(first eventstore.Message, msgs <-chan eventstore.Message, limit int) (events []eventstore.RecordedEvent, checkpoint eventstore.Position, taken int, rest eventstore.Message) {
+	copied := false
+	for m := first; ; {
+		head, rest := split(m, limit-len(events))
+		switch {
+		case events == nil:
+			events = head.Events
+		case len(head.Events) > 0:
+			if !copied { // copy before appending to the reader's slice, with room for what waits
+				size := min(limit, len(events)+len(head.Events)*(1+len(msgs)))
+				events = append(make([]eventstore.RecordedEvent, 0, max(size, len(events)+len(head.Events))), events...)
+				copied = true
+			}
+			events = append(events, head.Events...)
+		}
+		if checkpoint.Before(head.Checkpoint) {
+			checkpoint = head.Checkpoint
+		}
+		if len(rest.Events) > 0 {
+			return events, checkpoint, taken, rest
+		}
+		taken++
+		if len(events) >= limit {
+			return events, checkpoint, taken, eventstore.Message{}
+		}
 		select {
-		case m := <-msgs:
-			taken++
-			if len(m.Events) > 0 {
-				if len(events) == len(first.Events) { // copy before appending to the reader's slice, with room for what waits
-					size := min(limit, len(events)+len(m.Events)*(1+len(msgs)))
-					events = append(make([]eventstore.RecordedEvent, 0, max(size, len(events)+len(m.Events))), events...)
-				}
-				events = append(events, m.Events...)
-			}
-			if checkpoint.Before(m.Checkpoint) {
-				checkpoint = m.Checkpoint
-			}
+		case m = <-msgs:
 		default:
-			return events, checkpoint, taken
+			return events, checkpoint, taken, eventstore.Message{}
 		}
 	}
-	return events, checkpoint, taken
+}
+
+// split cuts a message of more than limit events after the first limit:
+// the first part checkpoints at its last event, the rest at the message's
+// checkpoint.
+func split(m eventstore.Message, limit int) (head, rest eventstore.Message) {
+	if len(m.Events) <= limit {
+		return m, eventstore.Message{}
+	}
+	head = eventstore.Message{Events: m.Events[:limit:limit], Checkpoint: m.Events[limit-1].Position}
+	m.Events = m.Events[limit:]
+	return head, m
 }
 
 // applyWithRetry applies a batch, retrying with backoff while it fails on
