@@ -18,6 +18,7 @@ const token = {
     if (v) sessionStorage.setItem(TOKEN_KEY, v);
     else sessionStorage.removeItem(TOKEN_KEY);
     showToken();
+    document.dispatchEvent(new Event('sightline:token'));
   },
 };
 
@@ -93,16 +94,20 @@ async function api(method, path) {
   return body;
 }
 
-// act runs an action; a refusal for want of the token says so, asks for
-// it, and tries once more with it.
-async function act(label, method, path) {
+// act runs an action and says how it went: done(answer) is what to say
+// when it succeeds. A refusal for want of the token says so, asks for it,
+// and tries again with it.
+async function act(label, method, path, done) {
   try {
     const out = await api(method, path);
-    message('ok', `${label}: done.`);
+    message('ok', done(out));
     return out;
   } catch (e) {
-    message('error', `${label} failed: ${e.message}`);
-    if (e.status === 401 && await askToken()) return act(label, method, path);
+    const shown = message('error', `${label} failed: ${e.message}`);
+    if (e.status === 401 && await askToken()) {
+      shown.remove();
+      return act(label, method, path, done);
+    }
     return null;
   }
 }
@@ -190,6 +195,7 @@ function message(kind, text) {
   close.addEventListener('click', () => m.remove());
   $('#messages').prepend(m);
   if (kind === 'ok') setTimeout(() => m.remove(), 8000);
+  return m;
 }
 
 function badge(status, reason) {
@@ -399,6 +405,15 @@ function projectionPage() {
     fill($('#parked tbody'), list.parked.map(parkedRow));
   }
 
+  // releaseText says what a retry or a skip did.
+  function releaseText(rel) {
+    const held = rel.applied - (rel.skipped ? 0 : 1);
+    let text = rel.skipped ? `Parked event ${rel.event.id} skipped` : `Parked event ${rel.event.id} applied`;
+    if (held > 0) text += `, and the ${held} held behind it`;
+    if (rel.parked) text += `; event ${rel.parked.id} of the stream failed in turn and holds it now`;
+    return text + '.';
+  }
+
   function parkedRow(p) {
     const actions = el('td', { class: 'actions' });
     if (p.state === 'parked') {
@@ -406,7 +421,7 @@ function projectionPage() {
         const b = el('button', { type: 'button', class: verb === 'skip' ? 'danger' : null, 'data-action': verb }, label);
         b.addEventListener('click', async () => {
           b.disabled = true;
-          const out = await act(`${label} parked event ${p.id}`, 'POST', `${base}/parked/${p.id}/${verb}`);
+          const out = await act(`${label} parked event ${p.id}`, 'POST', `${base}/parked/${p.id}/${verb}`, releaseText);
           b.disabled = false;
           if (out) loadParked(last ? last.parked : 0);
         });
@@ -513,12 +528,12 @@ function projectionPage() {
   $('#rebuild-button').addEventListener('click', async () => {
     const b = $('#rebuild-button');
     b.disabled = true;
-    await act(`Rebuild ${name}`, 'POST', `${base}/rebuild`);
+    await act(`Rebuild ${name}`, 'POST', `${base}/rebuild`, (rb) =>
+      `Rebuild of ${name} ${rb.created ? 'started' : 'under way already'}: generation ${rb.generation} is built while the active one serves, and takes over once caught up.`);
     b.disabled = false;
   });
-  $('#parked-unlock').addEventListener('click', async () => {
-    if (await askToken()) loadParked(last ? last.parked : 0);
-  });
+  $('#parked-unlock').addEventListener('click', () => askToken());
+  document.addEventListener('sightline:token', () => loadParked(last ? last.parked : 0));
 
   api('GET', `${base}/history`).then((h) => {
     const seen = h.samples.map((s) => ({ t: Date.parse(s.at), lag: s.lag_ms, rate: s.events_per_second }));
