@@ -151,6 +151,17 @@ handlers:
     INSERT INTO slow_orders (order_id, events) SELECT substr(:stream_id, 7), 1 FROM pg_sleep(0.03)
 `
 
+// splitProjection is a YAML projection in two segments.
+const splitProjection = `name: split_orders
+version: 1
+streams: [order-]
+segments: 2
+tables:
+  split_orders: CREATE TABLE split_orders (order_id text PRIMARY KEY)
+handlers:
+  OrderPlaced: INSERT INTO split_orders (order_id) VALUES (substr(:stream_id, 7))
+`
+
 // TestConsoleInABrowser drives the console in headless Chromium against a
 // running binary with an API token: the overview shows every projection
 // and follows appends without a reload; a poison event shows on its
@@ -161,6 +172,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	ctx, db, store := newDatabase(t, 4*time.Minute)
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "slow_orders.yaml"), []byte(slowProjection), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "split_orders.yaml"), []byte(splitProjection), 0o600))
 	config := filepath.Join(t.TempDir(), "sightline.yaml")
 	require.NoError(t, os.WriteFile(config, []byte("rebuild_batch_size: 20\n"), 0o600))
 	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 150, Customers: 20, Writers: 2, Seed: 5})
@@ -170,7 +182,7 @@ func TestConsoleInABrowser(t *testing.T) {
 		"--database-url", db.URL, "--http-addr", "127.0.0.1:0")
 	base := "http://" + addrOf(t, p)
 	b := newBrowser(t)
-	names := []string{"customer_stats", "daily_sales", "orders", "slow_orders"}
+	names := []string{"customer_stats", "daily_sales", "orders", "slow_orders", "split_orders"}
 
 	call := func(method, path, body string, headers ...string) (int, string) {
 		t.Helper()
@@ -198,11 +210,15 @@ func TestConsoleInABrowser(t *testing.T) {
 
 	t.Run("the overview shows every projection", func(t *testing.T) {
 		b.run(t, chromedp.Navigate(base+"/"))
-		b.until(t, "a row per projection", `document.querySelectorAll('#projections tbody tr[data-projection]').length === 4`)
+		b.until(t, "a row per projection", `document.querySelectorAll('#projections tbody tr[data-projection]').length === 5`)
 		rows := eval[[]string](t, b, `[...document.querySelectorAll('#projections tbody tr[data-projection]')].map(r => r.dataset.projection)`)
 		require.Equal(t, names, rows, "in name order")
 		b.until(t, "every projection live", `[...document.querySelectorAll('#projections td.status .badge')].every(b => b.textContent === 'live')`)
 		require.Equal(t, "live", eval[string](t, b, `document.querySelector('#connection').textContent`), "the status stream is open")
+		segments := eval[[]string](t, b, `[...document.querySelectorAll('tr[data-projection=split_orders] ~ tr.segment')].map(r => r.cells[0].textContent + ' ' + r.cells[8].textContent)`)
+		require.Len(t, segments, 2, "a row per segment, under its projection")
+		require.Contains(t, segments[0], "segment 0 ")
+		require.Contains(t, segments[1], "(this process)", "with its owner")
 		require.True(t, strings.HasSuffix(eval[string](t, b, `location.pathname`), "/ui/"), "/ redirects to the console")
 		b.noErrors(t)
 	})
@@ -230,6 +246,7 @@ func TestConsoleInABrowser(t *testing.T) {
 			`{"type":"OrderPaid","data":{"amount":{"cents":100}}}]}`)
 		b.run(t, chromedp.Navigate(base+"/ui/projections/orders"))
 		b.until(t, "the parked count", `document.querySelector('#parked-total').textContent === '1'`)
+		b.until(t, "the sparklines drawn", `document.querySelector('#lag-chart polyline') && document.querySelector('#rate-chart polyline')`)
 		b.until(t, "parked events locked without the token", `!document.querySelector('#parked-locked').hidden`)
 		b.run(t,
 			chromedp.Click(chromedp.CSS(`#parked-unlock`)),
