@@ -73,19 +73,30 @@ func TestKubernetesManifests(t *testing.T) {
 	require.NotEmpty(t, ps)
 }
 
+// composeService is what the tests read of a service of
+// deploy/docker-compose.yml.
+type composeService struct {
+	Image       string
+	Command     []string
+	Volumes     []string
+	Ports       []string
+	Environment map[string]string
+}
+
+func readCompose(t *testing.T) map[string]composeService {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("deploy", "docker-compose.yml"))
+	require.NoError(t, err)
+	var compose struct{ Services map[string]composeService }
+	require.NoError(t, yaml.Unmarshal(raw, &compose))
+	return compose.Services
+}
+
 // TestComposeRunsTwoReplicas: the compose file runs two sightline
 // replicas on one database.
 func TestComposeRunsTwoReplicas(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join("deploy", "docker-compose.yml"))
-	require.NoError(t, err)
-	var compose struct {
-		Services map[string]struct {
-			Command []string
-		}
-	}
-	require.NoError(t, yaml.Unmarshal(raw, &compose))
 	n := 0
-	for _, s := range compose.Services {
+	for _, s := range readCompose(t) {
 		if len(s.Command) > 0 && s.Command[0] == "run" {
 			n++
 		}
