@@ -1,7 +1,8 @@
 // Package promtest is for the tests of the Prometheus and Grafana files
 // under deploy/: it runs promtool, which they need (they fail, not skip,
-// without it), and reads the metric selectors out of PromQL expressions so
-// that the tests can hold them against a live /metrics. It knows nothing of
+// without it), and reads the metric selectors out of PromQL expressions
+// (with the metricsql parser) so that the tests can hold them against a
+// live /metrics. It knows nothing of
 // sightline's metrics and is imported by tests only.
 package promtest
 
@@ -12,6 +13,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/VictoriaMetrics/metricsql"
 )
 
 // Promtool is the path of promtool; the test fails when it is not
@@ -63,106 +66,45 @@ func (s Selector) Has(label, op, value string) bool {
 	return false
 }
 
-// keywords are PromQL's words that are not metric names: aggregation
-// operators, binary operators and modifiers, and the number words.
-var keywords = map[string]bool{
-	"sum": true, "min": true, "max": true, "avg": true, "group": true, "stddev": true, "stdvar": true,
-	"count": true, "count_values": true, "bottomk": true, "topk": true, "quantile": true,
-	"limitk": true, "limit_ratio": true,
-	"and": true, "or": true, "unless": true, "atan2": true, "bool": true, "offset": true,
-	"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
-	"inf": true, "nan": true,
-}
+// grafanaIntervals are Grafana's interval variables, which stand where
+// PromQL has a duration; any duration does to read the selectors.
+var grafanaIntervals = strings.NewReplacer("$__rate_interval", "5m", "${__rate_interval}", "5m",
+	"$__interval", "1m", "${__interval}", "1m", "$__range", "1h", "${__range}", "1h")
 
-// labelLists are the keywords followed by a list of label names.
-var labelLists = map[string]bool{
-	"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
-}
-
-// Selectors returns the selectors of expr in the order they appear. It
-// reads just enough PromQL for that (strings, label matchers, ranges,
-// label lists, function calls) and leaves checking the rest to promtool.
-// Grafana's variables ($projection, ${datasource}, $__rate_interval) may
-// appear where PromQL has strings or durations.
+// Selectors returns the selectors of expr in the order they appear (one
+// per group of a MetricsQL "or" filter, which PromQL has not). Grafana's
+// variables may appear in strings ($projection) and as durations
+// ($__rate_interval).
 func Selectors(expr string) ([]Selector, error) {
-	var out []Selector
-	s := expr
-	i := 0
-	skipSpace := func() {
-		for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
-			i++
-		}
+	e, err := metricsql.Parse(grafanaIntervals.Replace(expr))
+	if err != nil {
+		return nil, fmt.Errorf("%q: %w", expr, err)
 	}
-	for i < len(s) {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\'' || c == '`':
-			end, err := stringEnd(s, i)
-			if err != nil {
-				return nil, err
-			}
-			i = end
-		case c == '#': // a comment, to the end of the line
-			for i < len(s) && s[i] != '\n' {
-				i++
-			}
-		case c == '[': // a range or a subquery's
-			end := strings.IndexByte(s[i:], ']')
-			if end < 0 {
-				return nil, fmt.Errorf("unclosed [ at %d in %q", i, expr)
-			}
-			i += end + 1
-		case c == '{':
-			return nil, fmt.Errorf("a selector without a metric name at %d in %q", i, expr)
-		case c == '$': // a Grafana variable: $name or ${name}
-			i++
-			if i < len(s) && s[i] == '{' {
-				end := strings.IndexByte(s[i:], '}')
-				if end < 0 {
-					return nil, fmt.Errorf("unclosed ${ at %d in %q", i, expr)
-				}
-				i += end + 1
-				continue
-			}
-			for i < len(s) && isNameChar(s[i]) {
-				i++
-			}
-		case c >= '0' && c <= '9' || c == '.': // a number or a duration
-			for i < len(s) && (isNameChar(s[i]) || s[i] == '.') {
-				i++
-			}
-		case isNameStart(c):
-			start := i
-			for i < len(s) && isNameChar(s[i]) {
-				i++
-			}
-			name := s[start:i]
-			skipSpace()
-			switch {
-			case labelLists[strings.ToLower(name)]:
-				if i < len(s) && s[i] == '(' {
-					end := strings.IndexByte(s[i:], ')')
-					if end < 0 {
-						return nil, fmt.Errorf("unclosed label list after %s in %q", name, expr)
-					}
-					i += end + 1
-				}
-			case keywords[strings.ToLower(name)]:
-			case i < len(s) && s[i] == '(': // a function call
-			default:
-				sel := Selector{Metric: name}
-				if i < len(s) && s[i] == '{' {
-					ms, end, err := matchers(s, i)
-					if err != nil {
-						return nil, fmt.Errorf("%w in %q", err, expr)
-					}
-					sel.Matchers, i = ms, end
-				}
-				out = append(out, sel)
-			}
-		default:
-			i++
+	var out []Selector
+	var bad error
+	metricsql.VisitAll(e, func(x metricsql.Expr) {
+		me, ok := x.(*metricsql.MetricExpr)
+		if !ok {
+			return
 		}
+		for _, group := range me.LabelFilterss {
+			var sel Selector
+			for _, f := range group {
+				if f.Label == "__name__" && !f.IsRegexp && !f.IsNegative {
+					sel.Metric = f.Value
+					continue
+				}
+				op := map[[2]bool]string{{false, false}: "=", {false, true}: "!=", {true, false}: "=~", {true, true}: "!~"}[[2]bool{f.IsRegexp, f.IsNegative}]
+				sel.Matchers = append(sel.Matchers, Matcher{Label: f.Label, Op: op, Value: f.Value})
+			}
+			if sel.Metric == "" && bad == nil {
+				bad = fmt.Errorf("%q: a selector without a metric name: %s", expr, me.AppendString(nil))
+			}
+			out = append(out, sel)
+		}
+	})
+	if bad != nil {
+		return nil, bad
 	}
 	return out, nil
 }
@@ -184,74 +126,3 @@ func MetricNames(expr string) ([]string, error) {
 	}
 	return names, nil
 }
-
-// matchers reads the label matchers of the braces at s[i] and returns
-// them and the index past the closing brace.
-func matchers(s string, i int) ([]Matcher, int, error) {
-	var out []Matcher
-	i++ // {
-	for {
-		for i < len(s) && strings.IndexByte(" \t\r\n,", s[i]) >= 0 {
-			i++
-		}
-		if i >= len(s) {
-			return nil, 0, fmt.Errorf("unclosed {")
-		}
-		if s[i] == '}' {
-			return out, i + 1, nil
-		}
-		start := i
-		for i < len(s) && isNameChar(s[i]) {
-			i++
-		}
-		label := s[start:i]
-		for i < len(s) && s[i] == ' ' {
-			i++
-		}
-		opStart := i
-		for i < len(s) && strings.IndexByte("=!~", s[i]) >= 0 {
-			i++
-		}
-		op := s[opStart:i]
-		for i < len(s) && s[i] == ' ' {
-			i++
-		}
-		if label == "" || (op != "=" && op != "!=" && op != "=~" && op != "!~") || i >= len(s) {
-			return nil, 0, fmt.Errorf("bad label matcher at %d", start)
-		}
-		end, err := stringEnd(s, i)
-		if err != nil {
-			return nil, 0, err
-		}
-		value := s[i+1 : end-1]
-		if s[i] != '`' {
-			value = strings.NewReplacer(`\\`, `\`, `\"`, `"`, `\'`, `'`).Replace(value)
-		}
-		out = append(out, Matcher{Label: label, Op: op, Value: value})
-		i = end
-	}
-}
-
-// stringEnd returns the index past the string literal that starts at
-// s[i].
-func stringEnd(s string, i int) (int, error) {
-	q := s[i]
-	if q != '"' && q != '\'' && q != '`' {
-		return 0, fmt.Errorf("want a string at %d", i)
-	}
-	for j := i + 1; j < len(s); j++ {
-		switch {
-		case s[j] == '\\' && q != '`':
-			j++
-		case s[j] == q:
-			return j + 1, nil
-		}
-	}
-	return 0, fmt.Errorf("unclosed string at %d", i)
-}
-
-func isNameStart(c byte) bool {
-	return c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-}
-
-func isNameChar(c byte) bool { return isNameStart(c) || c >= '0' && c <= '9' }

@@ -10,7 +10,7 @@ import (
 func TestSelectors(t *testing.T) {
 	sels, err := Selectors(`max by (projection) (
   sightline_projection_lag_seconds{projection=~"$projection", status!="a\"}b"}
-  and on (job, instance) group_left () (max by (job, instance, projection) (sightline_projection_owned) == 1)
+  and on (job, instance) (max by (job, instance, projection) (sightline_projection_owned) == 1)
 ) > 60 unless absent(up{job='x'} offset 5m)
 + histogram_quantile(0.99, sum by (url, le) (rate(http_seconds_bucket[$__rate_interval])))
 + rate(recorded:rule_total[5m:1m]) * 1e3 # a comment with not_a_metric`)
@@ -29,7 +29,11 @@ func TestSelectors(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"a_total", "b"}, names)
 
-	for _, bad := range []string{`{__name__="a"}`, `a{b="c"`, `a{b}`, `rate(a[5m)`, `a{b="c}`} {
+	sels, err = Selectors(`{__name__="a", b="c"}`)
+	require.NoError(t, err)
+	require.Equal(t, []Selector{{Metric: "a", Matchers: []Matcher{{"b", "=", "c"}}}}, sels)
+
+	for _, bad := range []string{`{job="a"}`, `a{b="c"`, `a{b}`, `rate(a[5m)`, `a{b="c}`} {
 		_, err := Selectors(bad)
 		require.Error(t, err, bad)
 	}
