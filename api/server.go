@@ -183,7 +183,7 @@ func New(cfg Config) (*Server, error) {
 func access(cfg Config) console.Access {
 	switch {
 	case cfg.ReadToken != "":
-		return console.AccessAll
+		return console.AccessReads
 	case cfg.Token != "":
 		return console.AccessActions
 	}

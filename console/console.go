@@ -38,8 +38,9 @@ const (
 	AccessOpen Access = "open"
 	// AccessActions: actions and parked events need the API token.
 	AccessActions Access = "actions"
-	// AccessAll: every read needs a token too.
-	AccessAll Access = "read"
+	// AccessReads: every read needs a token too (the read token or the
+	// API token).
+	AccessReads Access = "reads"
 )
 
 // Options configure the console.

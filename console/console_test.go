@@ -86,5 +86,12 @@ func TestAssets(t *testing.T) {
 
 	_, page := serve(t, c, http.MethodGet, "/ui/")
 	require.Contains(t, page, `data-auth="open"`)
+	require.Regexp(t, `id="token-button"[^>]* hidden`, page, "nothing to give a token for")
+
+	reads, err := console.New(console.Options{Access: console.AccessReads})
+	require.NoError(t, err)
+	_, page = serve(t, reads, http.MethodGet, "/ui/")
+	require.Contains(t, page, `data-auth="reads"`)
+	require.Contains(t, page, "needs a token for every read")
 	require.Contains(t, page, "console.js?v="+strings.Trim(etag, `"`))
 }

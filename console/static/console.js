@@ -7,7 +7,7 @@
 
 const TOKEN_KEY = 'sightline.token';
 const page = document.body.dataset.page;
-const auth = document.body.dataset.auth; // open | actions | read
+const auth = document.body.dataset.auth; // open | actions | reads
 const $ = (sel) => document.querySelector(sel);
 
 // ---- the token ----------------------------------------------------------
@@ -549,7 +549,7 @@ function projectionPage() {
 async function start() {
   setUpToken();
   // Where every read needs a token, ask for it before the first.
-  if (auth === 'read' && !token.get()) await askToken();
+  if (auth === 'reads' && !token.get()) await askToken();
   if (page === 'overview') overview();
   else if (page === 'projection') projectionPage();
 }
