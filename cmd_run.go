@@ -147,7 +147,9 @@ func printDemo(addr, dbURL string, sim simulate.Config) {
 	fmt.Fprintf(os.Stderr, `
 sightline demo: %d orders at %.0f events/s into the embedded store, projected live.
 
+  The console:          http://%[3]s/ui/
   Projections and lag:  curl -s http://%[3]s/v1/projections
+  The same, live:       curl -sN http://%[3]s/v1/projections/events
   A read model, fresh:  curl -si 'http://%[3]s/v1/orders?status=paid&limit=3'
   Every route:          curl -s http://%[3]s/openapi.json
   Metrics:              curl -s http://%[3]s/metrics | grep ^sightline_
