@@ -44,6 +44,8 @@ type doc struct {
 	admin, read bool
 	// readOpen: no read token is set, so the reads are open.
 	readOpen bool
+	// page: a page of the console, whose errors are pages too.
+	page bool
 }
 
 // schemas generates the components' schemas from Go types.
@@ -175,6 +177,9 @@ func operation(path string, d *doc) *openapi3.Operation {
 	for _, status := range d.problems {
 		resp := openapi3.NewResponse().WithDescription(http.StatusText(status)).
 			WithContent(openapi3.Content{"application/problem+json": openapi3.NewMediaType().WithSchemaRef(openapi3.NewSchemaRef("#/components/schemas/Problem", nil))})
+		if d.page {
+			resp.Content = openapi3.Content{"text/html": openapi3.NewMediaType().WithSchema(openapi3.NewStringSchema())}
+		}
 		if d.fresh {
 			resp.Headers = freshHeaderRefs()
 		}

@@ -55,6 +55,7 @@ func (s *Server) routes(sc *schemas) []route {
 	queryParam := func(name, desc string, schema *openapi3.Schema) *openapi3.ParameterRef {
 		return &openapi3.ParameterRef{Value: openapi3.NewQueryParameter(name).WithDescription(desc).WithSchema(schema)}
 	}
+	page, html := echo.WrapHandler(s.console), openapi3.NewSchemaRef("", openapi3.NewStringSchema())
 	rs := []route{
 		// The probes and this document are open; the reads take the read
 		// token, when one is set; admin routes the API token.
@@ -66,9 +67,14 @@ func (s *Server) routes(sc *schemas) []route {
 			&doc{id: "metrics", summary: "Prometheus metrics, in the text exposition format.", ok: openapi3.NewSchemaRef("", openapi3.NewStringSchema()), okType: "text/plain"}},
 		// The console is open: its pages hold no data, which their script
 		// reads from the routes below with the token the operator gives.
-		{http.MethodGet, "/", redirect(console.Prefix), nil, nil},
-		{http.MethodGet, strings.TrimSuffix(console.Prefix, "/"), redirect(console.Prefix), nil, nil},
-		{http.MethodGet, console.Prefix + "*", echo.WrapHandler(s.console), nil, nil},
+		{http.MethodGet, "/", redirect(console.Prefix), nil, &doc{id: "root", summary: "Redirects to the operator console, /ui/.", okStatus: http.StatusFound}},
+		{http.MethodGet, strings.TrimSuffix(console.Prefix, "/"), redirect(console.Prefix), nil, &doc{id: "consoleRedirect", summary: "Redirects to /ui/.", okStatus: http.StatusFound}},
+		{http.MethodGet, console.Prefix, page, nil, &doc{id: "console", summary: "The operator console: every projection, live.", ok: html, okType: "text/html", page: true}},
+		{http.MethodGet, console.Prefix + "projections/:name", page, nil, &doc{id: "consoleProjection",
+			summary: "The operator console's page of a projection: its lag and rate, parked events, rebuild, last verify and declared queries.",
+			ok:      html, okType: "text/html", problems: []int{http.StatusNotFound}, page: true}},
+		{http.MethodGet, console.Prefix + "static/:file", page, nil, &doc{id: "consoleAsset", summary: "The console's script and stylesheet.",
+			ok: openapi3.NewSchemaRef("", openapi3.NewStringSchema()), okType: "text/javascript", okTypes: []string{"text/css"}, problems: []int{http.StatusNotFound}, page: true}},
 		{http.MethodGet, "/openapi.json", s.openAPIDoc, nil, &doc{id: "openapi", summary: "This document: OpenAPI 3.1 of every route, the declared queries included.",
 			ok: openapi3.NewSchemaRef("", openapi3.NewObjectSchema())}},
 		{http.MethodGet, "/v1/projections", s.listProjections, read, &doc{id: "listProjections", summary: "Every projection's status.",

@@ -71,6 +71,8 @@ type asset struct {
 type page struct {
 	Title, Page, Projection, Version string
 	Auth                             Access
+	// Reason says why a page is not found.
+	Reason string
 }
 
 // New loads the embedded pages and assets.
@@ -99,7 +101,7 @@ func New(opts Options) (*Console, error) {
 		// The ETag in the URL: a new binary's assets are new URLs.
 		return Prefix + "static/" + name + "?v=" + strings.Trim(a.etag, `"`), nil
 	}}
-	for _, name := range []string{"overview", "projection"} {
+	for _, name := range []string{"overview", "projection", "notfound"} {
 		t, err := template.New(name).Funcs(funcs).ParseFS(templateFiles, "templates/layout.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("console: the %s page: %w", name, err)
@@ -126,24 +128,29 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rest, ok := strings.CutPrefix(r.URL.Path, Prefix)
 	switch {
 	case !ok:
-		http.NotFound(w, r)
+		c.notFound(w, "There is no page at "+r.URL.Path+".")
 	case rest == "":
-		c.render(w, "overview", page{Title: "Projections", Page: "overview"})
+		c.render(w, http.StatusOK, "overview", page{Title: "Projections", Page: "overview"})
 	case strings.HasPrefix(rest, "projections/"):
 		name := strings.TrimPrefix(rest, "projections/")
 		if !slices.Contains(c.opts.Projections, name) {
-			http.Error(w, "no projection named "+name, http.StatusNotFound)
+			c.notFound(w, "No projection is named "+name+" here.")
 			return
 		}
-		c.render(w, "projection", page{Title: name, Page: "projection", Projection: name})
+		c.render(w, http.StatusOK, "projection", page{Title: name, Page: "projection", Projection: name})
 	case strings.HasPrefix(rest, "static/"):
 		c.serveAsset(w, r, strings.TrimPrefix(rest, "static/"))
 	default:
-		http.NotFound(w, r)
+		c.notFound(w, "There is no page at "+r.URL.Path+".")
 	}
 }
 
-func (c *Console) render(w http.ResponseWriter, name string, p page) {
+// notFound answers 404 with a page that says why.
+func (c *Console) notFound(w http.ResponseWriter, why string) {
+	c.render(w, http.StatusNotFound, "notfound", page{Title: "Not found", Page: "notfound", Reason: why})
+}
+
+func (c *Console) render(w http.ResponseWriter, status int, name string, p page) {
 	p.Version, p.Auth = c.opts.Version, c.opts.Access
 	var buf bytes.Buffer
 	if err := c.pages[name].ExecuteTemplate(&buf, "layout", p); err != nil {
@@ -152,6 +159,7 @@ func (c *Console) render(w http.ResponseWriter, name string, p page) {
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(status)
 	_, _ = w.Write(buf.Bytes())
 }
 
@@ -161,7 +169,7 @@ func (c *Console) render(w http.ResponseWriter, name string, p page) {
 func (c *Console) serveAsset(w http.ResponseWriter, r *http.Request, name string) {
 	a, ok := c.assets[name]
 	if !ok {
-		http.NotFound(w, r)
+		c.notFound(w, "The console has no file "+name+".")
 		return
 	}
 	h := w.Header()

@@ -55,11 +55,14 @@ func TestPages(t *testing.T) {
 			require.Regexp(t, `src="/ui/static/console\.js\?v=[0-9a-f]+"`, tag)
 		}
 	}
-	_, body := serve(t, c, http.MethodGet, "/ui/projections/orders")
+	resp, body := serve(t, c, http.MethodGet, "/ui/projections/orders")
 	require.Contains(t, body, `data-projection="orders"`)
 
-	resp, _ := serve(t, c, http.MethodGet, "/ui/projections/nope")
+	resp, body = serve(t, c, http.MethodGet, "/ui/projections/nope")
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	require.Equal(t, "text/html; charset=utf-8", resp.Header.Get("Content-Type"), "a page that says so")
+	require.Contains(t, body, "No projection is named nope here.")
+	require.Equal(t, console.ContentSecurityPolicy, resp.Header.Get("Content-Security-Policy"))
 	resp, _ = serve(t, c, http.MethodGet, "/ui/elsewhere")
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 	resp, _ = serve(t, c, http.MethodPost, "/ui/")

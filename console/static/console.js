@@ -552,6 +552,7 @@ async function start() {
   if (auth === 'reads' && !token.get()) await askToken();
   if (page === 'overview') overview();
   else if (page === 'projection') projectionPage();
+  else $('#connection').hidden = true; // a page that follows nothing
 }
 
 start();
