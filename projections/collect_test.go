@@ -62,4 +62,32 @@ func TestCollectKeepsBatchesWithinTheirLimit(t *testing.T) {
 	require.Len(t, events, 2)
 	require.Equal(t, uint64(70), checkpoint.Commit)
 	require.Equal(t, 2, taken)
+
+	// Events out of position order (one delivered late, before the
+	// message's own): a cut would checkpoint past an event of the rest, so
+	// the message is taken whole.
+	late := message(10, 20, 20)
+	late.Events = append(late.Events[1:], late.Events[0]) // 11..20, then 10
+	events, checkpoint, _, rest = collect(late, msgs, 5)
+	require.Len(t, events, 11)
+	require.Empty(t, rest.Events)
+	require.Equal(t, uint64(20), checkpoint.Commit)
+	// Out of order within the part taken only: cut at the furthest.
+	swapped := message(1, 10, 10)
+	swapped.Events[2], swapped.Events[3] = swapped.Events[3], swapped.Events[2]
+	events, checkpoint, _, rest = collect(swapped, msgs, 4)
+	require.Len(t, events, 4)
+	require.Equal(t, uint64(4), checkpoint.Commit)
+	require.Len(t, rest.Events, 6)
+
+	// A source holding an event back keeps the message's checkpoint before
+	// it: so does the cut.
+	held := message(1, 10, 10)
+	held.Events = append(held.Events[:4], held.Events[5:]...) // 5 held back
+	held.Checkpoint = eventstore.Position{Commit: 4, Prepare: 4}
+	events, checkpoint, _, rest = collect(held, msgs, 6)
+	require.Len(t, events, 6)
+	require.Equal(t, uint64(4), checkpoint.Commit, "not past the event held back")
+	require.Len(t, rest.Events, 3)
+	require.Equal(t, uint64(4), rest.Checkpoint.Commit)
 }

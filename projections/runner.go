@@ -721,13 +721,34 @@ func collect(first eventstore.Message, msgs <-chan eventstore.Message, limit int
 }
 
 // split cuts a message of more than limit events after the first limit:
-// the first part checkpoints at its last event, the rest at the message's
-// checkpoint.
+// the first part checkpoints at its furthest event, or at the message's
+// checkpoint if that is before it, the rest at the message's checkpoint.
+// A source promises that nothing up to a message's checkpoint is left to
+// deliver once the message is; within one, its events may be out of
+// position order (one held back from an earlier message, or one swapped
+// with its stream's next), and a source holding an event back keeps its
+// checkpoint before it. So the first part's checkpoint must be before
+// every event of the rest, or a restart from it would lose one; a message
+// that cannot be cut so is not cut.
 func split(m eventstore.Message, limit int) (head, rest eventstore.Message) {
 	if len(m.Events) <= limit {
 		return m, eventstore.Message{}
 	}
-	head = eventstore.Message{Events: m.Events[:limit:limit], Checkpoint: m.Events[limit-1].Position}
+	cut := m.Events[0].Position
+	for _, e := range m.Events[1:limit] {
+		if cut.Before(e.Position) {
+			cut = e.Position
+		}
+	}
+	if m.Checkpoint.Before(cut) {
+		cut = m.Checkpoint
+	}
+	for _, e := range m.Events[limit:] {
+		if !cut.Before(e.Position) {
+			return m, eventstore.Message{}
+		}
+	}
+	head = eventstore.Message{Events: m.Events[:limit:limit], Checkpoint: cut}
 	m.Events = m.Events[limit:]
 	return head, m
 }
