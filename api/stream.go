@@ -32,9 +32,9 @@ const (
 	// projection keeps a sample a second for the last ten minutes.
 	HistoryInterval = time.Second
 	HistoryLength   = 600
-	// streamRetained is how many events the stream keeps for clients
-	// resuming with Last-Event-ID; one resuming from further back gets
-	// every projection's status afresh.
+	// streamRetained is how many events (at least) the stream keeps for
+	// clients resuming with Last-Event-ID; one resuming from further back
+	// gets every projection's status afresh.
 	streamRetained = 4096
 	// streamRetry is the reconnect delay the stream asks clients for.
 	streamRetry = 2 * time.Second
@@ -81,7 +81,7 @@ type statusHub struct {
 
 	mu      sync.Mutex
 	seq     uint64
-	events  []statusEvent          // the last streamRetained, oldest first
+	events  []statusEvent          // the last streamRetained or more, oldest first
 	latest  map[string]statusEvent // each projection's last event
 	history map[string][]HistorySample
 	changed chan struct{} // closed, and replaced, at each change
@@ -148,17 +148,7 @@ func (h *statusHub) look(now time.Time, sample bool) {
 	defer h.mu.Unlock()
 	published := false
 	for _, s := range all {
-		if last, ok := h.latest[s.name]; ok && bytes.Equal(last.data, s.data) {
-			continue
-		}
-		h.seq++
-		ev := statusEvent{seq: h.seq, projection: s.name, data: s.data}
-		h.latest[s.name] = ev
-		if len(h.events) == streamRetained {
-			h.events = slices.Delete(h.events, 0, 1)
-		}
-		h.events = append(h.events, ev)
-		published = true
+		published = h.record(s.name, s.data) || published
 	}
 	if sample {
 		for _, s := range all {
@@ -174,6 +164,24 @@ func (h *statusHub) look(now time.Time, sample bool) {
 		close(h.changed)
 		h.changed = make(chan struct{})
 	}
+}
+
+// record numbers data as the projection's next event, unless it is its
+// last event's; it reports whether it did. h.mu is held.
+func (h *statusHub) record(name string, data []byte) bool {
+	if last, ok := h.latest[name]; ok && bytes.Equal(last.data, data) {
+		return false
+	}
+	h.seq++
+	ev := statusEvent{seq: h.seq, projection: name, data: data}
+	h.latest[name] = ev
+	if len(h.events) == streamRetained+streamRetained/4 {
+		// Drop a quarter at once rather than one at every event: at
+		// least streamRetained stay.
+		h.events = append(h.events[:0], h.events[streamRetained/4:]...)
+	}
+	h.events = append(h.events, ev)
+	return true
 }
 
 // id is the event id of seq, as the stream sends it.
