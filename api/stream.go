@@ -28,6 +28,9 @@ const (
 	// StreamHeartbeat is how long a quiet stream waits before sending a
 	// comment, so that proxies and clients see it is alive.
 	StreamHeartbeat = 15 * time.Second
+	// StreamWriteTimeout bounds each write of a stream: a client that
+	// has stopped reading for this long is let go.
+	StreamWriteTimeout = 30 * time.Second
 	// HistoryInterval and HistoryLength: the status history of each
 	// projection keeps a sample a second for the last ten minutes.
 	HistoryInterval = time.Second
@@ -252,6 +255,7 @@ func (s *Server) streamStatus(c echo.Context) error {
 		want = map[string]bool{}
 		for _, list := range names {
 			for _, name := range strings.Split(list, ",") {
+				name = strings.TrimSpace(name)
 				if s.runner(name) == nil {
 					return problem(c, http.StatusNotFound, "Projection not found", "no projection named "+name)
 				}
@@ -268,13 +272,28 @@ func (s *Server) streamStatus(c echo.Context) error {
 	defer release()
 
 	// The server's read and write timeouts bound a request; a stream
-	// lasts as long as its client stays. Where the writer cannot say
-	// (a test's recorder), there is no deadline to lift.
+	// lasts as long as its client stays, so it lifts them, and bounds
+	// each write instead: a client that stops reading is let go. Where
+	// the writer cannot say (a test's recorder), there is nothing to set.
 	rc := http.NewResponseController(c.Response().Writer)
-	for _, lift := range []func(time.Time) error{rc.SetReadDeadline, rc.SetWriteDeadline} {
-		if err := lift(time.Time{}); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	supported := func(err error) error {
+		if errors.Is(err, http.ErrNotSupported) {
+			return nil
+		}
+		return err
+	}
+	if err := supported(rc.SetReadDeadline(time.Time{})); err != nil {
+		return err
+	}
+	w := c.Response()
+	send := func(b []byte) error {
+		if err := supported(rc.SetWriteDeadline(time.Now().Add(StreamWriteTimeout))); err != nil {
 			return err
 		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		return supported(rc.Flush())
 	}
 	seq, resumed := s.hub.resumeFrom(c.Request().Header.Get(HeaderLastEventID))
 	if !resumed {
@@ -284,12 +303,10 @@ func (s *Server) streamStatus(c echo.Context) error {
 	h.Set(echo.HeaderContentType, "text/event-stream")
 	h.Set(echo.HeaderCacheControl, "no-store")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
-	c.Response().WriteHeader(http.StatusOK)
-	w := c.Response()
-	if _, err := fmt.Fprintf(w, "retry: %d\n\n", streamRetry.Milliseconds()); err != nil {
-		return nil
+	w.WriteHeader(http.StatusOK)
+	if err := send(fmt.Appendf(nil, "retry: %d\n\n", streamRetry.Milliseconds())); err != nil {
+		return nil // the client went away
 	}
-	w.Flush()
 
 	heartbeat := time.NewTicker(StreamHeartbeat)
 	defer heartbeat.Stop()
@@ -303,10 +320,9 @@ func (s *Server) streamStatus(c echo.Context) error {
 			fmt.Fprintf(&buf, "id: %s\nevent: status\ndata: %s\n\n", s.hub.id(ev.seq), ev.data)
 		}
 		if buf.Len() > 0 {
-			if _, err := w.Write(buf.Bytes()); err != nil {
-				return nil // the client went away
+			if err := send(buf.Bytes()); err != nil {
+				return nil // the client went away, or stopped reading
 			}
-			w.Flush()
 			heartbeat.Reset(StreamHeartbeat)
 		}
 		select {
@@ -316,10 +332,9 @@ func (s *Server) streamStatus(c echo.Context) error {
 			return nil
 		case <-changed:
 		case <-heartbeat.C:
-			if _, err := w.Write([]byte(": still here\n\n")); err != nil {
+			if err := send([]byte(": still here\n\n")); err != nil {
 				return nil
 			}
-			w.Flush()
 		}
 	}
 }
