@@ -163,9 +163,9 @@ func (c *Console) render(w http.ResponseWriter, status int, name string, p page)
 	_, _ = w.Write(buf.Bytes())
 }
 
-// serveAsset serves an embedded asset. Its URL names its ETag, so a
-// client may keep it; it is still revalidated, as a URL without the ETag
-// may be asked for.
+// serveAsset serves an embedded asset with its ETag, revalidated at each
+// use; the pages name it with the ETag in its URL, so that a new binary's
+// assets are new URLs whatever a cache kept.
 func (c *Console) serveAsset(w http.ResponseWriter, r *http.Request, name string) {
 	a, ok := c.assets[name]
 	if !ok {
