@@ -31,26 +31,17 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 	pool, dbURL := db.pool, db.url
 	events, err := seed(ctx, pool, db.store, cfg.events)
 	if err == nil {
-		err = register(ctx, pool, db.store)
+		err = register(ctx, cfg, pool, db.store, readmodel.All())
 	}
 	db.store.Close() // the rebuilds run in processes of their own
 	if err != nil {
 		return err
 	}
-	// Replaced generations are dropped by the next rebuild.
-	f, err := os.CreateTemp("", "sightline-bench-*.yaml")
+	conf, err := rebuildConfig()
 	if err != nil {
 		return err
 	}
-	conf := f.Name()
 	defer os.Remove(conf)
-	_, err = f.WriteString("rebuild_grace: 1ms\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
 
 	label := fmt.Sprintf("%.1fM events", float64(events)/1e6)
 	var ordersRate float64
@@ -58,7 +49,7 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 		var rates, cpu, pgCores []float64
 		var rss int64
 		for range cfg.runs {
-			r, err := rebuildOnce(ctx, cfg, dbURL, conf, pool, p.Name(), events)
+			r, err := rebuildOnce(ctx, cfg.binary, []string{"--examples"}, dbURL, conf, pool, p.Name(), events)
 			if err != nil {
 				return err
 			}
@@ -97,14 +88,36 @@ func benchRebuild(ctx context.Context, cfg config, rep *report) error {
 	return nil
 }
 
-// register makes the example projections' first generations, empty: a
-// rebuild needs a projection that has run.
-func register(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store) error {
+// rebuildConfig writes a configuration file for the rebuilds, and returns
+// its path: replaced generations are dropped by the next rebuild.
+func rebuildConfig() (string, error) {
+	f, err := os.CreateTemp("", "sightline-bench-*.yaml")
+	if err != nil {
+		return "", err
+	}
+	_, err = f.WriteString("rebuild_grace: 1ms\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// register makes the first generations of those of ps that have none,
+// empty: a rebuild needs a projection that has run.
+func register(ctx context.Context, cfg config, pool *pgxpool.Pool, store eventstore.Store, ps []projections.Projection) error {
+	var names []string
+	for _, p := range ps {
+		names = append(names, p.Name())
+	}
 	var n int
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM sightline.projections`).Scan(&n); err != nil || n == len(readmodel.All()) {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM sightline.projections WHERE name = ANY($1)`, names).Scan(&n); err != nil || n == len(ps) {
 		return err
 	}
-	d, err := projections.NewDaemon(pool, storetest.Silent{Store: store}, readmodel.All(), projections.Config{})
+	d, err := projections.NewDaemon(pool, storetest.Silent{Store: store}, ps, projections.Config{Logger: cfg.logger})
 	if err != nil {
 		return err
 	}
@@ -121,9 +134,9 @@ type rebuildRun struct {
 	pgCores  float64 // the local PostgreSQL server's CPU time over the wall time; -1 when not local
 }
 
-// rebuildOnce runs 'sightline rebuild NAME --wait' and times it from the
-// process's start to its exit, the way a user would.
-func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxpool.Pool, name string, events int64) (rebuildRun, error) {
+// rebuildOnce runs 'BINARY rebuild NAME --wait FLAGS...' and times it from
+// the process's start to its exit, the way a user would.
+func rebuildOnce(ctx context.Context, binary string, flags []string, dbURL, conf string, pool *pgxpool.Pool, name string, events int64) (rebuildRun, error) {
 	// A rebuild an interrupted bench left half done would be resumed, and
 	// look faster than it is.
 	var left int
@@ -133,7 +146,8 @@ func rebuildOnce(ctx context.Context, cfg config, dbURL, conf string, pool *pgxp
 	if left > 0 {
 		return rebuildRun{}, fmt.Errorf("a rebuild of %s was left half done by an interrupted run; finish it first ('sightline rebuild %s --wait --database-url %s')", name, name, dbURL)
 	}
-	cmd := exec.CommandContext(ctx, cfg.binary, "rebuild", name, "--wait", "--examples", "--database-url", dbURL, "--config", conf, "--log-level", "warn")
+	args := append([]string{"rebuild", name, "--wait"}, flags...)
+	cmd := exec.CommandContext(ctx, binary, append(args, "--database-url", dbURL, "--config", conf, "--log-level", "warn")...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) } // it stops cleanly, to resume later
 	cmd.WaitDelay = 10 * time.Second
 	var out bytes.Buffer
