@@ -50,7 +50,7 @@ func main() {
 		"a PostgreSQL database URL; the bench creates its own databases (sightline_bench_*) on that server (env BENCH_DATABASE_URL)")
 	flag.IntVar(&cfg.events, "events", 1_000_000, "events in the store that rebuilds replay (5000000 for the memory bound)")
 	flag.IntVar(&cfg.runs, "runs", 3, "runs of each rebuild and append measurement; the median is reported")
-	flag.StringVar(&only, "only", "rebuild,append,live", "which parts to run: rebuild, declarative (the YAML example's rebuild against plain batching of its SQL and a Go projection of the same read model), append, live (live includes the query load), idle (PostgreSQL commits per appended event at 250 events/s), owners (several processes: failover, a serve-only node, segments; about 3 minutes, not in the default set)")
+	flag.StringVar(&only, "only", "rebuild,declarative,append,live,idle", "which parts to run: rebuild, declarative (the YAML example's rebuild against plain batching of its SQL and a Go projection of the same read model), append, live (live includes the query load), idle (PostgreSQL commits per appended event at 250 events/s), owners (several processes: failover, a serve-only node, segments; about 3 minutes, not in the default set)")
 	flag.DurationVar(&cfg.phase, "phase", 15*time.Second, "length of each timed phase (append rounds, live latency, query load)")
 	flag.StringVar(&cfg.binary, "binary", "", "sightline binary to rebuild with (default: built from the sightline module's ./cmd/sightline)")
 	leases := flag.String("leases", "3s", "owners: the --lease values to kill processes with, comma-separated (3s is sightline's default)")
