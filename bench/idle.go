@@ -11,12 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
-	"github.com/sightlinehq/sightline/projections"
 )
 
 // idleRate is the append rate of SPEC §7's idle cost target, and idleRest
@@ -66,19 +64,8 @@ func benchIdle(ctx context.Context, cfg config, rep *report) error {
 		return err
 	}
 	pool.Reset()
-	if _, err := seed(ctx, pool, store, 20_000); err != nil {
-		return err
-	}
-	ps, err := liveProjections(ctx)
+	d, ps, reg, err := startLive(ctx, cfg, pool, store)
 	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	d, err := projections.NewDaemon(pool, store, ps, projections.Config{Metrics: projections.NewMetrics(reg), Logger: cfg.logger})
-	if err != nil {
-		return err
-	}
-	if err := d.Start(ctx); err != nil {
 		return err
 	}
 	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over

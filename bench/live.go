@@ -15,12 +15,14 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/sightlinehq/sightline/api"
 	"github.com/sightlinehq/sightline/eventstore"
+	"github.com/sightlinehq/sightline/eventstore/pgstore"
 	"github.com/sightlinehq/sightline/internal/simulate"
 	"github.com/sightlinehq/sightline/projections"
 	"github.com/sightlinehq/sightline/projections/declarative"
@@ -51,19 +53,8 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 	}
 	defer db.Close()
 	pool, store := db.pool, db.store
-	if _, err := seed(ctx, pool, store, 20_000); err != nil {
-		return err
-	}
-	ps, err := liveProjections(ctx)
+	d, ps, reg, err := startLive(ctx, cfg, pool, store)
 	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	d, err := projections.NewDaemon(pool, store, ps, projections.Config{Metrics: projections.NewMetrics(reg), Logger: cfg.logger})
-	if err != nil {
-		return err
-	}
-	if err := d.Start(ctx); err != nil {
 		return err
 	}
 	defer d.Stop(context.WithoutCancel(ctx)) //nolint:errcheck // the bench is over
@@ -256,6 +247,27 @@ func attack(g prometheus.Gatherer, targets []vegeta.Target, d time.Duration) (qu
 		return queryLoad{}, fmt.Errorf("the API's histogram has %d of the %d requests sent", seen, m.Requests)
 	}
 	return queryLoad{client: m, server: server}, nil
+}
+
+// startLive seeds the live parts' store with 20 000 events and starts the
+// live projections on it, their metrics in a registry of their own.
+func startLive(ctx context.Context, cfg config, pool *pgxpool.Pool, store *pgstore.Store) (*projections.Daemon, []projections.Projection, *prometheus.Registry, error) {
+	if _, err := seed(ctx, pool, store, 20_000); err != nil {
+		return nil, nil, nil, err
+	}
+	ps, err := liveProjections(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	reg := prometheus.NewRegistry()
+	d, err := projections.NewDaemon(pool, store, ps, projections.Config{Metrics: projections.NewMetrics(reg), Logger: cfg.logger})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := d.Start(ctx); err != nil {
+		return nil, nil, nil, err
+	}
+	return d, ps, reg, nil
 }
 
 // waitCaughtUp waits until every runner has applied the store's head.
