@@ -2,6 +2,7 @@ package pgstore_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -36,7 +37,7 @@ func TestReadsAreWindowed(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	s, _ := newStore(t, pgstore.Config{ReadBatch: 2})
-	for range 50 {
+	for range 150 {
 		_, err := s.Append(ctx, "order-noise", eventstore.Any, storetest.Event("Noise", `{}`))
 		require.NoError(t, err)
 	}
@@ -68,7 +69,9 @@ func TestReadsAreWindowed(t *testing.T) {
 	require.Equal(t, head.Position, last)
 	require.Len(t, got, 1)
 	require.Equal(t, want.Position, got[0].Position)
-	require.Greater(t, messages, 5, "54 positions in windows of 8")
+	// A catch-up read fetches 4 messages of 2 events and looks at 4 times
+	// as many positions: 154 positions in windows of 32.
+	require.Greater(t, messages, 4, "154 positions in windows of 32")
 }
 
 // TestKnownHead: a store knows the head without asking the server, its
@@ -129,4 +132,41 @@ func TestCloseReleasesWaiters(t *testing.T) {
 	require.ErrorIs(t, <-otherErr, eventstore.ErrClosed)
 	_, err = s.Append(ctx, "order-late", eventstore.Any, storetest.Event("A", `{}`))
 	require.ErrorIs(t, err, eventstore.ErrClosed, "a closed store writes nothing")
+}
+
+// TestCatchUpReadsKeepMessagesSmall: a subscription catching up reads
+// several messages' worth at once, and still delivers messages of at most
+// ReadBatch events, each full one checkpointed at its last event and only
+// the last one caught up, at the head.
+func TestCatchUpReadsKeepMessagesSmall(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, _ := newStore(t, pgstore.Config{ReadBatch: 2})
+	var positions []eventstore.Position
+	for i := range 5 {
+		res, err := s.Append(ctx, fmt.Sprintf("order-%d", i), eventstore.NoStream, storetest.Event("Placed", `{}`))
+		require.NoError(t, err)
+		positions = append(positions, res.Position)
+	}
+	sub, err := s.Subscribe(ctx, eventstore.Start, eventstore.Filter{})
+	require.NoError(t, err)
+	defer sub.Close()
+	var sizes []int
+	var got []eventstore.Position
+	for {
+		msg, err := sub.Recv(ctx)
+		require.NoError(t, err)
+		sizes = append(sizes, len(msg.Events))
+		for _, e := range msg.Events {
+			got = append(got, e.Position)
+		}
+		if msg.CaughtUp {
+			require.Equal(t, positions[4], msg.Checkpoint, "caught up at the head")
+			break
+		}
+		require.Len(t, msg.Events, 2, "a message before the last is full")
+		require.Equal(t, msg.Events[1].Position, msg.Checkpoint, "a full message is checkpointed at its last event")
+	}
+	require.Equal(t, []int{2, 2, 1}, sizes)
+	require.Equal(t, positions, got)
 }

@@ -31,16 +31,27 @@ func (s *Store) Subscribe(ctx context.Context, from eventstore.Position, filter 
 	return &subscription{store: s, cur: from.Commit, filter: filter, done: make(chan struct{})}, nil
 }
 
-// scanWindowFactor times ReadBatch is how many positions one read looks at.
+// scanWindowFactor times a read's limit is how many positions one read
+// looks at.
 const scanWindowFactor = 4
+
+// catchUpMessages is how many messages of ReadBatch events one read of a
+// subscription catching up fetches: the messages stay as large as ReadBatch
+// says, but a read costs the server a fixed part (a round trip, the plan,
+// the head) besides its rows. Reading four at a time made a rebuild bound
+// by its reads (daily_sales, 1M events) about a fifth faster.
+const catchUpMessages = 4
 
 type subscription struct {
 	store  *Store
 	cur    uint64
 	filter eventstore.Filter
-	told   bool          // a caught-up message was sent for the current position
-	done   chan struct{} // closed by Close
-	once   sync.Once
+	told   bool // a caught-up message was sent for the current position
+	// ahead holds what a catch-up read fetched beyond the message it
+	// returned, from cur on, for the next Recvs.
+	ahead tailRead
+	done  chan struct{} // closed by Close
+	once  sync.Once
 }
 
 // Close ends the subscription; a Recv waiting for events returns ErrClosed.
@@ -59,6 +70,9 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 			return eventstore.Message{}, eventstore.ErrClosed
 		default:
 		}
+		if len(sub.ahead.events) > 0 {
+			return sub.next(sub.ahead), nil
+		}
 		if sub.told {
 			// Caught up at cur: nothing is worth a read until a sequencer
 			// run has moved the head past it. This saves a read, which
@@ -71,19 +85,12 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 		if sub.told {
 			read = sub.readShared
 		}
-		head, scanned, events, err := read(ctx)
+		r, err := read(ctx)
 		if err != nil {
 			return eventstore.Message{}, err
 		}
-		if len(events) > 0 || head > sub.cur {
-			msg := eventstore.Message{Events: events}
-			if len(events) == sub.store.cfg.ReadBatch {
-				msg.Checkpoint = events[len(events)-1].Position
-			} else {
-				msg.Checkpoint, msg.CaughtUp = eventstore.At(scanned), scanned == head
-			}
-			sub.cur, sub.told = msg.Checkpoint.Commit, msg.CaughtUp
-			return msg, nil
+		if len(r.events) > 0 || r.head > sub.cur {
+			return sub.next(r), nil
 		}
 		if !sub.told {
 			sub.told = true
@@ -92,11 +99,34 @@ func (sub *subscription) Recv(ctx context.Context) (eventstore.Message, error) {
 	}
 }
 
-// read returns the head and the first ReadBatch matching events after cur,
-// at or below the head, in one snapshot, and the position it has scanned to.
-func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
-	r, err := sub.store.readAfter(ctx, sub.cur, sub.filter)
-	return r.head, r.scanned, r.events, err
+// next returns the message of r's first ReadBatch events, and keeps the
+// rest of r in ahead. A message of ReadBatch events is checkpointed at its
+// last event, since the read may have stopped there; the last message of a
+// read is checkpointed where the read scanned to, caught up if that is the
+// head.
+func (sub *subscription) next(r tailRead) eventstore.Message {
+	limit := sub.store.cfg.ReadBatch
+	msg := eventstore.Message{Events: r.events}
+	sub.ahead = tailRead{}
+	if len(r.events) > limit {
+		msg.Events = r.events[:limit:limit]
+		sub.ahead = r
+		sub.ahead.events = r.events[limit:]
+	}
+	if len(msg.Events) == limit {
+		msg.Checkpoint = msg.Events[limit-1].Position
+	} else {
+		msg.Checkpoint, msg.CaughtUp = eventstore.At(r.scanned), r.scanned == r.head
+	}
+	sub.cur, sub.told = msg.Checkpoint.Commit, msg.CaughtUp
+	return msg
+}
+
+// read returns the head and the first catchUpMessages × ReadBatch matching
+// events after cur, at or below the head, in one snapshot, and the
+// position it has scanned to.
+func (sub *subscription) read(ctx context.Context) (tailRead, error) {
+	return sub.store.readAfter(ctx, sub.cur, sub.filter, catchUpMessages*sub.store.cfg.ReadBatch)
 }
 
 // readShared is read for a subscriber that has caught up and been woken by
@@ -107,7 +137,7 @@ func (sub *subscription) read(ctx context.Context) (uint64, uint64, []eventstore
 // nothing to read. A subscriber that finds no shared read from its
 // position makes it, and one whose shared read failed (the subscriber that
 // made it went away) reads alone.
-func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []eventstore.RecordedEvent, error) {
+func (sub *subscription) readShared(ctx context.Context) (tailRead, error) {
 	t := &sub.store.tail
 	r, ok := t.from(sub.cur)
 	if done := sub.store.seq.inRun(); !ok && done != nil {
@@ -118,11 +148,11 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 		case <-done:
 		case <-time.After(runWait):
 		case <-ctx.Done():
-			return 0, 0, nil, ctx.Err()
+			return tailRead{}, ctx.Err()
 		case <-sub.done:
-			return 0, 0, nil, eventstore.ErrClosed
+			return tailRead{}, eventstore.ErrClosed
 		case <-sub.store.closed:
-			return 0, 0, nil, eventstore.ErrClosed
+			return tailRead{}, eventstore.ErrClosed
 		}
 		r, ok = t.from(sub.cur)
 	}
@@ -135,7 +165,7 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 			// make the read: the others wait for it too.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadTimeout)
 			defer cancel()
-			r, err := sub.store.readAfter(ctx, sub.cur, eventstore.Filter{})
+			r, err := sub.store.readAfter(ctx, sub.cur, eventstore.Filter{}, sub.store.cfg.ReadBatch)
 			if err == nil {
 				t.keep(r)
 			}
@@ -148,7 +178,7 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 			}
 			r = res.Val.(tailRead)
 		case <-ctx.Done():
-			return 0, 0, nil, ctx.Err()
+			return tailRead{}, ctx.Err()
 		}
 	}
 	events := make([]eventstore.RecordedEvent, 0, len(r.events))
@@ -157,7 +187,8 @@ func (sub *subscription) readShared(ctx context.Context) (uint64, uint64, []even
 			events = append(events, e)
 		}
 	}
-	return r.head, r.scanned, events, nil
+	r.events = events
+	return r, nil
 }
 
 // runWait bounds how long a woken subscriber waits for this process's
@@ -207,14 +238,14 @@ type tailRead struct {
 	events              []eventstore.RecordedEvent
 }
 
-// readAfter reads the first ReadBatch events matching filter after from, at
-// or below the head, in one snapshot. It looks at no more than scanWindow
-// positions, so that the work of one read stays bounded whatever the
-// backlog or the filter; a read that finds nothing in its window still
-// moves the subscription past it. When it returns ReadBatch events it has
-// scanned to the last of them, else to the end of its window.
-func (s *Store) readAfter(ctx context.Context, from uint64, filter eventstore.Filter) (tailRead, error) {
-	window := uint64(s.cfg.ReadBatch) * scanWindowFactor
+// readAfter reads the first limit events matching filter after from, at
+// or below the head, in one snapshot. It looks at no more than
+// scanWindowFactor × limit positions, so that the work of one read stays
+// bounded whatever the backlog or the filter; a read that finds nothing in
+// its window still moves the subscription past it. When it returns limit
+// events it has scanned to the last of them, else to the end of its window.
+func (s *Store) readAfter(ctx context.Context, from uint64, filter eventstore.Filter, limit int) (tailRead, error) {
+	window := uint64(limit) * scanWindowFactor
 	s.reads.Add(1)
 	rows, err := s.pool.Query(ctx, `
 		WITH h AS MATERIALIZED (SELECT head FROM sightline.sequencer LIMIT 1)
@@ -229,7 +260,7 @@ func (s *Store) readAfter(ctx context.Context, from uint64, filter eventstore.Fi
 			       OR e.type = ANY($4) OR e.type LIKE ANY($6))
 			ORDER BY p.position
 			LIMIT $2
-		) e ON true`, int64(from), s.cfg.ReadBatch, likePrefixes(filter.Prefixes()), filter.EventTypes, int64(from+window), likePrefixes(filter.EventTypePrefixes))
+		) e ON true`, int64(from), limit, likePrefixes(filter.Prefixes()), filter.EventTypes, int64(from+window), likePrefixes(filter.EventTypePrefixes))
 	if err != nil {
 		return tailRead{}, fmt.Errorf("read events after %d: %w", from, err)
 	}
@@ -258,7 +289,7 @@ func (s *Store) readAfter(ctx context.Context, from uint64, filter eventstore.Fi
 		return tailRead{}, err
 	}
 	r := tailRead{from: from, head: uint64(head), scanned: min(uint64(head), from+window), events: events}
-	if len(events) == s.cfg.ReadBatch {
+	if len(events) == limit {
 		r.scanned = events[len(events)-1].Position.Commit
 	}
 	return r, nil
