@@ -495,6 +495,11 @@ func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Co
 func (b *Runner) runBuild(ctx context.Context) error {
 	defer close(b.done)
 	defer b.build.claim.Close(context.WithoutCancel(ctx)) // ends the session: releases the build lock
+	defer func() { // once softCancel has ended their ANALYZEs in the background
+		for _, part := range b.segmentRunners() {
+			part.wg.Wait()
+		}
+	}()
 	b.soft, b.softCancel = context.WithCancel(ctx)
 	b.hard, b.hardCancel = b.soft, b.softCancel
 	defer b.softCancel()

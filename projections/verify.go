@@ -141,6 +141,7 @@ func verify(ctx context.Context, pool *pgxpool.Pool, store eventstore.Store, p P
 	// each segment's streams where the read model's segment stands.
 	b := newBuilder(pool, store, p, cfg, scratch, &buildState{}, 0)
 	b.segments = 1
+	defer b.wg.Wait() // an ANALYZE in the background, ended by softCancel
 	b.soft, b.softCancel = context.WithCancel(ctx)
 	b.hard, b.hardCancel = b.soft, b.softCancel
 	defer b.softCancel()
