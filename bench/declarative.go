@@ -86,17 +86,20 @@ func benchDeclarative(ctx context.Context, cfg config, rep *report) error {
 
 	flags := []string{"--projections", filepath.Dir(path)}
 	var yamlRates, goRates, plainRates, cpu, pgCores []float64
+	var yamlRSS, goRSS int64
 	for range cfg.runs {
 		r, err := rebuildOnce(ctx, binary, flags, db.url, conf, db.pool, activityName, events)
 		if err != nil {
 			return err
 		}
 		yamlRates, cpu, pgCores = append(yamlRates, r.rate), append(cpu, r.cpuShare), append(pgCores, r.pgCores)
+		yamlRSS = max(yamlRSS, r.rssKB)
 		r, err = rebuildOnce(ctx, binary, flags, db.url, conf, db.pool, goactivity.Name, events)
 		if err != nil {
 			return err
 		}
 		goRates = append(goRates, r.rate)
+		goRSS = max(goRSS, r.rssKB)
 		d, err := plainBatching(ctx, db.pool, db.url, spec, yp, projections.RebuildBatchDefault)
 		if err != nil {
 			return fmt.Errorf("plain batching: %w", err)
@@ -117,14 +120,17 @@ func benchDeclarative(ctx context.Context, cfg config, rep *report) error {
 		pg = fmt.Sprintf("PostgreSQL %.2f cores", median(pgCores))
 	}
 	label := fmt.Sprintf("%.1fM events", float64(events)/1e6)
-	rep.add(fmt.Sprintf("rebuild %s (YAML: a statement per event), %s (median of %d; sightline process CPU %.0f%% of wall, %s); reference: plain batching, its handlers' SQL with the same bindings pipelined (pgx.Batch), a transaction of %d events each and a checkpoint UPDATE",
-		activityName, label, cfg.runs, 100*median(cpu), pg, projections.RebuildBatchDefault),
+	rep.add(fmt.Sprintf("rebuild %s (YAML: a statement per event), %s (median of %d; RSS peak %d MiB; sightline process CPU %.0f%% of wall, %s); reference: plain batching, its handlers' SQL with the same bindings pipelined (pgx.Batch), a transaction of %d events each and a checkpoint UPDATE",
+		activityName, label, cfg.runs, yamlRSS/1024, 100*median(cpu), pg, projections.RebuildBatchDefault),
 		perSecond(yamlRate), "plain batching "+perSecond(plainRate), fmt.Sprintf("%.0f%% of plain batching", 100*yamlRate/plainRate),
 		"≥ 50k/s and ≥ 80% of plain batching", yamlRate >= 50_000 && yamlRate >= 0.8*plainRate)
-	rep.add(fmt.Sprintf("rebuild %s against the same read model as a Go projection (%s: two set-based statements per batch), rebuilt the same way by the same binary, %s (median of %d)",
-		activityName, goactivity.Name, label, cfg.runs),
+	rep.add(fmt.Sprintf("rebuild %s against the same read model as a Go projection (%s: two set-based statements per batch; RSS peak %d MiB), rebuilt the same way by the same binary, %s (median of %d)",
+		activityName, goactivity.Name, goRSS/1024, label, cfg.runs),
 		perSecond(yamlRate), "Go projection "+perSecond(goRate), fmt.Sprintf("YAML %.2f× the Go projection; the Go one %.0f%% of plain batching", yamlRate/goRate, 100*goRate/plainRate),
 		"", true)
+	if cfg.events >= 5_000_000 {
+		rep.add(fmt.Sprintf("rebuild %s (YAML), %s: RSS peak", activityName, label), fmt.Sprintf("%d MiB", yamlRSS/1024), "", "", "< 256 MiB", yamlRSS < 256*1024)
+	}
 	return nil
 }
 
