@@ -495,7 +495,9 @@ func newBuilder(pool *pgxpool.Pool, store eventstore.Store, p Projection, cfg Co
 func (b *Runner) runBuild(ctx context.Context) error {
 	defer close(b.done)
 	defer b.build.claim.Close(context.WithoutCancel(ctx)) // ends the session: releases the build lock
-	defer func() { // once softCancel has ended their ANALYZEs in the background
+	// Waits for the segments' ANALYZEs in the background, which softCancel,
+	// deferred below and so run first, ends.
+	defer func() {
 		for _, part := range b.segmentRunners() {
 			part.wg.Wait()
 		}
