@@ -78,6 +78,10 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 		last = assumedRevisions(streams)
 	}
 	assumed := last != nil
+	if !assumed && r.shared != nil { // reads first: no group waits for it
+		r.shared.alone(r)
+		defer r.shared.free(r)
+	}
 	if assumed {
 		tx = r.oneTrip(conn.Conn(), reg, expected, revsTable, streams, last)
 	} else {
@@ -150,7 +154,7 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 			WHERE projection = $1 AND generation = $2 AND segment = $5`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare), r.segment)
 		r.queueNotify(queue, checkpoint)
 	}
-	if err := commitWith(ctx, tx, queue, fromProjection); err != nil {
+	if err := r.commit(ctx, tx, queue, fromProjection, newPosition); err != nil {
 		return r.assumptionFailed(err, reg, expected)
 	}
 	if r.build != nil {

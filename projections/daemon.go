@@ -47,6 +47,9 @@ func NewDaemon(pool *pgxpool.Pool, store eventstore.Store, ps []Projection, cfg 
 		parts = append(parts, r.segmentRunners()...)
 	}
 	d.owners = newOwners(pool, parts, cfg)
+	if cfg.CommitWait > 0 && len(parts) > 1 {
+		newSharedCommits(cfg.CommitWait, parts)
+	}
 	return d, nil
 }
 

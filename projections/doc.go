@@ -84,7 +84,17 @@
 //     batch assumed (errNotAsAssumed: apply tries again, reading first), the
 //     checkpoint was moved by another process (checkpointMoved: the pipeline
 //     starts again from the stored one), or the generation was replaced
-//     (errSuperseded: the runner attaches to the new one).
+//     (errSuperseded: the runner attaches to the new one). A Daemon's live
+//     oneTrip batches that nothing of has been sent yet commit together
+//     (shared.go): Runner.commit hands them to sharedCommits, whose leader
+//     waits up to Config.CommitWait for the batches the other projections
+//     have in hand and sends them all between one BEGIN and one COMMIT on
+//     its own connection. Each member's checks guard its own part, as they
+//     would alone; if anything fails, the shared transaction rolls back
+//     whole and every member commits alone, on the path above, where its
+//     failure is its own. A lock_timeout keeps a member held back by a lock
+//     from holding the others, and the member whose statement failed
+//     commits alone for a while.
 //  8. After the commit (apply.go, checkpoint.go, streams.go, status.go).
 //     Holding the runner's mutex, applyOnce calls setPositionLocked, which
 //     records the new position and closes the channel WaitFor waits on, and

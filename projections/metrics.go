@@ -30,6 +30,11 @@ type Metrics struct {
 	Owned *prometheus.GaugeVec
 	// OwnershipChanges counts the projections this process took up.
 	OwnershipChanges *prometheus.CounterVec
+	// BatchesShared counts the batches committed in one transaction with
+	// other projections' (see Config.CommitWait), SharedCommits those
+	// transactions.
+	BatchesShared *prometheus.CounterVec
+	SharedCommits prometheus.Counter
 }
 
 // Reasons an event is skipped, the values of the reason label.
@@ -80,10 +85,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 while this process applies the projection's segment, else 0 (another process does, or none)."}, []string{"projection", "segment"}),
 		OwnershipChanges: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("ownership_changes_total"),
 			Help: "Times this process took a projection up: at start, from a process that gave it up, or from one that stopped renewing."}, p),
+		BatchesShared: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name("batches_shared_total"),
+			Help: "Live batches committed in one transaction with other projections' batches."}, p),
+		SharedCommits: prometheus.NewCounter(prometheus.CounterOpts{Name: name("shared_commits_total"),
+			Help: "Transactions that committed the live batches of several projections at once."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.EventsApplied, m.EventsSkipped, m.GapsRepaired, m.Lag, m.CaughtUp, m.BatchDuration,
-			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects, m.Status, m.Owned, m.OwnershipChanges)
+			m.BatchEvents, m.EndToEnd, m.Parked, m.EventsParked, m.HandlerRetries, m.BatchRetries, m.RebuildProgress, m.SourceReconnects, m.Status, m.Owned, m.OwnershipChanges,
+			m.BatchesShared, m.SharedCommits)
 	}
 	return m
 }
@@ -99,6 +109,7 @@ type projectionMetrics struct {
 	status                                        map[string]prometheus.Gauge
 	owned                                         prometheus.Gauge
 	ownershipChanges                              prometheus.Counter
+	batchesShared, sharedCommits                  prometheus.Counter
 }
 
 // setStatus marks status as the projection's, and no other.
@@ -136,6 +147,7 @@ func (m *Metrics) forProjection(name, source string, segment int) projectionMetr
 	pm.rebuildProgress.Set(1) // no rebuild running: the read model is whole
 	pm.owned = m.Owned.WithLabelValues(name, strconv.Itoa(segment))
 	pm.ownershipChanges = m.OwnershipChanges.WithLabelValues(name)
+	pm.batchesShared, pm.sharedCommits = m.BatchesShared.WithLabelValues(name), m.SharedCommits
 	pm.status = map[string]prometheus.Gauge{}
 	for _, s := range Statuses {
 		pm.status[s] = m.Status.WithLabelValues(name, s)

@@ -28,6 +28,7 @@ const (
 	RetryMaxDefault       = 2 * time.Second
 	RebuildBatchDefault   = 10000
 	RetiredGraceDefault   = 10 * time.Minute
+	CommitWaitDefault     = 2 * time.Millisecond
 )
 
 // Config configures a Runner.
@@ -80,6 +81,12 @@ type Config struct {
 	// RetiredGrace is how long a generation replaced by a rebuild keeps its
 	// tables before they are dropped. Defaults to RetiredGraceDefault.
 	RetiredGrace time.Duration
+	// CommitWait is how long a Daemon's live batch may wait for the
+	// batches its other projections have in hand, to commit with them in
+	// one transaction: a projection with nothing in hand is not waited
+	// for. Defaults to CommitWaitDefault; a negative CommitWait commits
+	// every batch alone.
+	CommitWait time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Metrics defaults to a set registered nowhere.
@@ -103,6 +110,7 @@ func (c Config) WithDefaults() Config {
 	c.RetryMaxInterval = cmp.Or(c.RetryMaxInterval, RetryMaxDefault)
 	c.RebuildBatchSize = cmp.Or(c.RebuildBatchSize, RebuildBatchDefault)
 	c.RetiredGrace = cmp.Or(c.RetiredGrace, RetiredGraceDefault)
+	c.CommitWait = cmp.Or(c.CommitWait, CommitWaitDefault)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -188,6 +196,8 @@ type Runner struct {
 	segment, segments int       // the segment applied, of how many (1 when not segmented)
 	parts             []*Runner // on the lead of a segmented projection: every segment's runner, its own first
 	lead              *Runner   // on the others: the lead
+
+	shared *sharedCommits // set by a Daemon before Start; nil: every batch commits alone
 
 	build     *buildState    // set on the runners that build a generation beside the active one
 	wg        sync.WaitGroup // the builder goroutine, and a background ANALYZE
@@ -602,6 +612,9 @@ func (r *Runner) pipeline(parent context.Context) error {
 		r.mu.Lock()
 		r.state.pending -= taken
 		r.mu.Unlock()
+		if r.shared != nil {
+			r.shared.poke() // a group being formed may have been waiting for this batch
+		}
 		if reached {
 			return errReachedUntil
 		}
