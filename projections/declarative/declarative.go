@@ -138,6 +138,7 @@ type Projection struct {
 	tables   []string
 	handlers map[string]handler
 	queries  []query.Query
+	prepared prepared // the handler statements prepared on each connection
 }
 
 var (
@@ -379,22 +380,23 @@ func (p *Projection) Setup(ctx context.Context, tx pgx.Tx, schema string) error 
 func searchPath(schema string) string { return pgx.Identifier{schema}.Sanitize() + ", public" }
 
 // Apply queues each event's handler SQL; the projector sends them all in
-// one round trip with the checkpoint. The search path is set first, in a
-// round trip of its own: the queued statements are parsed, and their table
-// names resolved, before any of them runs. (PostgreSQL re-plans a cached
-// statement when the search path differs, so generations do not mix.)
+// one round trip with the checkpoint, behind the search path, queued
+// first. The statements are prepared ahead (see prepareFirst), so that
+// their table names resolve to the schema of the batch. (PostgreSQL
+// re-plans a prepared statement when the search path differs, so
+// generations do not mix.)
 func (p *Projection) Apply(ctx context.Context, b *projections.Batch) error {
-	if _, err := b.Tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, searchPath(b.Schema)); err != nil {
-		return err
-	}
+	b.Queue(`SELECT set_config('search_path', $1, true)`, searchPath(b.Schema))
+	first := prepareFirst{prepared: &p.prepared, schema: b.Schema}
 	for _, e := range b.Events {
 		h, ok := p.handlers[e.Type]
 		if !ok {
 			continue
 		}
-		args := make([]any, len(h.params))
+		args := make([]any, 1+len(h.params))
+		args[0] = first
 		for i, name := range h.params {
-			args[i] = paramValues(e).value(name)
+			args[1+i] = paramValues(e).value(name)
 		}
 		b.Queue(h.sql, args...)
 	}

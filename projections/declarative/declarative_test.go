@@ -2,6 +2,7 @@ package declarative_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -277,4 +278,86 @@ func TestABadHandlerLeavesTheRestChecked(t *testing.T) {
 	require.Contains(t, msg, `query q: sql: column "missing" does not exist`)
 	require.NotContains(t, msg, "aborted")
 	require.NotContains(t, msg, "handler B")
+}
+
+// TestHandlersWriteTheirOwnSchema: handler statements name their tables
+// unqualified, and tables of those names wait in public. Two declarative
+// projections, whose batches commit together on either one's connection,
+// write only their own tables, before a rebuild and after it, in the new
+// generation's.
+func TestHandlersWriteTheirOwnSchema(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := testdb.New(t)
+	dir := t.TempDir()
+	var ps []projections.Projection
+	for _, name := range []string{"ledger_a", "ledger_b"} {
+		_, err := db.Pool.Exec(ctx, `CREATE TABLE public.`+name+` (stream_id text, revision bigint, amount bigint)`)
+		require.NoError(t, err)
+		spec := filepath.Join(dir, name+".yaml")
+		require.NoError(t, os.WriteFile(spec, []byte(`name: `+name+`
+version: 1
+streams: [acct-]
+tables:
+  `+name+`: |
+    CREATE TABLE `+name+` (stream_id text, revision bigint, amount bigint NOT NULL, PRIMARY KEY (stream_id, revision))
+handlers:
+  Deposited: |
+    INSERT INTO `+name+` VALUES (:stream_id, :revision, (:data->>'amount')::bigint)
+`), 0o600))
+		p, err := declarative.Load(spec)
+		require.NoError(t, err)
+		ps = append(ps, p)
+	}
+	store, err := pgstore.New(db.Pool, pgstore.Config{})
+	require.NoError(t, err)
+	defer store.Close()
+	d, err := projections.NewDaemon(db.Pool, store, ps, projections.Config{CommitWait: 50 * time.Millisecond})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	defer d.Stop(ctx) //nolint:errcheck
+
+	deposit := func(n int) eventstore.Position {
+		res, err := store.Append(ctx, "acct-1", eventstore.Any, storetest.Event("Deposited", fmt.Sprintf(`{"amount":%d}`, n)))
+		require.NoError(t, err)
+		return res.Position
+	}
+	check := func(want int64) {
+		t.Helper()
+		for _, name := range []string{"ledger_a", "ledger_b"} {
+			var sum, trapped int64
+			require.NoError(t, db.Pool.QueryRow(ctx, `SELECT coalesce(sum(amount), 0)::bigint FROM readmodel.`+name).Scan(&sum))
+			require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM public.`+name).Scan(&trapped))
+			require.Equal(t, want, sum, name)
+			require.Zero(t, trapped, name)
+		}
+	}
+	var last eventstore.Position
+	for n := 1; n <= 10; n++ {
+		last = deposit(n)
+	}
+	for _, r := range d.Runners() {
+		require.NoError(t, r.WaitFor(ctx, last))
+	}
+	check(55)
+
+	rb, err := d.Runner("ledger_a").Rebuild(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		var gen int
+		return db.Pool.QueryRow(ctx, `SELECT generation FROM sightline.generations WHERE projection = 'ledger_a' AND state = 'active'`).Scan(&gen) == nil &&
+			gen == rb.Generation
+	}, 20*time.Second, 10*time.Millisecond)
+	for n := 11; n <= 20; n++ {
+		last = deposit(n)
+	}
+	for _, r := range d.Runners() {
+		require.NoError(t, r.WaitFor(ctx, last))
+	}
+	check(210)
+	var old int64 // the replaced generation's table, kept for its grace, got nothing after the take-over
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT sum(amount)::bigint FROM sl_ledger_a_g1.ledger_a`).Scan(&old))
+	require.Equal(t, int64(55), old)
+	require.NoError(t, d.Stop(ctx))
 }
