@@ -36,6 +36,8 @@ type idleSample struct {
 	commits  int64
 	calls    map[string]int64
 	batches  map[string]uint64
+	shared   float64 // batches committed with other projections' (sightline_batches_shared_total)
+	together float64 // the transactions that committed them (sightline_shared_commits_total)
 	appended int64
 	appends  int64
 }
@@ -94,6 +96,13 @@ func benchIdle(ctx context.Context, cfg config, rep *report) error {
 				return s, err
 			}
 			s.batches[p.Name()] = h.counts[len(h.counts)-1]
+		}
+		all := func(*dto.Metric) bool { return true }
+		if s.shared, err = gatherCounter(reg, "sightline_batches_shared_total", all); err != nil {
+			return s, err
+		}
+		if s.together, err = gatherCounter(reg, "sightline_shared_commits_total", all); err != nil {
+			return s, err
 		}
 		return s, nil
 	}
@@ -165,7 +174,9 @@ func benchIdle(ctx context.Context, cfg config, rep *report) error {
 	}
 	appends := to.appends - from.appends
 	background := restRate * secs
-	rest := float64(commits) - float64(sequencer) - float64(batches) - background
+	shared, together := to.shared-from.shared, to.together-from.together
+	batchCommits := float64(batches) - shared + together // a shared commit is one transaction for its batches
+	rest := float64(commits) - float64(sequencer) - batchCommits - background
 	var fns []string
 	for name, n := range to.calls {
 		if d := n - from.calls[name]; d > 0 && name != "sightline.position_events_rows" {
@@ -176,8 +187,9 @@ func benchIdle(ctx context.Context, cfg config, rep *report) error {
 	rep.add(fmt.Sprintf("idle cost at %d events/s, %d projections (%d events appended in %.0f s by %d writers, %d Append calls; calls of the store's functions per appended event: %s)",
 		idleRate, len(ps), events, secs, liveWriters, appends, strings.Join(fns, ", ")),
 		fmt.Sprintf("%.2f commits per appended event", per(float64(commits))),
-		fmt.Sprintf("sequencer runs %.2f, projection batches %.2f (%s), appends and the rest %.2f, background %.2f (%.1f commits/s at rest, nothing appended)",
-			per(float64(sequencer)), per(float64(batches)), strings.Join(perProjection, ", "), per(rest), per(background), restRate),
+		fmt.Sprintf("sequencer runs %.2f, projection transactions %.2f for batches %.2f (%s; %.0f%% of them committed together, %.1f to a transaction), appends and the rest %.2f, background %.2f (%.1f commits/s at rest, nothing appended)",
+			per(float64(sequencer)), per(batchCommits), per(float64(batches)), strings.Join(perProjection, ", "),
+			100*shared/max(float64(batches), 1), shared/max(together, 1), per(rest), per(background), restRate),
 		"event written → visible p99 "+strings.Join(p99s, ", "),
 		"≤ 2.5 commits per appended event", per(float64(commits)) <= 2.5)
 	return nil

@@ -466,6 +466,27 @@ func gatherHistogram(g prometheus.Gatherer, name string, match func(*dto.Metric)
 	return histogram{}, fmt.Errorf("no %s that the bench reads", name)
 }
 
+// gatherCounter sums the counters of the family name that match; a family
+// with none yet is 0.
+func gatherCounter(g prometheus.Gatherer, name string, match func(*dto.Metric) bool) (float64, error) {
+	families, err := g.Gather()
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if match(m) {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum, nil
+}
+
 func label(m *dto.Metric, name string) string {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {
