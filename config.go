@@ -84,6 +84,11 @@ type Config struct {
 	// RebuildGrace is how long replaced tables are kept after a rebuild.
 	RebuildBatchSize int           `yaml:"rebuild_batch_size"`
 	RebuildGrace     time.Duration `yaml:"rebuild_grace"`
+	// CommitWait is how long a live batch may wait for the batches other
+	// projections have in hand, to commit with them in one transaction;
+	// negative commits every batch alone. Default
+	// projections.CommitWaitDefault.
+	CommitWait time.Duration `yaml:"commit_wait"`
 	// QueryTimeout bounds each declared query. Default
 	// api.QueryTimeoutDefault.
 	QueryTimeout time.Duration `yaml:"query_timeout"`
@@ -188,7 +193,7 @@ func (c *Config) bind(flags *pflag.FlagSet) {
 		flags.String(s.flag, "", usage)
 	}
 	flags.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to this file (go tool pprof reads it)")
-	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, query_timeout, ready_max_lag, lease, role, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits, max_streams)")
+	flags.StringVar(&c.file, "config", "", "YAML file with any of: database_url, source, http_addr, api_token, read_token, insecure, examples, projections, log_level, log_format, batch_size, max_attempts, rebuild_batch_size, rebuild_grace, commit_wait, query_timeout, ready_max_lag, lease, role, http (read_header_timeout, read_timeout, write_timeout, idle_timeout, max_waits, max_streams)")
 }
 
 // load resolves the configuration for cmd, over what the program set.
@@ -314,7 +319,7 @@ func (c *Config) checkListen() error {
 func (c *Config) projectorConfig(metrics *projections.Metrics, source string) projections.Config {
 	return projections.Config{
 		Logger: c.logger, Metrics: metrics, Source: source, BatchSize: c.BatchSize, MaxAttempts: c.MaxAttempts,
-		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace, ProcessID: c.processID, Lease: c.Lease, ServeOnly: c.Role == RoleServe,
+		RebuildBatchSize: c.RebuildBatchSize, RetiredGrace: c.RebuildGrace, CommitWait: c.CommitWait, ProcessID: c.processID, Lease: c.Lease, ServeOnly: c.Role == RoleServe,
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/require"
@@ -56,7 +57,7 @@ func loaded(t *testing.T, args ...string) *Config {
 
 func TestConfigPrecedence(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "c.yaml")
-	require.NoError(t, os.WriteFile(file, []byte("database_url: from-file\nhttp_addr: 127.0.0.1:1111\nsource: postgres\nbatch_size: 50\napi_token: file-token\n"), 0o600))
+	require.NoError(t, os.WriteFile(file, []byte("database_url: from-file\nhttp_addr: 127.0.0.1:1111\nsource: postgres\nbatch_size: 50\ncommit_wait: -1ms\napi_token: file-token\n"), 0o600))
 
 	c := loaded(t)
 	require.Equal(t, DatabaseURLDefault, c.DatabaseURL)
@@ -65,6 +66,7 @@ func TestConfigPrecedence(t *testing.T) {
 	c = loaded(t, "--config", file)
 	require.Equal(t, "from-file", c.DatabaseURL)
 	require.Equal(t, 50, c.BatchSize)
+	require.Equal(t, -time.Millisecond, c.CommitWait)
 	require.Equal(t, "file-token", c.APIToken)
 
 	t.Setenv("SIGHTLINE_DATABASE_URL", "from-env")
