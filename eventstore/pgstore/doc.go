@@ -22,4 +22,7 @@
 // durable first (see unflushed). Appends made at the same time from one
 // process go to the server together, one statement and one transaction for
 // each group, each append with its own expected revision (see grouper).
+// When no sequencer run holds the lock, a group positions its events in its
+// own transaction, which then waits for the disk as a run's does: at a few
+// hundred appends a second, an append is one commit instead of two.
 package pgstore

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -81,13 +82,15 @@ type groupedAppend struct {
 // groupResult is what a grouped append learns. With err set, the group
 // failed and the append must go alone.
 type groupResult struct {
-	rev int64 // the stream's last revision before the group
-	in  bool  // the condition held and the events went in
+	rev int64  // the stream's last revision before the group
+	in  bool   // the condition held and the events went in
+	pos uint64 // the position of the append's last event, if the group gave it one
 	err error
 }
 
 type grouper struct {
 	pool        *pgxpool.Pool
+	seq         *sequencer
 	reqs        chan *groupedAppend
 	slots       chan struct{}   // a token per group in flight
 	lockTimeout atomic.Int64    // milliseconds: groupLockTimeout, which tests change
@@ -95,8 +98,8 @@ type grouper struct {
 	wg          *sync.WaitGroup // Store.Close waits for groups in flight
 }
 
-func newGrouper(pool *pgxpool.Pool, closed <-chan struct{}, wg *sync.WaitGroup) *grouper {
-	g := &grouper{pool: pool, reqs: make(chan *groupedAppend, groupAppendsMax), slots: make(chan struct{}, groupsInFlight), closed: closed, wg: wg}
+func newGrouper(pool *pgxpool.Pool, seq *sequencer, closed <-chan struct{}, wg *sync.WaitGroup) *grouper {
+	g := &grouper{pool: pool, seq: seq, reqs: make(chan *groupedAppend, groupAppendsMax), slots: make(chan struct{}, groupsInFlight), closed: closed, wg: wg}
 	g.lockTimeout.Store(groupLockTimeout.Milliseconds())
 	return g
 }
@@ -189,9 +192,9 @@ func (g *grouper) gather(held []*groupedAppend) (group, rest []*groupedAppend) {
 	return group, rest
 }
 
-// send runs a group's statement in a transaction of its own that commits
-// without waiting for the disk, as unflushed does, and hands each append its
-// result.
+// send runs a group's statement in a transaction of its own, which also
+// positions the group's events when the sequencer's lock is free, and
+// hands each append its result.
 func (g *grouper) send(ctx context.Context, group []*groupedAppend) {
 	results, err := g.insert(ctx, group)
 	if ctx.Err() != nil {
@@ -227,9 +230,15 @@ func (g *grouper) insert(ctx context.Context, group []*groupedAppend) ([]groupRe
 	b := &pgx.Batch{}
 	// Without a generic plan, PostgreSQL plans the statement anew for each
 	// group (its arrays' lengths vary), which costs more than running it.
-	b.Queue(`SELECT `+commitUnflushed+`, set_config('plan_cache_mode', 'force_generic_plan', true),
+	b.Queue(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
 		set_config('lock_timeout', $1, true)`, fmt.Sprintf("%dms", g.lockTimeout.Load()))
 	b.Queue(groupSQL, streams, kinds, exact, appendNo, ords, ids, types, data, metadata)
+	// Positioned in the same transaction when no run is under way, and
+	// then committed as a run is, waiting for the disk; otherwise
+	// committed as unflushed commits (see position_events_try).
+	b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
+		FROM sightline.position_events_try($1, $2)`, g.seq.cfg.SequenceBatch, g.seq.maxRows())
+	defer g.seq.beginRun()() // live subscribers woken by its notification wait for its rows
 	br := g.pool.SendBatch(ctx, b)
 	defer br.Close() //nolint:errcheck // reports the error already returned
 	if _, err := br.Exec(); err != nil {
@@ -249,5 +258,28 @@ func (g *grouper) insert(ctx context.Context, group []*groupedAppend) ([]groupRe
 	if len(results) != len(group) {
 		return nil, fmt.Errorf("pgstore: a group of %d appends had %d answers", len(group), len(results))
 	}
-	return results, br.Close()
+	rows, err = br.Query()
+	if err != nil {
+		return nil, err
+	}
+	done, err := scanPositioned(rows)
+	if err != nil {
+		return nil, err
+	}
+	if err := br.Close(); err != nil { // the commit's outcome
+		return nil, err
+	}
+	g.seq.publish(done)
+	if len(done) > 0 {
+		at := make(map[uuid.UUID]uint64, len(done))
+		for _, p := range done {
+			at[p.ID] = uint64(p.Pos)
+		}
+		for i, a := range group {
+			if results[i].in {
+				results[i].pos = at[a.rows.last]
+			}
+		}
+	}
+	return results, nil
 }

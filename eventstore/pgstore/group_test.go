@@ -257,3 +257,57 @@ func TestWaitingGroupMakesRoom(t *testing.T) {
 	// group's give-up and its own wait when the free append returns.
 	require.Eventually(t, func() bool { return waitingOnLocks(t, db) == groupsInFlight }, 10*time.Second, time.Millisecond)
 }
+
+// An append with nobody else about is positioned by its own group, in its
+// own transaction: the sequencer does not run. With the sequencer's lock
+// held elsewhere (another process's run), the group leaves its events to
+// the sequencer, which positions them once the lock is free; nothing is
+// lost or given a position twice.
+func TestGroupPositionsItsOwnAppendsWhenTheLockIsFree(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, db := newTestStore(t, Config{})
+	// The sequencer runs once its listener connects, which may take the
+	// lock while the first append's group wants it.
+	require.Eventually(t, s.hub.connected, 10*time.Second, time.Millisecond)
+	first, err := s.Append(ctx, "alone-0", eventstore.NoStream, events(1)...)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.seq.inRun() == nil }, 10*time.Second, time.Millisecond)
+	runs := s.seq.runs.Load()
+	last := first.Position
+	for i := 1; i <= 5; i++ {
+		res, err := s.Append(ctx, fmt.Sprintf("alone-%d", i), eventstore.NoStream, events(1)...)
+		require.NoError(t, err)
+		require.Equal(t, last.Commit+1, res.Position.Commit, "gapless")
+		last = res.Position
+	}
+	require.Equal(t, runs, s.seq.runs.Load(), "no sequencer run: each group positioned its own")
+
+	hold, err := db.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer hold.Rollback(context.Background()) //nolint:errcheck // the test ends it
+	_, err = hold.Exec(ctx, `SELECT pg_advisory_xact_lock(7406745143525210945)`)
+	require.NoError(t, err)
+	done := make(chan appendOutcome, 1)
+	go func() {
+		res, err := s.Append(ctx, "held-1", eventstore.NoStream, events(1)...)
+		done <- appendOutcome{res, err}
+	}()
+	select {
+	case o := <-done:
+		t.Fatalf("positioned while the sequencer's lock was held elsewhere: %+v", o)
+	case <-time.After(300 * time.Millisecond):
+	}
+	var unsequenced int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*) FROM sightline.unsequenced`).Scan(&unsequenced))
+	require.Equal(t, 1, unsequenced, "committed, waiting for a position")
+	require.NoError(t, hold.Rollback(ctx))
+	o := <-done
+	require.NoError(t, o.err)
+	require.Equal(t, last.Commit+1, o.res.Position.Commit)
+	require.Greater(t, s.seq.runs.Load(), runs, "the sequencer positioned it")
+	var positions, distinct int
+	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT event_row) FROM sightline.positions`).Scan(&positions, &distinct))
+	require.Equal(t, 7, positions)
+	require.Equal(t, 7, distinct)
+}

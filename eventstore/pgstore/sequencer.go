@@ -36,16 +36,18 @@ type sequencer struct {
 	wake chan struct{}
 
 	// Touched only by run.
-	positioned int    // events positioned since the last vacuum
-	head       uint64 // the highest position seen, for analyzeIfGrown
+	head uint64 // the highest position seen, for analyzeIfGrown
 
+	positioned           atomic.Int64    // events positioned since the last vacuum, by runs and groups
+	runs                 atomic.Int64    // the sequencer's own runs that positioned events, which tests count
 	wg                   *sync.WaitGroup // Store.Close waits for background work
 	analyzing, vacuuming atomic.Bool
 	vacuumAfter          atomic.Value // time.Time: no vacuum before
 
-	mu      sync.Mutex
-	waiters map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
-	running chan struct{}                // closed when the run under way has kept its rows and published; nil between runs
+	mu       sync.Mutex
+	waiters  map[uuid.UUID][]chan placing // event ID → appenders waiting for its position
+	inFlight int                          // runs under way: the sequencer's, and groups that may position their own
+	running  chan struct{}                // closed once no run is under way, the last having kept its rows and published; nil between runs
 }
 
 // placing is what an appender waiting for its event learns.
@@ -110,6 +112,9 @@ func (q *sequencer) run(ctx context.Context) {
 			return
 		case <-q.wake:
 		case <-sweep.C:
+			if head, _, _ := q.hub.known(); head > 0 {
+				q.analyzeIfGrown(ctx, head) // positioned by groups, which do not analyze
+			}
 			q.vacuum(ctx)
 		}
 		for {
@@ -151,7 +156,7 @@ const vacuumAfter = 1000
 // next one off by ten times as long, so that vacuuming never takes more
 // than a tenth of a core.
 func (q *sequencer) vacuum(ctx context.Context) {
-	if q.positioned < vacuumAfter || time.Now().Before(q.vacuumAfter.Load().(time.Time)) {
+	if q.positioned.Load() < vacuumAfter || time.Now().Before(q.vacuumAfter.Load().(time.Time)) {
 		return
 	}
 	started := q.background(ctx, &q.vacuuming, func() {
@@ -162,7 +167,7 @@ func (q *sequencer) vacuum(ctx context.Context) {
 		q.vacuumAfter.Store(time.Now().Add(10 * time.Since(start)))
 	})
 	if started {
-		q.positioned = 0
+		q.positioned.Store(0)
 	}
 }
 
@@ -325,48 +330,61 @@ func (q *sequencer) runOnce(ctx context.Context) error {
 // other setting (on, local, remote_write, remote_apply) already waits for
 // the local flush and is kept.
 func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
-	running := make(chan struct{})
-	q.mu.Lock()
-	q.running = running
-	q.mu.Unlock()
-	defer func() {
-		q.mu.Lock()
-		q.running = nil
-		q.mu.Unlock()
-		close(running)
-	}()
+	defer q.beginRun()()
 	b := &pgx.Batch{} // one round trip and one implicit transaction
 	b.Queue(`SELECT set_config('synchronous_commit', 'local', true) WHERE current_setting('synchronous_commit') = 'off'`)
-	maxRows := 0 // the rows are for this process's subscribers, if it has any
-	if q.tail.open.Load() > 0 {
-		maxRows = q.cfg.ReadBatch
-	}
-	run := b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
-		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, maxRows)
-	type placed struct { // value types, as readAfter scans: no allocation per column
-		ID       uuid.UUID
-		Pos      int64
-		Stream   pgtype.Text
-		Revision pgtype.Int8
-		Type     pgtype.Text
-		Data     []byte
-		Metadata []byte
-		Created  pgtype.Timestamptz
-	}
-	var done []placed
-	run.Query(func(rows pgx.Rows) error {
-		var err error
-		done, err = pgx.CollectRows(rows, pgx.RowToStructByPos[placed])
+	var done []positioned
+	b.Queue(`SELECT event_id, position, stream_id, revision, type, data, metadata, created_at
+		FROM sightline.position_events_rows($1, $2)`, q.cfg.SequenceBatch, q.maxRows()).Query(func(rows pgx.Rows) (err error) {
+		done, err = scanPositioned(rows)
 		return err
 	})
 	if err := q.pool.SendBatch(ctx, b).Close(); err != nil { // the commit's outcome
 		return 0, 0, err
 	}
-	q.positioned += len(done)
-	if len(done) == 0 {
-		return 0, 0, nil
+	if len(done) > 0 {
+		q.runs.Add(1)
 	}
-	head := uint64(done[len(done)-1].Pos) // in position order
+	return len(done), q.publish(done), nil
+}
+
+// maxRows is how many rows a run returns for this process's subscribers:
+// none when it has none.
+func (q *sequencer) maxRows() int {
+	if q.tail.open.Load() > 0 {
+		return q.cfg.ReadBatch
+	}
+	return 0
+}
+
+// positioned is a row of sightline.position_events_rows, in value types,
+// as readAfter scans: no allocation per column.
+type positioned struct {
+	ID       uuid.UUID
+	Pos      int64
+	Stream   pgtype.Text
+	Revision pgtype.Int8
+	Type     pgtype.Text
+	Data     []byte
+	Metadata []byte
+	Created  pgtype.Timestamptz
+}
+
+func scanPositioned(rows pgx.Rows) ([]positioned, error) {
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[positioned])
+}
+
+// publish hands what a committed run positioned, in position order, to
+// the live subscribers (the tail, when the run returned its rows, and the
+// hub) and then to the appenders waiting for it; it returns the run's
+// head, 0 if it positioned nothing. Runs end in any order: the tail keeps
+// the latest and the hub the highest head.
+func (q *sequencer) publish(done []positioned) uint64 {
+	if len(done) == 0 {
+		return 0
+	}
+	q.positioned.Add(int64(len(done)))
+	head := uint64(done[len(done)-1].Pos)
 	// The run's positions follow the head it found: its rows, when it
 	// returned them, are everything from there to its head.
 	r := tailRead{from: uint64(done[0].Pos) - 1, head: head, scanned: head, events: make([]eventstore.RecordedEvent, 0, len(done))}
@@ -390,11 +408,31 @@ func (q *sequencer) sequence(ctx context.Context) (int, uint64, error) {
 	for _, p := range done {
 		q.resolve(p.ID, placing{pos: uint64(p.Pos)})
 	}
-	return len(done), head, nil
+	return head
 }
 
-// inRun returns a channel closed once the run under way, if any, has kept
-// its rows in the tail and published its head; nil between runs.
+// beginRun marks a run under way, for inRun, until the returned func is
+// called.
+func (q *sequencer) beginRun() (end func()) {
+	q.mu.Lock()
+	if q.inFlight == 0 {
+		q.running = make(chan struct{})
+	}
+	q.inFlight++
+	q.mu.Unlock()
+	return func() {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if q.inFlight--; q.inFlight == 0 {
+			close(q.running)
+			q.running = nil
+		}
+	}
+}
+
+// inRun returns a channel closed once the runs under way, if any, have
+// kept their rows in the tail and published their heads; nil between
+// runs.
 func (q *sequencer) inRun() <-chan struct{} {
 	q.mu.Lock()
 	defer q.mu.Unlock()

@@ -91,7 +91,7 @@ func New(pool *pgxpool.Pool, cfg Config) (*Store, error) {
 	s.hub = newHub(pool, cfg.Logger)
 	s.seq = newSequencer(pool, cfg, s.hub, &s.tail, s.closed, &s.wg)
 	s.hub.onAppend = s.seq.kick
-	s.group = newGrouper(pool, s.closed, &s.wg)
+	s.group = newGrouper(pool, s.seq, s.closed, &s.wg)
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.group.run(ctx) }()
 	go func() { defer s.wg.Done(); s.hub.run(ctx) }()
@@ -175,7 +175,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err != nil {
 		return eventstore.AppendResult{}, err
 	}
-	next, err := s.insert(ctx, stream, expected, args)
+	next, pos, err := s.insert(ctx, stream, expected, args)
 	if err != nil {
 		res, again, err := s.retriedAppend(ctx, stream, args, err)
 		if !again {
@@ -187,7 +187,10 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 			return res, err
 		}
 	}
-	pos, err := s.seq.wait(ctx, args.last)
+	if pos > 0 { // its group positioned it
+		return eventstore.AppendResult{Position: eventstore.At(pos), NextRevision: next}, nil
+	}
+	pos, err = s.seq.wait(ctx, args.last)
 	if errors.Is(err, eventstore.ErrAppendLost) {
 		return eventstore.AppendResult{}, fmt.Errorf("append to %q: %w", stream, err)
 	}
@@ -198,20 +201,23 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 }
 
 // insert writes an append with its group, or alone if it is large or its
-// group failed, and returns the stream's next revision.
-func (s *Store) insert(ctx context.Context, stream string, expected eventstore.ExpectedRevision, args appendRows) (uint64, error) {
+// group failed, and returns the stream's next revision, and its last
+// event's position if its group gave it one (0 otherwise: the sequencer
+// will).
+func (s *Store) insert(ctx context.Context, stream string, expected eventstore.ExpectedRevision, args appendRows) (next, pos uint64, err error) {
 	if len(args.ids) <= groupedEventsMax {
 		r := s.group.append(ctx, stream, expected, args)
 		switch {
 		case r.err == nil && r.in:
-			return uint64(r.rev+int64(len(args.ids))) + 1, nil
+			return uint64(r.rev+int64(len(args.ids))) + 1, r.pos, nil
 		case r.err == nil:
-			return 0, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: r.rev}
+			return 0, 0, &eventstore.WrongExpectedRevisionError{Stream: stream, Expected: expected, Actual: r.rev}
 		case ctx.Err() != nil || errors.Is(r.err, eventstore.ErrClosed):
-			return 0, r.err
+			return 0, 0, r.err
 		}
 	}
-	return insertEvents(ctx, unflushed{s.pool}, stream, expected, args, true)
+	next, err = insertEvents(ctx, unflushed{s.pool}, stream, expected, args, true)
+	return next, 0, err
 }
 
 // AppendTx appends events inside the caller's transaction (the outbox

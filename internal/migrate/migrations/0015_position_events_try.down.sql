@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS sightline.position_events_try(integer, integer);
