@@ -210,51 +210,51 @@ func (o *owners) round(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, max(o.lease, time.Second))
 	defer cancel()
 	lease := o.lease.String()
+	// What the round reads goes in one round trip (and one implicit
+	// transaction: at rest, the rounds are most of what the projector
+	// commits).
+	b := &pgx.Batch{}
 	// The heartbeat renewed every lease: what is still this process's is
 	// what nobody took over meanwhile (a read, which no batch blocks).
-	rows, err := o.pool.Query(ctx, `SELECT projection, segment, epoch FROM sightline.owners WHERE owner = $1 AND NOT released`, o.id)
-	if err != nil {
-		return err
-	}
 	renewed := map[unit]int64{}
-	var u unit
-	var epoch int64
-	if _, err := pgx.ForEachRow(rows, []any{&u.projection, &u.segment, &epoch}, func() error { renewed[u] = epoch; return nil }); err != nil {
+	b.Queue(`SELECT projection, segment, epoch FROM sightline.owners WHERE owner = $1 AND NOT released`, o.id).Query(func(rows pgx.Rows) error {
+		var u unit
+		var epoch int64
+		_, err := pgx.ForEachRow(rows, []any{&u.projection, &u.segment, &epoch}, func() error { renewed[u] = epoch; return nil })
 		return err
-	}
+	})
 	// Processes silent for ten leases that hold nothing are gone for good.
-	if _, err := o.pool.Exec(ctx, `DELETE FROM sightline.processes p WHERE heartbeat_at < now() - 10 * $1::interval
-		AND NOT EXISTS (SELECT FROM sightline.owners o WHERE o.owner = p.id AND NOT o.released)`, lease); err != nil {
-		return err
-	}
+	b.Queue(`DELETE FROM sightline.processes p WHERE heartbeat_at < now() - 10 * $1::interval
+		AND NOT EXISTS (SELECT FROM sightline.owners o WHERE o.owner = p.id AND NOT o.released)`, lease)
 	// The live processes: those that apply projections, with what they
 	// run, and all of them (those that serve only too).
-	rows, err = o.pool.Query(ctx, `SELECT id, projects, runs FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease)
-	if err != nil {
-		return err
-	}
 	var members []member
 	var all int
-	var id string
-	var projects bool
-	var runs []string
-	if _, err := pgx.ForEachRow(rows, []any{&id, &projects, &runs}, func() error {
-		all++
-		if projects {
-			members = append(members, member{id: id, runs: o.parseRuns(runs)})
-		}
-		return nil
-	}); err != nil {
+	b.Queue(`SELECT id, projects, runs FROM sightline.processes WHERE heartbeat_at > now() - $1::interval`, lease).Query(func(rows pgx.Rows) error {
+		var id string
+		var projects bool
+		var runs []string
+		_, err := pgx.ForEachRow(rows, []any{&id, &projects, &runs}, func() error {
+			all++
+			if projects {
+				members = append(members, member{id: id, runs: o.parseRuns(runs)})
+			}
+			return nil
+		})
+		return err
+	})
+	var table map[unit]holding
+	o.queueRead(b).Query(func(rows pgx.Rows) (err error) {
+		table, err = scanHoldings(rows)
+		return err
+	})
+	if err := o.pool.SendBatch(ctx, b).Close(); err != nil {
 		return err
 	}
 	for _, r := range o.runners {
 		r.mu.Lock()
 		r.lease.watched = all > 1
 		r.mu.Unlock()
-	}
-	table, err := o.read(ctx)
-	if err != nil {
-		return err
 	}
 
 	o.mu.Lock()
@@ -348,18 +348,18 @@ func (o *owners) round(ctx context.Context) error {
 	return nil
 }
 
-// read reads who holds what.
-func (o *owners) read(ctx context.Context) (map[unit]holding, error) {
-	rows, err := o.pool.Query(ctx, `SELECT o.projection, o.segment, o.owner, o.epoch, o.since,
+// queueRead queues the read of who holds what on b, for scanHoldings.
+func (o *owners) queueRead(b *pgx.Batch) *pgx.QueuedQuery {
+	return b.Queue(`SELECT o.projection, o.segment, o.owner, o.epoch, o.since,
 			o.released OR coalesce(p.heartbeat_at <= now() - $1::interval, true), o.released,
 			coalesce(p.heartbeat_at <= now() - $1::interval, true), coalesce(p.host, ''), coalesce(p.pid, 0)
 		FROM sightline.owners o LEFT JOIN sightline.processes p ON p.id = o.owner`, o.lease.String())
-	if err != nil {
-		return nil, err
-	}
+}
+
+func scanHoldings(rows pgx.Rows) (map[unit]holding, error) {
 	table := map[unit]holding{}
 	var h holding
-	_, err = pgx.ForEachRow(rows, []any{&h.projection, &h.segment, &h.owner, &h.epoch, &h.since, &h.expired, &h.released, &h.stale, &h.host, &h.pid}, func() error {
+	_, err := pgx.ForEachRow(rows, []any{&h.projection, &h.segment, &h.owner, &h.epoch, &h.since, &h.expired, &h.released, &h.stale, &h.host, &h.pid}, func() error {
 		table[h.unit] = h
 		return nil
 	})

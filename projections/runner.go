@@ -214,6 +214,8 @@ type Runner struct {
 	// its generation; nextAnalyze is the count at which its tables are
 	// analyzed next. Both belong to the goroutine that applies batches.
 	sinceAttach, nextAnalyze int
+	// ticks counts the lead's status ticks; it belongs to reportStatus.
+	ticks int
 
 	mu          sync.Mutex
 	reg         registration               // the generation applied, or while not serving, the active one

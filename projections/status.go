@@ -187,11 +187,27 @@ func (r *Runner) reportProjection(lag time.Duration, caughtUp bool) {
 	} else {
 		r.m.caughtUp.Set(0)
 	}
-	r.refreshParked(r.soft)
+	if r.ticks%parkedEvery == 0 {
+		r.refreshParked(r.soft)
+	}
 	r.refreshRebuild(r.soft)
 	r.writeStatus(r.soft)
-	r.dropExpired(r.soft)
+	if r.ticks%dropEvery == 0 {
+		r.dropExpired(r.soft)
+	}
+	r.ticks++
 }
+
+// Of the lead's status ticks, every parkedEvery-th counts the parked
+// events (this process counts them at once when it parks, retries or
+// skips some: the tick catches what other processes did) and every
+// dropEvery-th drops the generations whose time is up. With nothing to
+// apply, the status ticks and the ownership rounds are all the projector
+// commits.
+const (
+	parkedEvery = 5
+	dropEvery   = 10
+)
 
 // writeStatus writes the status row that readmodel.projection_status
 // shows. A runner waiting for a rebuild to take over leaves the row to a
