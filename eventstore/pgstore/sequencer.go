@@ -39,7 +39,7 @@ type sequencer struct {
 	head uint64 // the highest position seen, for analyzeIfGrown
 
 	positioned           atomic.Int64    // events positioned since the last vacuum, by runs and groups
-	runs                 atomic.Int64    // the sequencer's own runs that positioned events, which tests count
+	runs                 atomic.Int64    // the sequencer's own runs that positioned events (Store.SequencerRuns)
 	wg                   *sync.WaitGroup // Store.Close waits for background work
 	analyzing, vacuuming atomic.Bool
 	vacuumAfter          atomic.Value // time.Time: no vacuum before

@@ -139,6 +139,10 @@ func (s *Store) ParsePosition(token string) (eventstore.Position, error) {
 	return p, nil
 }
 
+// SequencerRuns counts the sequencer's runs that gave positions since New:
+// the runs its appends' groups did not make themselves (see grouper).
+func (s *Store) SequencerRuns() int64 { return s.seq.runs.Load() }
+
 // Head reports the newest sequenced position and its event's time.
 func (s *Store) Head(ctx context.Context) (eventstore.Head, error) {
 	return readHead(ctx, s.pool)
