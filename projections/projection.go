@@ -89,7 +89,11 @@ func SegmentOf(stream string, segments int) int {
 type Batch struct {
 	// Tx is the batch's transaction. Reads of the read model go through it;
 	// writes may too, but Queue is faster. Begin makes a savepoint, as with
-	// pgx; LargeObjects is not available (it returns the zero value).
+	// pgx; LargeObjects is not available (it returns the zero value). A
+	// live batch whose Apply uses Tx commits on its own; one whose Apply
+	// only queues may share its commit with other projections' batches
+	// (Config.CommitWait), so a read that a statement can do (a join, a
+	// subquery) is cheaper done there.
 	Tx pgx.Tx
 	// Schema is the schema of the generation being written.
 	Schema string
