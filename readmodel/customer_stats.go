@@ -58,26 +58,38 @@ type customerDelta struct {
 	bad                      string
 }
 
+// customerDeltas are a batch's deltas by key, in the order first seen.
+type customerDeltas struct {
+	keys []string
+	by   map[string]*customerDelta
+}
+
+func (ds *customerDeltas) of(key string) *customerDelta {
+	d := ds.by[key]
+	if d == nil {
+		if ds.by == nil {
+			ds.by = map[string]*customerDelta{}
+		}
+		d = &customerDelta{}
+		ds.by[key] = d
+		ds.keys = append(ds.keys, key)
+	}
+	return d
+}
+
 func (CustomerStats) Apply(ctx context.Context, b *projections.Batch) error {
 	customerOf := map[string]string{} // orders placed in this batch
 	var newOrders, newCustomers []string
-	var keys []string // customers, then orders whose customer is to be found
-	byCustomer, byOrder := map[string]*customerDelta{}, map[string]*customerDelta{}
-	add := func(m map[string]*customerDelta, key string) *customerDelta {
-		d := m[key]
-		if d == nil {
-			d = &customerDelta{}
-			m[key] = d
-			keys = append(keys, key)
-		}
-		return d
-	}
+	// By customer, and by order for the orders placed before this batch,
+	// whose customer order_customers holds: an order and a customer may
+	// have the same ID.
+	var byCustomer, byOrder customerDeltas
 	deltaOf := func(e eventstore.RecordedEvent, what string) *customerDelta {
 		id := OrderID(e.StreamID)
 		if customer, ok := customerOf[id]; ok {
-			return add(byCustomer, customer)
+			return byCustomer.of(customer)
 		}
-		d := add(byOrder, id)
+		d := byOrder.of(id)
 		if d.bad == "" {
 			d.bad = bad(e, "%s order %s, which was never placed", what, id).Error()
 		}
@@ -92,7 +104,7 @@ func (CustomerStats) Apply(ctx context.Context, b *projections.Batch) error {
 			}
 			customerOf[OrderID(e.StreamID)] = v.CustomerID
 			newOrders, newCustomers = append(newOrders, OrderID(e.StreamID)), append(newCustomers, v.CustomerID)
-			add(byCustomer, v.CustomerID).orders++
+			byCustomer.of(v.CustomerID).orders++
 		case TypeOrderPaid:
 			v, err := DecodeOrderPaid(e)
 			if err != nil {
@@ -110,26 +122,24 @@ func (CustomerStats) Apply(ctx context.Context, b *projections.Batch) error {
 		b.Queue(`INSERT INTO `+b.Table("order_customers")+` (order_id, customer_id)
 			SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (order_id) DO NOTHING`, newOrders, newCustomers)
 	}
-	if len(keys) == 0 {
+	n := len(byCustomer.keys) + len(byOrder.keys)
+	if n == 0 {
 		return nil
 	}
-	// One row per customer known here and per order whose customer
-	// order_customers holds (written by an earlier batch, or by the
-	// statement above): the upsert finds those and sums by customer.
-	n := len(keys)
-	customers, orders := make([]*string, n), make([]*string, n)
-	placed, totals, cancelled, bads := make([]int64, n), make([]int64, n), make([]int64, n), make([]*string, n)
-	i := 0
-	for _, k := range keys {
-		d, ok := byCustomer[k]
-		if ok {
-			customers[i] = &k
-		} else {
-			d = byOrder[k]
-			orders[i], bads[i] = &k, &d.bad
-		}
-		placed[i], totals[i], cancelled[i] = d.orders, d.total, d.cancelled
-		i++
+	// One row per customer known here and per order whose customer the
+	// upsert finds in order_customers, summed there by customer.
+	customers, orders, bads := make([]*string, 0, n), make([]*string, 0, n), make([]*string, 0, n)
+	placed, totals, cancelled := make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
+	row := func(customer, order, unplaced *string, d *customerDelta) {
+		customers, orders, bads = append(customers, customer), append(orders, order), append(bads, unplaced)
+		placed, totals, cancelled = append(placed, d.orders), append(totals, d.total), append(cancelled, d.cancelled)
+	}
+	for _, k := range byCustomer.keys {
+		row(&k, nil, nil, byCustomer.by[k])
+	}
+	for _, k := range byOrder.keys {
+		d := byOrder.by[k]
+		row(nil, &k, &d.bad, d)
 	}
 	b.Queue(`INSERT INTO `+b.Table("customer_stats")+` AS c (customer_id, orders, lifetime_total, cancelled)
 		SELECT coalesce(d.customer_id, o.customer_id, `+b.Table("bad_event")+`(d.bad)), sum(d.orders), sum(d.total), sum(d.cancelled)
