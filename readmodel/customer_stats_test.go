@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sightlinehq/sightline/eventstore"
@@ -57,12 +58,7 @@ func TestCustomerStatsKeepsOrdersAndCustomersApart(t *testing.T) {
 		Customer                 string
 		Orders, Total, Cancelled int64
 	}
-	var got []stats
-	for rows.Next() {
-		var s stats
-		require.NoError(t, rows.Scan(&s.Customer, &s.Orders, &s.Total, &s.Cancelled))
-		got = append(got, s)
-	}
-	require.NoError(t, rows.Err())
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[stats])
+	require.NoError(t, err)
 	require.Equal(t, []stats{{"7", 1, 50, 1}, {"c1", 1, 100, 0}}, got)
 }
