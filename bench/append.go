@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
 	"github.com/sightlinehq/sightline/readmodel"
@@ -42,10 +43,25 @@ func benchAppend(ctx context.Context, cfg config, rep *report) error {
 	if _, err := pool.Exec(ctx, createPlain); err != nil {
 		return err
 	}
+	// How often the store's functions run, per appended event: groups
+	// try to position their own events (position_events_try) and the
+	// sequencer's runs position the rest (position_events_rows).
+	if _, err := pool.Exec(ctx, `ALTER DATABASE sightline_bench_append SET track_functions = 'pl'`); err != nil {
+		return err
+	}
+	pool.Reset()
+	var groups, runs int64
+	var appended float64
 	var stores, plains []float64
+	var storeCPU, plainCPU appendCPU
 	round := cfg.phase / 3
 	for r := range cfg.runs {
-		s, err := writeFor(ctx, round, func(ctx context.Context, w, i int) error {
+		g0, r0, err := functionCalls(ctx, pool)
+		if err != nil {
+			return err
+		}
+		before := storeCPU.writes
+		s, err := storeCPU.writeFor(ctx, round, func(ctx context.Context, w, i int) error {
 			_, err := store.Append(ctx, fmt.Sprintf("order-r%d-w%d-%d", r, w, i), eventstore.NoStream,
 				eventstore.EventData{EventID: uuid.NewString(), Type: readmodel.TypeOrderPlaced, Data: plainEvent})
 			return err
@@ -53,7 +69,13 @@ func benchAppend(ctx context.Context, cfg config, rep *report) error {
 		if err != nil {
 			return err
 		}
-		p, err := writeFor(ctx, round, func(ctx context.Context, w, i int) error {
+		time.Sleep(time.Second) // the backends' statistics are flushed
+		g1, r1, err := functionCalls(ctx, pool)
+		if err != nil {
+			return err
+		}
+		groups, runs, appended = groups+g1-g0, runs+r1-r0, appended+storeCPU.writes-before
+		p, err := plainCPU.writeFor(ctx, round, func(ctx context.Context, w, i int) error {
 			_, err := pool.Exec(ctx, insertPlain, fmt.Sprintf("order-r%d-w%d-%d", r, w, i), uuid.NewString(), readmodel.TypeOrderPlaced, plainEvent)
 			return err
 		})
@@ -63,9 +85,65 @@ func benchAppend(ctx context.Context, cfg config, rep *report) error {
 		stores, plains = append(stores, s), append(plains, p)
 	}
 	s, p := median(stores), median(plains)
-	rep.add(fmt.Sprintf("append, %d concurrent single-event writers (median of %d rounds of %s)", appendWriters, cfg.runs, round),
+	rep.add(fmt.Sprintf("append, %d concurrent single-event writers (median of %d rounds of %s; CPU per event, all rounds: %s; plain inserts %s)", appendWriters, cfg.runs, round, storeCPU, plainCPU)+fmt.Sprintf("; per appended event: %.2f groups, %.2f sequencer runs", float64(groups)/appended, float64(runs)/appended),
 		perSecond(s), "plain inserts "+perSecond(p), fmt.Sprintf("%.2f×", s/p), "≥ 0.5× (SPEC §1)", s >= p/2)
 	return nil
+}
+
+// functionCalls returns how many times groups and sequencer runs have
+// positioned events so far, from pg_stat_user_functions.
+func functionCalls(ctx context.Context, pool *pgxpool.Pool) (groups, runs int64, err error) {
+	err = pool.QueryRow(ctx, `SELECT
+			coalesce(sum(calls) FILTER (WHERE funcname = 'position_events_try'), 0),
+			coalesce(sum(calls) FILTER (WHERE funcname = 'position_events_rows'), 0)
+		FROM pg_stat_user_functions WHERE schemaname = 'sightline'`).Scan(&groups, &runs)
+	return groups, runs, err
+}
+
+// appendCPU adds up how the machine's CPU went over rounds of writes, per
+// write: what limits appends on a machine whose cores PostgreSQL shares.
+type appendCPU struct {
+	writes, wall                 float64
+	postgres, bench, idle, cores float64
+	postgresReadable             bool
+}
+
+// writeFor runs writeFor and adds its round's CPU.
+func (c *appendCPU) writeFor(ctx context.Context, d time.Duration, write func(ctx context.Context, w, i int) error) (float64, error) {
+	from, err := sampleCPU()
+	if err != nil {
+		return 0, err
+	}
+	rate, err := writeFor(ctx, d, write)
+	if err != nil {
+		return 0, err
+	}
+	to, err := sampleCPU()
+	if err != nil {
+		return 0, err
+	}
+	wall := to.at.Sub(from.at).Seconds()
+	c.writes += rate * wall
+	c.wall += wall
+	c.postgres += to.postgres - from.postgres
+	c.bench += to.bench - from.bench
+	c.idle += to.idle - from.idle
+	c.cores += to.busy + to.idle - from.busy - from.idle
+	c.postgresReadable = from.postgresReadable && to.postgresReadable
+	return rate, nil
+}
+
+// String gives the CPU time per write of PostgreSQL and of the bench's
+// process (the store runs in it), and the idle share of the machine.
+func (c appendCPU) String() string {
+	if c.writes == 0 || c.cores == 0 {
+		return "not measured"
+	}
+	pg := "PostgreSQL not measured"
+	if c.postgresReadable {
+		pg = fmt.Sprintf("PostgreSQL %.0f µs", 1e6*c.postgres/c.writes)
+	}
+	return fmt.Sprintf("%s, the bench process %.0f µs, machine idle %.0f%%", pg, 1e6*c.bench/c.writes, 100*c.idle/c.cores)
 }
 
 // writeFor runs write from appendWriters goroutines for d and returns the
