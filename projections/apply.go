@@ -40,7 +40,8 @@ var errNotAsAssumed = errors.New("streams not where the batch assumed")
 
 // applyOnce is one attempt at apply. With assume, a live batch without an
 // isolation whose streams' events follow one another goes to the server in
-// one round trip (see oneTrip).
+// one round trip (see oneTrip), and so does a builder's batch whose
+// streams the builder knows, which it leaves in flight (see inFlightBatch).
 func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position, iso *isolation, assume bool) (err error) {
 	start := time.Now()
 	streams := byStream(events, r.p.Filter(), r.segment, r.segments)
@@ -48,6 +49,9 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 	r.mu.Lock()
 	expected, reg := r.position, r.reg
 	r.mu.Unlock()
+	if r.inFlight != nil {
+		expected = r.inFlight.position // where it leaves the checkpoint, if it commits
+	}
 	if len(streams.order) == 0 && !expected.Before(checkpoint) {
 		return nil // nothing to apply and nothing to record
 	}
@@ -65,12 +69,23 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 		}()
 		known = m.recall(ctx, r.pool, revsTable, r.p.Name(), reg.generation)
 	}
+	pipelined := assume && r.build != nil && !r.oneAtATime && r.shared == nil && iso == nil && known != nil && !known.readsHeld()
+	if !pipelined {
+		if err := r.awaitInFlight(); err != nil {
+			return err
+		}
+	}
 
 	conn, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
-	defer conn.Release() // back to the pool only when idle: after COMMIT or the rollback below
+	handedOff := false // to the batch in flight, which releases the connection
+	defer func() {
+		if !handedOff {
+			conn.Release() // back to the pool only when idle: after COMMIT or the rollback below
+		}
+	}()
 
 	var tx *batchTx
 	var last, held map[string]int64
@@ -78,17 +93,24 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 		last = assumedRevisions(streams)
 	}
 	assumed := last != nil
-	if !assumed && r.shared != nil { // reads first: no group waits for it
+	if !assumed && !pipelined && r.shared != nil { // reads first: no group waits for it
 		r.shared.alone(r)
 		defer r.shared.free(r)
 	}
-	if assumed {
+	switch {
+	case pipelined:
+		tx, last = r.buildTrip(conn.Conn(), reg, expected), known.last // plan only reads it
+	case assumed:
 		tx = r.oneTrip(conn.Conn(), reg, expected, revsTable, streams, last)
-	} else {
+	default:
 		tx, last, held, known, err = r.readFirst(ctx, conn.Conn(), reg, expected, revsTable, streams, known)
 	}
 	if tx != nil {
-		defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // ErrTxClosed once committed; otherwise the error that brought us here is the one to report
+		defer func() {
+			if !handedOff {
+				tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // ErrTxClosed once committed; otherwise the error that brought us here is the one to report
+			}
+		}()
 	}
 	if err != nil {
 		return err
@@ -154,13 +176,42 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 			WHERE projection = $1 AND generation = $2 AND segment = $5`, r.p.Name(), reg.generation, int64(checkpoint.Commit), int64(checkpoint.Prepare), r.segment)
 		r.queueNotify(queue, checkpoint)
 	}
+	if pipelined {
+		// The batch before must have committed: this one's checks assume
+		// its checkpoint, and the builder's memory its revisions.
+		if err := tx.awaitBefore(); err != nil {
+			return err
+		}
+		// Remembered as committed, so that the next batch, prepared
+		// while this one is on its way, plans on it; if it fails, the
+		// next batch fails with it and the memory is loaded again.
+		r.build.memory.committed(plan, parked)
+		wait := sendCommit(ctx, tx, queue, fromProjection)
+		handedOff = true
+		r.inFlight = &inFlightBatch{events: events, checkpoint: checkpoint, position: newPosition, finish: func() error {
+			defer conn.Release()
+			defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // as above
+			if err := wait(); err != nil {
+				return r.assumptionFailed(err, reg, expected)
+			}
+			r.committed(ctx, reg, plan, parked, newPosition, start, len(events))
+			return nil
+		}}
+		return nil
+	}
 	if err := r.commit(ctx, tx, queue, fromProjection, newPosition); err != nil {
 		return r.assumptionFailed(err, reg, expected)
 	}
 	if r.build != nil {
 		r.build.memory.committed(plan, parked)
 	}
+	r.committed(ctx, reg, plan, parked, newPosition, start, len(events))
+	return nil
+}
 
+// committed records a committed batch: the runner's position, the
+// streams' watchers, the metrics and logs, and the tables' statistics.
+func (r *Runner) committed(ctx context.Context, reg registration, plan batchPlan, parked []parkedRow, newPosition eventstore.Position, start time.Time, events int) {
 	now := time.Now()
 	applied := 0
 	for e := range plan.applied() {
@@ -182,7 +233,7 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 	r.m.gapUnfilled.Add(float64(plan.unfilled))
 	r.m.gapsRepaired.Add(float64(plan.repaired))
 	r.m.batchDuration.Observe(now.Sub(start).Seconds())
-	r.m.batchEvents.Observe(float64(len(events)))
+	r.m.batchEvents.Observe(float64(events))
 	for _, g := range plan.gaps {
 		r.log.Warn("revisions missing from the store; going on without them",
 			"stream", g.stream, "from_revision", g.from, "to_revision", g.to)
@@ -195,7 +246,6 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 	filling := r.build != nil || !r.state.caughtUp
 	r.mu.Unlock()
 	r.analyzeWhileGrowing(ctx, reg, applied, filling)
-	return nil
 }
 
 // assumedRevisions is what a batch may assume of its streams when it is
@@ -360,6 +410,15 @@ func (r *Runner) readFirst(ctx context.Context, conn *pgx.Conn, reg registration
 // it fails, the caller rolls tx back, or releases the connection, which
 // pgxpool closes if it is still inside the transaction.
 func commitWith(ctx context.Context, tx *batchTx, queue *pgx.Batch, fromProjection int) error {
+	return sendCommit(ctx, tx, queue, fromProjection)()
+}
+
+// sendCommit sends what commitWith does and returns at once; the returned
+// func reads the answers, as commitWith does, and must be called once.
+func sendCommit(ctx context.Context, tx *batchTx, queue *pgx.Batch, fromProjection int) (wait func() error) {
+	if err := tx.awaitBefore(); err != nil {
+		return func() error { return err }
+	}
 	all := queue
 	unsentLen := 0 // the first statements of all, tx's unsent ones
 	if unsent := tx.takeUnsent(); unsent != nil {
@@ -368,6 +427,11 @@ func commitWith(ctx context.Context, tx *batchTx, queue *pgx.Batch, fromProjecti
 	}
 	all.Queue(`COMMIT`)
 	res := tx.SendBatch(ctx, all)
+	return func() error { return readCommit(ctx, tx, res, all, unsentLen, fromProjection) }
+}
+
+// readCommit reads the answers to a batch sendCommit sent.
+func readCommit(ctx context.Context, tx *batchTx, res pgx.BatchResults, all *pgx.Batch, unsentLen, fromProjection int) error {
 	for i := range all.Len() {
 		tag, err := res.Exec()
 		var pre pgx.ErrPreprocessingBatch

@@ -31,6 +31,12 @@ type batchTx struct {
 	// unsentErr is the error of the round trip that sent unsent: the
 	// transaction is aborted, and every statement after fails with it.
 	unsentErr error
+	// before, when set, runs once before anything of the transaction is
+	// sent: a builder's batch waits there for the batch before it to
+	// commit (see inFlight). Its error stays in beforeErr, and every
+	// statement fails with it.
+	before    func() error
+	beforeErr error
 }
 
 var (
@@ -60,6 +66,9 @@ func deferBegin(conn *pgx.Conn) (*batchTx, *pgx.Batch) {
 
 // ready sends what waits in unsent, and says whether statements may run.
 func (tx *batchTx) ready(ctx context.Context) error {
+	if err := tx.awaitBefore(); err != nil {
+		return err
+	}
 	switch {
 	case tx.closed:
 		return pgx.ErrTxClosed
@@ -73,6 +82,14 @@ func (tx *batchTx) ready(ctx context.Context) error {
 		tx.unsentErr = &uncheckedError{err}
 	}
 	return tx.unsentErr
+}
+
+// awaitBefore runs before, once.
+func (tx *batchTx) awaitBefore() error {
+	if tx.before != nil {
+		tx.beforeErr, tx.before = tx.before(), nil
+	}
+	return tx.beforeErr
 }
 
 // uncheckedError is the error of a round trip that carried a batchTx's

@@ -85,9 +85,11 @@ type Runner struct {
 
 	shared *sharedCommits // set by a Daemon before Start; nil: every batch commits alone
 
-	build     *buildState    // set on the runners that build a generation beside the active one
-	wg        sync.WaitGroup // the builder goroutine, and a background ANALYZE
-	analyzing atomic.Bool    // a background ANALYZE is under way
+	build      *buildState    // set on the runners that build a generation beside the active one
+	inFlight   *inFlightBatch // a builder's batch sent and not yet answered; the applying goroutine's
+	oneAtATime bool           // no batch is left in flight: one that failed there is applied again
+	wg         sync.WaitGroup // the builder goroutine, and a background ANALYZE
+	analyzing  atomic.Bool    // a background ANALYZE is under way
 
 	soft, hard             context.Context // soft: stop taking batches; hard: abandon the one in flight
 	softCancel, hardCancel context.CancelFunc
@@ -472,6 +474,7 @@ func (r *Runner) pipeline(parent context.Context) error {
 	r.state.oldest = time.Time{} // a batch abandoned by the last pipeline is read again
 	r.mu.Unlock()
 	go r.read(ctx, from, msgs)
+	defer r.abandon()
 
 	var rest eventstore.Message // what a batch left of a message larger than BatchSize
 	for {
@@ -484,8 +487,17 @@ func (r *Runner) pipeline(parent context.Context) error {
 		} else {
 			select {
 			case first = <-msgs:
-			case <-ctx.Done():
-				return ctx.Err()
+			default:
+				// Nothing to prepare meanwhile: the batch in flight
+				// commits before this waits for more.
+				if err := r.settle(ctx); err != nil {
+					return err
+				}
+				select {
+				case first = <-msgs:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 		}
 		events, checkpoint, taken, more := collect(first, msgs, r.cfg.BatchSize)
@@ -494,7 +506,7 @@ func (r *Runner) pipeline(parent context.Context) error {
 		if r.build != nil && r.build.until != nil {
 			events, checkpoint, reached = r.build.truncate(events, checkpoint)
 		}
-		if err := r.applyWithRetry(ctx, events, checkpoint); err != nil {
+		if err := r.applyInOrder(ctx, events, checkpoint); err != nil {
 			return err
 		}
 		r.mu.Lock()
@@ -504,6 +516,9 @@ func (r *Runner) pipeline(parent context.Context) error {
 			r.shared.poke() // a group being formed may have been waiting for this batch
 		}
 		if reached {
+			if err := r.settle(ctx); err != nil {
+				return err
+			}
 			return errReachedUntil
 		}
 	}
@@ -677,6 +692,9 @@ func (r *Runner) applyWithRetry(ctx context.Context, events []eventstore.Recorde
 	var eventRetry backoff.BackOff
 	for {
 		err := r.apply(r.hard, events, checkpoint, iso)
+		if prev := (*previousFailed)(nil); errors.As(err, &prev) {
+			return err // this batch was not sent: applyInOrder applies that one again first
+		}
 		if herr := (*handlerError)(nil); iso == nil && errors.As(err, &herr) {
 			r.log.Warn("batch failed on its events; finding the failing ones", "events", len(events), "error", err)
 			iso = newIsolation()

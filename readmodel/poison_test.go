@@ -2,6 +2,8 @@ package readmodel_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -121,4 +123,72 @@ func TestBadEventsAreParked(t *testing.T) {
 	require.NoError(t, db.Pool.QueryRow(ctx, `SELECT status, revision, paid FROM readmodel.orders WHERE id = 'bad-amount'`).Scan(&status, &rev, &paid))
 	require.Equal(t, [3]any{"shipped", int64(2), int64(0)}, [3]any{status, rev, paid})
 	require.NoError(t, d.Stop(ctx))
+}
+
+// TestRebuildParksBadEventsInFlight rebuilds every example projection
+// over bad events that arrived while no projector ran, among ordinary
+// traffic, in small batches, so that the next batch is under way while a
+// bad one is on its way to the server (a payment of an order never placed
+// fails customer_stats' batch only at its commit). Each rebuild parks the
+// bad events, with their errors, and applies every other batch once: the
+// read models equal the fold of the events beside the parked ones.
+func TestRebuildParksBadEventsInFlight(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	db, store := openStore(t, pgstore.Config{ReadBatch: 20})
+	_, err := simulate.Run(ctx, store, simulate.Config{Orders: 100, Customers: 20, Writers: 4, Seed: 12})
+	require.NoError(t, err)
+	d, _ := startExamples(t, ctx, db.Pool, store, projections.Config{})
+	readmodeltest.WaitCaughtUp(t, ctx, db.Pool, readmodeltest.Names()...)
+	require.NoError(t, d.Stop(ctx))
+
+	// Apart, with traffic between them, so that the payment fails its
+	// batch at the commit rather than beside a decoding error.
+	for i, bad := range []struct {
+		stream string
+		events []eventstore.EventData
+	}{
+		{"order-never-placed", []eventstore.EventData{storetest.Event(readmodel.TypeOrderPaid, `{"amount":300}`)}},
+		{"order-bad-amount", []eventstore.EventData{storetest.Event(readmodel.TypeOrderPlaced, `{"customer_id":"c-bad","items":[],"total":700}`),
+			storetest.Event(readmodel.TypeOrderPaid, `{"amount":"7.00"}`)}},
+	} {
+		for _, e := range bad.events {
+			_, err := store.Append(ctx, bad.stream, eventstore.Any, e)
+			require.NoError(t, err)
+		}
+		_, err = simulate.Run(ctx, store, simulate.Config{Orders: 50, Customers: 20, Writers: 1, Seed: uint64(13 + i)})
+		require.NoError(t, err)
+	}
+
+	for _, p := range readmodel.All() {
+		require.NoError(t, projections.RunRebuild(ctx, db.Pool, store, p, projections.Config{RebuildBatchSize: 7}, nil), p.Name())
+	}
+	list, err := projections.ListParked(ctx, db.Pool, projections.ListOptions{})
+	require.NoError(t, err)
+	parked := map[string][]string{} // projection → "stream revision"
+	for _, p := range list {
+		if p.State != projections.ParkedStateParked {
+			continue
+		}
+		parked[p.Projection] = append(parked[p.Projection], fmt.Sprintf("%s %d", p.Event.StreamID, p.Event.Revision))
+		require.Equal(t, 2, p.Generation, "parked by the rebuild")
+		require.Contains(t, p.Error, "bad event")
+		if p.Event.StreamID == "order-never-placed" {
+			require.Contains(t, p.Error, "never placed")
+		}
+	}
+	require.Equal(t, map[string][]string{
+		"orders":         {"order-bad-amount 1"},
+		"customer_stats": {"order-bad-amount 1", "order-never-placed 0"},
+		"daily_sales":    {"order-bad-amount 1"},
+	}, sorted(parked))
+	readmodeltest.RequireExactBesideParked(t, ctx, db.Pool)
+}
+
+func sorted(m map[string][]string) map[string][]string {
+	for _, v := range m {
+		slices.Sort(v)
+	}
+	return m
 }
