@@ -148,14 +148,20 @@ func benchLive(ctx context.Context, cfg config, rep *report) error {
 	if err != nil {
 		return err
 	}
-	hist := after.minus(before)
-	p50, p99, maxBound := hist.quantile(0.50), hist.quantile(0.99), hist.maxBound()
-	rep.add(fmt.Sprintf("live, orders: event written → visible, end-to-end histogram (interpolated in power-of-two buckets), %.0f events/s appended for %s (p50 / p99 / max bucket; %s)", rate, cfg.phase, liveCPU),
-		fmt.Sprintf("%s / %s / ≤ %s", ms(p50), ms(p99), ms(maxBound)), "", "", "p99 < 50 ms at 2 000 events/s", p99 < 50*time.Millisecond && rate >= 0.95*liveRate)
-	activity := activityAfter.minus(activityBefore)
-	p50, p99, maxBound = activity.quantile(0.50), activity.quantile(0.99), activity.maxBound()
+	// The histogram has a bound at 50 ms: the share of events visible
+	// within it is counted, and says whether the p99 is under it, where
+	// the interpolated p99 is only an estimate inside its bucket.
+	visible := func(h histogram) (string, bool) {
+		p50, p99, maxBound := h.quantile(0.50), h.quantile(0.99), h.maxBound()
+		within, ok := h.within(50 * time.Millisecond)
+		return fmt.Sprintf("%s / %s / ≤ %s; %.2f%% within 50 ms", ms(p50), ms(p99), ms(maxBound), 100*within), ok && within >= 0.99 && rate >= 0.95*liveRate
+	}
+	got, met := visible(after.minus(before))
+	rep.add(fmt.Sprintf("live, orders: event written → visible, end-to-end histogram (p50 and p99 interpolated in its buckets, the share within 50 ms counted at its bound), %.0f events/s appended for %s (p50 / p99 / max bucket; %s)", rate, cfg.phase, liveCPU),
+		got, "", "", "p99 < 50 ms at 2 000 events/s", met)
+	got, met = visible(activityAfter.minus(activityBefore))
 	rep.add(fmt.Sprintf("live, %s (YAML): event written → visible, the same histogram over the same phase", activityName),
-		fmt.Sprintf("%s / %s / ≤ %s", ms(p50), ms(p99), ms(maxBound)), "", "", "p99 < 50 ms at 2 000 events/s", p99 < 50*time.Millisecond && rate >= 0.95*liveRate)
+		got, "", "", "p99 < 50 ms at 2 000 events/s", met)
 	rep.add(fmt.Sprintf("live, orders: append sent → read back with Projection-Min-Position, %d probes (p50 / p99 / max)", len(probes)),
 		fmt.Sprintf("%s / %s / %s", ms(pct(probes, 0.50)), ms(pct(probes, 0.99)), ms(probes[len(probes)-1])), "", "", "p99 < 50 ms", pct(probes, 0.99) < 50*time.Millisecond)
 
@@ -527,6 +533,21 @@ func (h histogram) quantile(q float64) time.Duration {
 		lower, below = h.bounds[i], c
 	}
 	return secs(lower)
+}
+
+// within is the share of the samples at most d, when d is one of the
+// histogram's bounds (ok); otherwise it cannot be counted.
+func (h histogram) within(d time.Duration) (share float64, ok bool) {
+	total := h.counts[len(h.counts)-1]
+	for i, b := range h.bounds {
+		if math.Abs(b-d.Seconds()) < 1e-9 {
+			if total == 0 {
+				return 1, true
+			}
+			return float64(h.counts[i]) / float64(total), true
+		}
+	}
+	return 0, false
 }
 
 // maxBound is the upper bound of the highest bucket with a sample; for the
