@@ -27,8 +27,14 @@
 //     of it, that none is held, and that the checkpoint is where this runner
 //     left it, and queues, unsent behind its BEGIN (deferBegin, batchtx.go),
 //     statements that lock the checkpoint row and raise if an assumption is
-//     wrong. Any other batch (a builder's, an isolation's, one whose events
-//     do not follow one another) reads first (readFirst): one round trip
+//     wrong. A builder's batch whose streams the builder knows, none of
+//     them held, goes the same way (buildTrip, inflight.go), its checks the
+//     checkpoint and that the generation is still being built; it is left
+//     in flight while the builder prepares the next one, which is sent only
+//     once it has committed (a failure there drops the next one unsent and
+//     applies the failed one again first). Any other batch (a builder's
+//     that does not know its streams, an isolation's, one whose events do
+//     not follow one another) reads first (readFirst): one round trip
 //     begins, locks the checkpoint row (FOR UPDATE, so that batches of the
 //     projection and releases of parked events never interleave), checks
 //     that the row holds the checkpoint this runner committed (otherwise
