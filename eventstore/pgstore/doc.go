@@ -21,7 +21,8 @@
 // positioned: the sequencer's synchronous commit, later in the WAL, makes it
 // durable first (see unflushed). Appends made at the same time from one
 // process go to the server together, one statement and one transaction for
-// each group, each append with its own expected revision (see grouper).
+// each group, each append with its own expected revision, and one group at
+// a time unless the one in flight is slow (see grouper).
 // When no sequencer run holds the lock, a group positions its events in its
 // own transaction, which then waits for the disk as a run's does: at a few
 // hundred appends a second, an append is one commit instead of two.

@@ -25,13 +25,13 @@ type appendOutcome struct {
 	err error
 }
 
-// holdSlots makes every group slot busy until release: each is held by an
+// holdSlots makes n group slots busy until release: each is held by an
 // append to a stream whose first revision an open transaction of the test
 // has inserted, so that the append waits on its unique key until the test
 // rolls back. With keep, the groups wait for the lock however long that
 // takes; otherwise they give up after groupLockTimeout, as they would
 // outside tests.
-func holdSlots(t *testing.T, s *Store, db *testdb.DB, keep bool) (release func()) {
+func holdSlots(t *testing.T, s *Store, db *testdb.DB, keep bool, n int) (release func()) {
 	t.Helper()
 	ctx := context.Background()
 	if keep {
@@ -41,7 +41,7 @@ func holdSlots(t *testing.T, s *Store, db *testdb.DB, keep bool) (release func()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = blocker.Rollback(ctx) }) // the connection goes back to the pool even if the test fails
 	var wg sync.WaitGroup
-	for i := range groupsInFlight {
+	for i := range n {
 		stream := fmt.Sprintf("blocker-%d-%s", i, uuid.NewString())
 		_, err := blocker.Exec(ctx, `INSERT INTO sightline.event_log (stream_id, revision, event_id, type, data) VALUES ($1, 0, $2, 'T', '{}')`, stream, uuid.New())
 		require.NoError(t, err)
@@ -68,7 +68,7 @@ func holdSlots(t *testing.T, s *Store, db *testdb.DB, keep bool) (release func()
 func appendQueued(t *testing.T, s *Store, db *testdb.DB, calls []appendCall, released func()) []appendOutcome {
 	t.Helper()
 	ctx := context.Background()
-	release := holdSlots(t, s, db, true)
+	release := holdSlots(t, s, db, true, groupsInFlight)
 	var wg sync.WaitGroup
 	out := make([]appendOutcome, len(calls))
 	for i, c := range calls {
@@ -219,7 +219,7 @@ func TestFailedGroupGoesAlone(t *testing.T) {
 // sent; the rest of its group is.
 func TestAppendGivenUpInTheQueueIsNotSent(t *testing.T) {
 	s, db := newTestStore(t, Config{})
-	release := holdSlots(t, s, db, true)
+	release := holdSlots(t, s, db, true, groupsInFlight)
 	gone, giveUp := context.WithCancel(context.Background())
 	gaveUp := make(chan error, 1)
 	go func() {
@@ -246,7 +246,7 @@ func TestAppendGivenUpInTheQueueIsNotSent(t *testing.T) {
 // behind it.
 func TestWaitingGroupMakesRoom(t *testing.T) {
 	s, db := newTestStore(t, Config{})
-	release := holdSlots(t, s, db, false)
+	release := holdSlots(t, s, db, false, groupsInFlight)
 	defer release()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -256,6 +256,23 @@ func TestWaitingGroupMakesRoom(t *testing.T) {
 	// The blocked appends wait on, each alone now; one may be between its
 	// group's give-up and its own wait when the free append returns.
 	require.Eventually(t, func() bool { return waitingOnLocks(t, db) == groupsInFlight }, 10*time.Second, time.Millisecond)
+}
+
+// Appends wait for the group in flight to go together in the next, but not
+// for a group held up by a row lock: with one held for good (no lock
+// timeout), appends to other streams go in the other slot.
+func TestGroupHeldByALockHoldsNobodyUp(t *testing.T) {
+	s, db := newTestStore(t, Config{})
+	release := holdSlots(t, s, db, true, 1)
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 3 {
+		res, err := s.Append(ctx, fmt.Sprintf("order-free-%d", i), eventstore.NoStream, events(1)...)
+		require.NoError(t, err)
+		require.Equal(t, uint64(1), res.NextRevision)
+	}
+	require.Equal(t, 1, waitingOnLocks(t, db), "the held group still waits")
 }
 
 // An append with nobody else about is positioned by its own group, in its
