@@ -76,9 +76,9 @@ func (r *Runner) applyOnce(ctx context.Context, events []eventstore.RecordedEven
 		}
 	}
 
-	conn, err := r.pool.Acquire(ctx)
+	conn, err := r.acquire(ctx)
 	if err != nil {
-		return fmt.Errorf("begin: %w", err)
+		return err
 	}
 	handedOff := false // to the batch in flight, which releases the connection
 	defer func() {

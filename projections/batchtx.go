@@ -33,7 +33,7 @@ type batchTx struct {
 	unsentErr error
 	// before, when set, runs once before anything of the transaction is
 	// sent: a builder's batch waits there for the batch before it to
-	// commit (see inFlight). Its error stays in beforeErr, and every
+	// commit (see inFlightBatch). Its error stays in beforeErr, and every
 	// statement fails with it.
 	before    func() error
 	beforeErr error

@@ -3,8 +3,11 @@ package projections
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sightlinehq/sightline/eventstore"
 )
@@ -79,6 +82,32 @@ func (r *Runner) awaitInFlight() error {
 		return &previousFailed{events: f.events, checkpoint: f.checkpoint, err: err}
 	}
 	return nil
+}
+
+// acquireBeside is how long a batch waits for a connection while the
+// batch in flight holds one, before it waits for that one to be answered
+// and let its connection go: a pool with no other to give never leaves
+// the two waiting on each other.
+const acquireBeside = 50 * time.Millisecond
+
+// acquire takes a connection for a batch.
+func (r *Runner) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	if r.inFlight != nil {
+		short, cancel := context.WithTimeout(ctx, acquireBeside)
+		conn, err := r.pool.Acquire(short)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return conn, err
+		}
+		if err := r.awaitInFlight(); err != nil {
+			return nil, err
+		}
+	}
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	return conn, nil
 }
 
 // applyInOrder applies a batch with applyWithRetry, after the batch in

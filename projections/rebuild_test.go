@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -458,6 +459,40 @@ func TestRebuildTakesOverOnceItHasAppliedWhatItRead(t *testing.T) {
 	gen, _ := activeGeneration(t, ctx, b, "orders")
 	require.Equal(t, 2, gen)
 	require.Equal(t, head.Position, checkpointOf(t, ctx, b, "orders", 2))
+}
+
+// TestRebuildOnAPoolOfOneConnection rebuilds with a pool that has one
+// connection for the builder's batches: the batch left in flight holds it,
+// so the next must wait for that one's answer to get it, rather than for
+// a connection that never comes.
+func TestRebuildOnAPoolOfOneConnection(t *testing.T) {
+	t.Parallel()
+	ctx, b := setup(t)
+	d, err := projections.NewDaemon(b.db.Pool, storetest.Silent{Store: b.store}, readmodel.All(), projections.Config{})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	require.NoError(t, d.Stop(ctx))
+	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 150, Customers: 30, Writers: 4, Seed: 24})
+	require.NoError(t, err)
+	head, err := b.store.Head(ctx)
+	require.NoError(t, err)
+
+	cfg, err := pgxpool.ParseConfig(b.db.URL)
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	one, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(one.Close)
+	small, err := pgstore.New(b.db.Pool, pgstore.Config{ReadBatch: 20}) // the reads on a pool of their own
+	require.NoError(t, err)
+	t.Cleanup(small.Close)
+	require.NoError(t, projections.RunRebuild(ctx, one, small, readmodel.Orders{}, projections.Config{RebuildBatchSize: 20}, nil))
+	gen, _ := activeGeneration(t, ctx, b, "orders")
+	require.Equal(t, 2, gen)
+	require.Equal(t, head.Position, checkpointOf(t, ctx, b, "orders", 2))
+	diff, err := readmodeltest.DiffOf(ctx, b.db.Pool, 5, "orders")
+	require.NoError(t, err)
+	require.Empty(t, diff)
 }
 
 // TestBuilderReadsRevisionsOnceItsGenerationIsNoLongerBuilt: a builder
