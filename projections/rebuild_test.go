@@ -440,15 +440,7 @@ func (p slowOrders) Apply(ctx context.Context, b *projections.Batch) error {
 func TestRebuildTakesOverOnceItHasAppliedWhatItRead(t *testing.T) {
 	t.Parallel()
 	ctx, b := setup(t)
-	// Registered, never run: the active generation stays at the start.
-	d, err := projections.NewDaemon(b.db.Pool, storetest.Silent{Store: b.store}, readmodel.All(), projections.Config{})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	require.NoError(t, d.Stop(ctx))
-	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 150, Customers: 30, Writers: 4, Seed: 23})
-	require.NoError(t, err)
-	head, err := b.store.Head(ctx)
-	require.NoError(t, err)
+	head := registeredBehind(t, ctx, b, 23)
 
 	small, err := pgstore.New(b.db.Pool, pgstore.Config{ReadBatch: 20})
 	require.NoError(t, err)
@@ -461,6 +453,22 @@ func TestRebuildTakesOverOnceItHasAppliedWhatItRead(t *testing.T) {
 	require.Equal(t, head.Position, checkpointOf(t, ctx, b, "orders", 2))
 }
 
+// registeredBehind registers the example projections without running
+// them, so that their active generations stay at the start, appends
+// simulated traffic from seed behind them, and returns the store's head.
+func registeredBehind(t *testing.T, ctx context.Context, b *bundle, seed uint64) eventstore.Head {
+	t.Helper()
+	d, err := projections.NewDaemon(b.db.Pool, storetest.Silent{Store: b.store}, readmodel.All(), projections.Config{})
+	require.NoError(t, err)
+	require.NoError(t, d.Start(ctx))
+	require.NoError(t, d.Stop(ctx))
+	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 150, Customers: 30, Writers: 4, Seed: seed})
+	require.NoError(t, err)
+	head, err := b.store.Head(ctx)
+	require.NoError(t, err)
+	return head
+}
+
 // TestRebuildOnAPoolOfOneConnection rebuilds with a pool that has one
 // connection for the builder's batches: the batch left in flight holds it,
 // so the next must wait for that one's answer to get it, rather than for
@@ -468,14 +476,7 @@ func TestRebuildTakesOverOnceItHasAppliedWhatItRead(t *testing.T) {
 func TestRebuildOnAPoolOfOneConnection(t *testing.T) {
 	t.Parallel()
 	ctx, b := setup(t)
-	d, err := projections.NewDaemon(b.db.Pool, storetest.Silent{Store: b.store}, readmodel.All(), projections.Config{})
-	require.NoError(t, err)
-	require.NoError(t, d.Start(ctx))
-	require.NoError(t, d.Stop(ctx))
-	_, err = simulate.Run(ctx, b.store, simulate.Config{Orders: 150, Customers: 30, Writers: 4, Seed: 24})
-	require.NoError(t, err)
-	head, err := b.store.Head(ctx)
-	require.NoError(t, err)
+	head := registeredBehind(t, ctx, b, 24)
 
 	cfg, err := pgxpool.ParseConfig(b.db.URL)
 	require.NoError(t, err)
