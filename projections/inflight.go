@@ -113,28 +113,24 @@ func (r *Runner) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 // applyInOrder applies a batch with applyWithRetry, after the batch in
 // flight before it if that one failed.
 func (r *Runner) applyInOrder(ctx context.Context, events []eventstore.RecordedEvent, checkpoint eventstore.Position) error {
-	for {
-		err := r.applyWithRetry(ctx, events, checkpoint)
-		var prev *previousFailed
-		if !errors.As(err, &prev) {
-			return err
-		}
-		if err := r.applyAgain(ctx, prev); err != nil {
-			return err
-		}
-	}
+	return r.againWhilePreviousFailed(ctx, func() error { return r.applyWithRetry(ctx, events, checkpoint) })
 }
 
 // settle waits for the batch in flight, applying it again if it failed,
 // until none is.
 func (r *Runner) settle(ctx context.Context) error {
+	return r.againWhilePreviousFailed(ctx, r.awaitInFlight)
+}
+
+// againWhilePreviousFailed runs step until it no longer reports that the
+// batch in flight before failed, applying that batch again each time.
+func (r *Runner) againWhilePreviousFailed(ctx context.Context, step func() error) error {
 	for {
-		err := r.awaitInFlight()
+		err := step()
 		var prev *previousFailed
 		if !errors.As(err, &prev) {
 			return err
 		}
-		r.forgetBuilt()
 		if err := r.applyAgain(ctx, prev); err != nil {
 			return err
 		}
@@ -160,8 +156,10 @@ func (r *Runner) forgetBuilt() {
 }
 
 // applyAgain applies a batch that failed in flight, as applyWithRetry
-// would have had it failed at once; the errors that end a pipeline end it.
+// would have had it failed at once, after dropping the builder's memory,
+// which planned on it; the errors that end a pipeline end it.
 func (r *Runner) applyAgain(ctx context.Context, prev *previousFailed) error {
+	r.forgetBuilt()
 	if errors.Is(prev.err, errCheckpointMoved) || errors.Is(prev.err, errSuperseded) || errors.Is(prev.err, errNotOwner) || r.hard.Err() != nil {
 		return prev.err
 	}
