@@ -108,7 +108,7 @@ func functionCalls(ctx context.Context, pool *pgxpool.Pool) (groups, positioning
 type appendCPU struct {
 	writes, wall                 float64
 	postgres, bench, idle, cores float64
-	postgresReadable             bool
+	postgresUnread               bool // some round could not read PostgreSQL's processes
 }
 
 // writeFor runs writeFor and adds its round's CPU.
@@ -132,7 +132,7 @@ func (c *appendCPU) writeFor(ctx context.Context, d time.Duration, write func(ct
 	c.bench += to.bench - from.bench
 	c.idle += to.idle - from.idle
 	c.cores += to.busy + to.idle - from.busy - from.idle
-	c.postgresReadable = from.postgresReadable && to.postgresReadable
+	c.postgresUnread = c.postgresUnread || !from.postgresReadable || !to.postgresReadable
 	return rate, nil
 }
 
@@ -143,7 +143,7 @@ func (c appendCPU) String() string {
 		return "not measured"
 	}
 	pg := "PostgreSQL not measured"
-	if c.postgresReadable {
+	if !c.postgresUnread {
 		pg = fmt.Sprintf("PostgreSQL %.0f µs", 1e6*c.postgres/c.writes)
 	}
 	return fmt.Sprintf("%s, the bench process %.0f µs, machine idle %.0f%%", pg, 1e6*c.bench/c.writes, 100*c.idle/c.cores)
